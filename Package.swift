@@ -1,0 +1,35 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Hand-written SIMD loops (softmax, RMSNorm, dequantization) need AVX2 + FMA; at the baseline x86-64 target
+// SIMD8<Float> FMAs become library calls (DESIGN.md §3).
+let kernelFlags: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-target-cpu", "haswell"])]
+
+let package = Package(
+    name: "CoQuant",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "coquant", targets: ["coquant"]),
+        .library(name: "CoQuant", targets: ["CoQuantTensor", "CoQuantModel", "CoQuantQuant", "CoQuantEval"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]),
+        .target(name: "CoQuantTensor", dependencies: ["COpenBLAS"], swiftSettings: kernelFlags),
+        .target(name: "CoQuantModel", dependencies: ["CoQuantTensor"], swiftSettings: kernelFlags),
+        .target(name: "CoQuantQuant", dependencies: ["CoQuantModel", "CoQuantTensor"], swiftSettings: kernelFlags),
+        .target(name: "CoQuantEval", dependencies: ["CoQuantModel", "CoQuantTensor"], swiftSettings: kernelFlags),
+        .executableTarget(name: "coquant", dependencies: [
+            "CoQuantModel", "CoQuantEval", "CoQuantQuant",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "coquant-bench", dependencies: ["CoQuantModel", "CoQuantEval"], path: "bench/Sources",
+                          swiftSettings: kernelFlags),
+        .testTarget(name: "CoQuantTensorTests", dependencies: ["CoQuantTensor"]),
+        .testTarget(name: "CoQuantModelTests", dependencies: ["CoQuantModel"]),
+        .testTarget(name: "CoQuantEvalTests", dependencies: ["CoQuantEval", "CoQuantModel"]),
+    ]
+)
