@@ -31,5 +31,7 @@ let package = Package(
         .testTarget(name: "CoQuantTensorTests", dependencies: ["CoQuantTensor"]),
         .testTarget(name: "CoQuantModelTests", dependencies: ["CoQuantModel"]),
         .testTarget(name: "CoQuantEvalTests", dependencies: ["CoQuantEval", "CoQuantModel"]),
-    ]
+    ],
+    // Swift 5 mode: the numeric kernels hand raw pointers to concurrentPerform, which strict Sendable checking rejects.
+    swiftLanguageModes: [.v5]
 )

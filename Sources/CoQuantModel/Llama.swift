@@ -1,0 +1,344 @@
+import CoQuantTensor
+import Foundation
+
+// The Llama / Qwen2 decoder in fp32 over OpenBLAS. Qwen2 is Llama with q/k/v biases, so one set of types serves
+// both; names mirror the checkpoint's (`q_proj` → `qProj`, `input_layernorm` → `inputLayernorm`).
+//
+// Shapes (T tokens, d hidden, H heads, KV key/value heads, hd head_dim, F intermediate, V vocab):
+//   x [T, d] → inputLayernorm → q [T, H·hd], k/v [T, KV·hd] → RoPE(q, k) → attention → context [T, H·hd]
+//   → oProj [T, d] (+ residual) → postAttentionLayernorm → gate/up [T, F] → down [T, d] (+ residual)
+//   → norm → lmHead [T, V]
+
+/// `y = x Wᵀ + b` with W stored [out, in] row-major, as checkpoints store it.
+public struct Linear: Sendable {
+    public var weight: [Float]
+    public var bias: [Float]?
+    public let inFeatures: Int
+    public let outFeatures: Int
+
+    public init(weight: [Float], bias: [Float]? = nil, inFeatures: Int, outFeatures: Int) {
+        precondition(weight.count == inFeatures * outFeatures)
+        self.weight = weight
+        self.bias = bias
+        self.inFeatures = inFeatures
+        self.outFeatures = outFeatures
+    }
+
+    /// y[T, out] = x[T, in] · Wᵀ (+ b).
+    public func callAsFunction(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
+        weight.withUnsafeBufferPointer { w in
+            Float.gemm(false, true, rows, outFeatures, inFeatures, 1, x, inFeatures, w.baseAddress!, inFeatures, 0, y, outFeatures)
+        }
+        if let bias {
+            for t in 0..<rows { for j in 0..<outFeatures { y[t * outFeatures + j] += bias[j] } }
+        }
+    }
+}
+
+public struct Attention: Sendable {
+    public var qProj: Linear
+    public var kProj: Linear
+    public var vProj: Linear
+    public var oProj: Linear
+}
+
+public struct MLP: Sendable {
+    public var gateProj: Linear
+    public var upProj: Linear
+    public var downProj: Linear
+}
+
+public struct DecoderLayer: Sendable {
+    public var inputLayernorm: [Float]
+    public var selfAttn: Attention
+    public var postAttentionLayernorm: [Float]
+    public var mlp: MLP
+}
+
+/// Where the forward pass offers its tensors to a hook (the seam between Model and Quant). The hook may read them
+/// (calibration statistics) or rewrite them in place (fake quantization).
+public enum HookSite: String, Sendable, CaseIterable {
+    case attentionInput     // input of q_proj, k_proj, v_proj: [T, d]
+    case oProjInput         // attention context, input of o_proj: [T, H·hd]
+    case mlpInput           // input of gate_proj, up_proj: [T, d]
+    case downProjInput      // SwiGLU product, input of down_proj: [T, F]
+    case keys               // post-RoPE keys of the new tokens, before they enter the cache: [T, KV·hd]
+    case values             // values of the new tokens, before they enter the cache: [T, KV·hd]
+    case lmHeadInput        // final-norm output: [T, d] (layer index = numHiddenLayers)
+}
+
+/// `hook(layer, site, x, rows, cols)`; x is row-major [rows, cols] and may be modified.
+public typealias ForwardHook = (_ layer: Int, _ site: HookSite, _ x: UnsafeMutablePointer<Float>, _ rows: Int, _ cols: Int) -> Void
+
+/// Past keys (post-RoPE) and values per layer, position-major [position, KV·hd], so appending is one copy.
+public final class KVCache {
+    public private(set) var length = 0
+    public let capacity: Int
+    let width: Int
+    var keys: [[Float]]
+    var values: [[Float]]
+
+    public init(config: ModelConfiguration, capacity: Int) {
+        self.capacity = capacity
+        width = config.numKeyValueHeads * config.headDim
+        keys = Array(repeating: [Float](repeating: 0, count: capacity * width), count: config.numHiddenLayers)
+        values = keys
+    }
+
+    func advance(by n: Int) { length += n }
+    public func reset() { length = 0 }
+
+    /// Layer `layer`'s cached keys or values as [length, KV·hd] (for tests and KV statistics).
+    public func keys(layer: Int) -> [Float] { Array(keys[layer][0..<(length * width)]) }
+    public func values(layer: Int) -> [Float] { Array(values[layer][0..<(length * width)]) }
+}
+
+public enum LogitsRows: Sendable { case all, last }
+
+public final class LlamaModel: @unchecked Sendable {
+    public let config: ModelConfiguration
+    public var embedTokens: [Float]             // [V, d]
+    public var layers: [DecoderLayer]
+    public var norm: [Float]
+    public var lmHead: Linear?                  // nil when tied to embedTokens
+    public var hook: ForwardHook?
+
+    // RoPE tables [position, hd/2], grown on demand.
+    private(set) var ropeCos: [Float] = []
+    private(set) var ropeSin: [Float] = []
+    private var ropePositions = 0
+    public let invFreq: [Double]
+
+    public init(config: ModelConfiguration, embedTokens: [Float], layers: [DecoderLayer], norm: [Float], lmHead: Linear?) {
+        self.config = config
+        self.embedTokens = embedTokens
+        self.layers = layers
+        self.norm = norm
+        self.lmHead = lmHead
+        invFreq = Self.ropeInverseFrequencies(config)
+    }
+
+    /// `1/θ^(2i/hd)`, then Meta's llama3 rule when configured: long wavelengths divided by `factor`, short ones kept,
+    /// a linear blend in between. Computed in float64 (HF's float32 tables drift at large positions).
+    public static func ropeInverseFrequencies(_ c: ModelConfiguration) -> [Double] {
+        let hd = c.headDim
+        var inv = (0..<(hd / 2)).map { 1 / pow(c.ropeTheta, Double(2 * $0) / Double(hd)) }
+        if let s = c.ropeScaling, s.ropeType == "llama3" {
+            let factor = s.factor ?? 8, low = s.lowFreqFactor ?? 1, high = s.highFreqFactor ?? 4
+            let old = Double(s.originalMaxPositionEmbeddings ?? 8192)
+            let lowWavelen = old / low, highWavelen = old / high
+            inv = inv.map { f in
+                let wavelen = 2 * Double.pi / f
+                if wavelen < highWavelen { return f }
+                if wavelen > lowWavelen { return f / factor }
+                let smooth = (old / wavelen - low) / (high - low)
+                return (1 - smooth) * f / factor + smooth * f
+            }
+        }
+        return inv
+    }
+
+    func ensureRope(_ positions: Int) {
+        guard positions > ropePositions else { return }
+        let half = config.headDim / 2
+        let n = max(positions, 2 * ropePositions)
+        ropeCos = [Float](repeating: 0, count: n * half)
+        ropeSin = ropeCos
+        for p in 0..<n {
+            for i in 0..<half {
+                let a = Double(p) * invFreq[i]
+                ropeCos[p * half + i] = Float(cos(a))
+                ropeSin[p * half + i] = Float(sin(a))
+            }
+        }
+        ropePositions = n
+    }
+
+    /// Rotate-half RoPE in place on rows [T, heads·hd] for positions start..<start+T.
+    func applyRope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, start: Int) {
+        let hd = config.headDim, half = hd / 2
+        ropeCos.withUnsafeBufferPointer { cosT in
+            ropeSin.withUnsafeBufferPointer { sinT in
+                for t in 0..<rows {
+                    let c = cosT.baseAddress! + (start + t) * half, s = sinT.baseAddress! + (start + t) * half
+                    for h in 0..<heads {
+                        let v = x + (t * heads + h) * hd
+                        for i in 0..<half {
+                            let a = v[i], b = v[i + half]
+                            v[i] = a * c[i] - b * s[i]
+                            v[i + half] = b * c[i] + a * s[i]
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    public var parameterCount: Int {
+        var n = embedTokens.count + norm.count + (lmHead.map { $0.weight.count } ?? 0)
+        for l in layers {
+            n += l.inputLayernorm.count + l.postAttentionLayernorm.count
+            for lin in [l.selfAttn.qProj, l.selfAttn.kProj, l.selfAttn.vProj, l.selfAttn.oProj, l.mlp.gateProj, l.mlp.upProj, l.mlp.downProj] {
+                n += lin.weight.count + (lin.bias?.count ?? 0)
+            }
+        }
+        return n
+    }
+
+    /// Embeddings of `ids`: [T, d].
+    public func embed(_ ids: [Int]) -> [Float] {
+        let d = config.hiddenSize
+        var x = [Float](repeating: 0, count: ids.count * d)
+        for (t, id) in ids.enumerated() {
+            precondition(id >= 0 && id < config.vocabSize, "token id \(id) is outside the vocabulary (\(config.vocabSize))")
+            for j in 0..<d { x[t * d + j] = embedTokens[id * d + j] }
+        }
+        return x
+    }
+
+    /// Logits for `ids` at positions cache.length ..< cache.length + T (0 ..< T without a cache): [T or 1, V].
+    /// With a cache, the new keys and values are appended to it.
+    public func forward(_ ids: [Int], cache: KVCache? = nil, logits rows: LogitsRows = .all) -> [Float] {
+        var x = embed(ids)
+        for l in 0..<layers.count { decoderLayer(l, &x, rows: ids.count, cache: cache) }
+        cache?.advance(by: ids.count)
+        return head(&x, rows: ids.count, logits: rows)
+    }
+
+    /// Final norm and LM head over the residual stream x [T, d].
+    public func head(_ x: inout [Float], rows T: Int, logits which: LogitsRows) -> [Float] {
+        let d = config.hiddenSize, V = config.vocabSize
+        let first = which == .last ? T - 1 : 0
+        let n = T - first
+        var h = [Float](repeating: 0, count: n * d)
+        x.withUnsafeBufferPointer { px in
+            h.withUnsafeMutableBufferPointer { ph in
+                for t in 0..<n { rmsNorm(px.baseAddress! + (first + t) * d, norm, ph.baseAddress! + t * d, d, eps: Float(config.rmsNormEps)) }
+                hook?(layers.count, .lmHeadInput, ph.baseAddress!, n, d)
+            }
+        }
+        var logits = [Float](repeating: 0, count: n * V)
+        h.withUnsafeBufferPointer { ph in
+            logits.withUnsafeMutableBufferPointer { pl in
+                if let lmHead {
+                    lmHead(ph.baseAddress!, rows: n, into: pl.baseAddress!)
+                } else {
+                    embedTokens.withUnsafeBufferPointer { w in
+                        Float.gemm(false, true, n, V, d, 1, ph.baseAddress!, d, w.baseAddress!, d, 0, pl.baseAddress!, V)
+                    }
+                }
+            }
+        }
+        return logits
+    }
+
+    /// One decoder layer over x [T, d] in place (residual stream), at positions cache.length ..< cache.length + T.
+    public func decoderLayer(_ l: Int, _ x: inout [Float], rows T: Int, cache: KVCache?) {
+        let c = config, layer = layers[l]
+        let d = c.hiddenSize, H = c.numAttentionHeads, KV = c.numKeyValueHeads, hd = c.headDim, F = c.intermediateSize
+        let start = cache?.length ?? 0
+        let eps = Float(c.rmsNormEps)
+        ensureRope(start + T)
+
+        var h = [Float](repeating: 0, count: T * d)
+        var q = [Float](repeating: 0, count: T * H * hd)
+        var k = [Float](repeating: 0, count: T * KV * hd)
+        var v = [Float](repeating: 0, count: T * KV * hd)
+        var context = [Float](repeating: 0, count: T * H * hd)
+        x.withUnsafeMutableBufferPointer { px in
+            h.withUnsafeMutableBufferPointer { ph in
+                q.withUnsafeMutableBufferPointer { pq in
+                    k.withUnsafeMutableBufferPointer { pk in
+                        v.withUnsafeMutableBufferPointer { pv in
+                            context.withUnsafeMutableBufferPointer { pc in
+                                let x = px.baseAddress!, h = ph.baseAddress!, q = pq.baseAddress!, k = pk.baseAddress!
+                                let v = pv.baseAddress!, ctx = pc.baseAddress!
+                                for t in 0..<T { rmsNorm(x + t * d, layer.inputLayernorm, h + t * d, d, eps: eps) }
+                                hook?(l, .attentionInput, h, T, d)
+                                layer.selfAttn.qProj(h, rows: T, into: q)
+                                layer.selfAttn.kProj(h, rows: T, into: k)
+                                layer.selfAttn.vProj(h, rows: T, into: v)
+                                applyRope(q, rows: T, heads: H, start: start)
+                                applyRope(k, rows: T, heads: KV, start: start)
+                                hook?(l, .keys, k, T, KV * hd)
+                                hook?(l, .values, v, T, KV * hd)
+                                if let cache {
+                                    precondition(start + T <= cache.capacity, "KV cache full (\(cache.capacity) positions)")
+                                    cache.keys[l].withUnsafeMutableBufferPointer { $0.baseAddress!.advanced(by: start * KV * hd).update(from: k, count: T * KV * hd) }
+                                    cache.values[l].withUnsafeMutableBufferPointer { $0.baseAddress!.advanced(by: start * KV * hd).update(from: v, count: T * KV * hd) }
+                                    cache.keys[l].withUnsafeBufferPointer { ck in
+                                        cache.values[l].withUnsafeBufferPointer { cv in
+                                            attention(q, ck.baseAddress!, cv.baseAddress!, ctx, rows: T, start: start)
+                                        }
+                                    }
+                                } else {
+                                    attention(q, k, v, ctx, rows: T, start: 0)
+                                }
+                                hook?(l, .oProjInput, ctx, T, H * hd)
+                                layer.selfAttn.oProj(ctx, rows: T, into: h)
+                                for i in 0..<(T * d) { x[i] += h[i] }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        q = []; k = []; v = []; context = []
+
+        var gate = [Float](repeating: 0, count: T * F)
+        var up = [Float](repeating: 0, count: T * F)
+        x.withUnsafeMutableBufferPointer { px in
+            h.withUnsafeMutableBufferPointer { ph in
+                gate.withUnsafeMutableBufferPointer { pg in
+                    up.withUnsafeMutableBufferPointer { pu in
+                        let x = px.baseAddress!, h = ph.baseAddress!, g = pg.baseAddress!, u = pu.baseAddress!
+                        for t in 0..<T { rmsNorm(x + t * d, layer.postAttentionLayernorm, h + t * d, d, eps: eps) }
+                        hook?(l, .mlpInput, h, T, d)
+                        layer.mlp.gateProj(h, rows: T, into: g)
+                        layer.mlp.upProj(h, rows: T, into: u)
+                        siluMultiply(g, u, T * F)
+                        hook?(l, .downProjInput, g, T, F)
+                        layer.mlp.downProj(g, rows: T, into: h)
+                        for i in 0..<(T * d) { x[i] += h[i] }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Causal grouped-query attention of T new queries (positions start..<start+T) over keys/values 0..<start+T,
+    /// all position-major: q [T, H·hd], k/v [start+T, KV·hd], ctx [T, H·hd]. Query rows go in blocks so each block's
+    /// score matrix only spans the keys it can see (the causal half is never computed).
+    func attention(_ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>, _ v: UnsafePointer<Float>,
+                   _ ctx: UnsafeMutablePointer<Float>, rows T: Int, start: Int) {
+        let H = config.numAttentionHeads, KV = config.numKeyValueHeads, hd = config.headDim
+        let group = H / KV
+        let scale = 1 / Float(hd).squareRoot()
+        let block = 128
+        let total = start + T
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: min(block, T) * total)
+        defer { scores.deallocate() }
+        for h in 0..<H {
+            let kvh = h / group
+            var r0 = 0
+            while r0 < T {
+                let r1 = min(r0 + block, T), n = r1 - r0
+                let visible = start + r1         // keys the last row of the block may see
+                Float.gemm(false, true, n, visible, hd, scale, q + r0 * H * hd + h * hd, H * hd,
+                           k + kvh * hd, KV * hd, 0, scores, visible)
+                let chunks = n >= 32 ? 2 : 1
+                parallelFor(chunks) { c in
+                    for i in stride(from: c, to: n, by: chunks) {
+                        let row = scores + i * visible
+                        let seen = start + r0 + i + 1
+                        softmaxInPlace(row, seen)
+                        if seen < visible { (row + seen).update(repeating: 0, count: visible - seen) }
+                    }
+                }
+                Float.gemm(false, false, n, hd, visible, 1, scores, visible, v + kvh * hd, KV * hd,
+                           0, ctx + r0 * H * hd + h * hd, H * hd)
+                r0 = r1
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+import Foundation
+
+/// A model and its tokenizer, loaded from an HF folder or a GGUF file.
+public struct LoadedModel: @unchecked Sendable {
+    public let model: LlamaModel
+    public let tokenizer: Tokenizer?
+    public let path: String
+    public let format: String           // "safetensors" or "gguf"
+    /// Storage type of each source tensor (for `inspect`): checkpoint name → (dtype, shape).
+    public let tensorTable: [(name: String, dtype: String, shape: [Int])]
+}
+
+public enum ModelLoader {
+    /// Loads `path`: a folder with config.json + safetensors, or a `.gguf` file. Weights are converted to fp32.
+    /// `requireTokenizer` makes a missing tokenizer an error (commands that read or write text need one).
+    public static func load(_ path: String, requireTokenizer: Bool = false) throws -> LoadedModel {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw ModelFileError(path, "no such file or folder")
+        }
+        let loaded = isDir.boolValue ? try loadFolder(path) : try loadGGUF(path)
+        if requireTokenizer && loaded.tokenizer == nil {
+            throw ModelFileError(path, "has no tokenizer (expected tokenizer.json in the folder, or tokenizer.ggml.* metadata in the GGUF)")
+        }
+        return loaded
+    }
+
+    // MARK: Hugging Face folder
+
+    static func loadFolder(_ folder: String) throws -> LoadedModel {
+        let config = try ModelConfiguration.load(folder + "/config.json")
+        let ckpt = try SafeTensorsCheckpoint(folder: folder)
+        func tensor(_ name: String, _ shape: [Int]) throws -> [Float] {
+            guard let info = ckpt.info(name) else {
+                throw ModelFileError(ckpt.files.first!.path, "missing tensor '\(name)' (config.json expects \(shape))")
+            }
+            guard info.shape == shape else {
+                throw ModelFileError(folder, "tensor '\(name)' has shape \(info.shape) but config.json implies \(shape)")
+            }
+            return try ckpt.floats(name)
+        }
+        let model = try build(config, source: folder) { name, shape, required in
+            required || ckpt.info(name) != nil ? try tensor(name, shape) : nil
+        }
+        let tokenizerPath = folder + "/tokenizer.json"
+        var tokenizer: Tokenizer?
+        if FileManager.default.fileExists(atPath: tokenizerPath) {
+            let cfg = folder + "/tokenizer_config.json"
+            tokenizer = try Tokenizer(tokenizerJSON: tokenizerPath,
+                                      tokenizerConfig: FileManager.default.fileExists(atPath: cfg) ? cfg : nil)
+        }
+        let table = ckpt.tensorNames.compactMap { n in ckpt.info(n).map { (name: n, dtype: $0.dtype, shape: $0.shape) } }
+        return LoadedModel(model: model, tokenizer: tokenizer, path: folder, format: "safetensors", tensorTable: table)
+    }
+
+    /// Builds the model from HF-named tensors. `fetch(name, shape, required)` returns nil only for optional tensors
+    /// that are absent (biases, an untied head that is really tied).
+    static func build(_ c: ModelConfiguration, source: String, fetch rawFetch: (String, [Int], Bool) throws -> [Float]?) throws -> LlamaModel {
+        func fetch(_ name: String, _ shape: [Int], _ required: Bool) throws -> [Float]? {
+            let values = try rawFetch(name, shape, required)
+            if let values, !values.allSatisfy(\.isFinite) { throw ModelFileError(source, "tensor '\(name)' contains NaN or Inf") }
+            return values
+        }
+        let d = c.hiddenSize, H = c.numAttentionHeads, KV = c.numKeyValueHeads, hd = c.headDim, F = c.intermediateSize
+        func linear(_ name: String, _ out: Int, _ inp: Int, bias: Bool) throws -> Linear {
+            let w = try fetch(name + ".weight", [out, inp], true)!
+            let b = bias ? try fetch(name + ".bias", [out], true) : nil
+            return Linear(weight: w, bias: b, inFeatures: inp, outFeatures: out)
+        }
+        var layers: [DecoderLayer] = []
+        for i in 0..<c.numHiddenLayers {
+            let p = "model.layers.\(i)."
+            let attn = Attention(
+                qProj: try linear(p + "self_attn.q_proj", H * hd, d, bias: c.qkvBias),
+                kProj: try linear(p + "self_attn.k_proj", KV * hd, d, bias: c.qkvBias),
+                vProj: try linear(p + "self_attn.v_proj", KV * hd, d, bias: c.qkvBias),
+                oProj: try linear(p + "self_attn.o_proj", d, H * hd, bias: c.oBias))
+            let mlp = MLP(gateProj: try linear(p + "mlp.gate_proj", F, d, bias: false),
+                          upProj: try linear(p + "mlp.up_proj", F, d, bias: false),
+                          downProj: try linear(p + "mlp.down_proj", d, F, bias: false))
+            layers.append(DecoderLayer(inputLayernorm: try fetch(p + "input_layernorm.weight", [d], true)!, selfAttn: attn,
+                                       postAttentionLayernorm: try fetch(p + "post_attention_layernorm.weight", [d], true)!,
+                                       mlp: mlp))
+        }
+        let embed = try fetch("model.embed_tokens.weight", [c.vocabSize, d], true)!
+        let head = c.tieWordEmbeddings ? nil : try fetch("lm_head.weight", [c.vocabSize, d], false)
+        return LlamaModel(config: c, embedTokens: embed, layers: layers,
+                          norm: try fetch("model.norm.weight", [d], true)!,
+                          lmHead: head.map { Linear(weight: $0, inFeatures: d, outFeatures: c.vocabSize) })
+    }
+
+    // MARK: GGUF
+
+    static func loadGGUF(_ path: String) throws -> LoadedModel {
+        let gguf = try GGUFFile(path: path)
+        let config = try configuration(gguf)
+        let hd = config.headDim
+        // GGUF name for each HF name; llama.cpp's converter permuted q/k rows of `llama` models for its interleaved
+        // RoPE, which we undo (qwen2 GGUFs keep HF order).
+        let permuteQK = config.modelType == "llama"
+        let model = try build(config, source: path) { name, shape, required in
+            let ggufName = ggufTensorName(name)
+            guard let info = gguf.tensor(named: ggufName) else {
+                if required { throw ModelFileError(path, "missing tensor '\(ggufName)' (\(name))") }
+                return nil
+            }
+            guard info.shape == shape || (shape.count == 1 && info.elementCount == shape[0]) else {
+                throw ModelFileError(path, "tensor '\(ggufName)' has shape \(info.shape) but the metadata implies \(shape)")
+            }
+            var w = try gguf.dequantize(info)
+            if permuteQK && (name.hasSuffix("q_proj.weight") || name.hasSuffix("k_proj.weight")
+                             || name.hasSuffix("q_proj.bias") || name.hasSuffix("k_proj.bias")) {
+                w = unpermuteRows(w, rows: shape[0], cols: shape.count == 2 ? shape[1] : 1, headDim: hd)
+            }
+            return w
+        }
+        var tokenizer: Tokenizer?
+        if gguf.metadata["tokenizer.ggml.tokens"] != nil { tokenizer = try Tokenizer(gguf: gguf) }
+        let table = gguf.tensors.map { (name: $0.name, dtype: $0.type.name, shape: $0.shape) }
+        return LoadedModel(model: model, tokenizer: tokenizer, path: path, format: "gguf", tensorTable: table)
+    }
+
+    static func ggufTensorName(_ hf: String) -> String {
+        let map = ["self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                   "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                   "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"]
+        switch hf {
+        case "model.embed_tokens.weight": return "token_embd.weight"
+        case "model.norm.weight": return "output_norm.weight"
+        case "lm_head.weight": return "output.weight"
+        default:
+            let parts = hf.split(separator: ".").map(String.init)   // model.layers.i.<module...>.weight
+            let module = parts[3..<(parts.count - 1)].joined(separator: ".")
+            return "blk.\(parts[2]).\(map[module] ?? module).\(parts.last!)"
+        }
+    }
+
+    /// llama.cpp stores each head's rows as interleaved pairs (2i, 2i+1); HF's rotate-half wants (i, i + hd/2).
+    static func unpermuteRows(_ w: [Float], rows: Int, cols: Int, headDim hd: Int) -> [Float] {
+        var out = w
+        let half = hd / 2
+        for h in 0..<(rows / hd) {
+            for i in 0..<half {
+                for j in 0..<2 {
+                    let src = (h * hd + 2 * i + j) * cols, dst = (h * hd + j * half + i) * cols
+                    for c in 0..<cols { out[dst + c] = w[src + c] }
+                }
+            }
+        }
+        return out
+    }
+
+    /// The HF configuration implied by a GGUF's `<arch>.*` metadata.
+    static func configuration(_ g: GGUFFile) throws -> ModelConfiguration {
+        guard let arch = g.architecture else { throw ModelFileError(g.path, "has no general.architecture") }
+        guard ModelConfiguration.supportedTypes.contains(arch) else {
+            throw ModelFileError(g.path, "unsupported architecture \"\(arch)\" (supported: \(ModelConfiguration.supportedTypes.joined(separator: ", ")))")
+        }
+        func int(_ key: String) throws -> Int {
+            guard let v = g.metadata["\(arch).\(key)"]?.int else { throw ModelFileError(g.path, "missing metadata \(arch).\(key)") }
+            return v
+        }
+        let d = try int("embedding_length"), H = try int("attention.head_count")
+        guard g.tensor(named: "rope_freqs.weight") == nil else {
+            throw ModelFileError(g.path, "has rope_freqs.weight (llama3-style RoPE scaling in GGUF form), which is not supported yet")
+        }
+        let vocab = g.metadata["\(arch).vocab_size"]?.int ?? g.metadata["tokenizer.ggml.tokens"]?.array?.count
+            ?? g.tensor(named: "token_embd.weight")?.shape.first ?? 0
+        let eps = g.metadata["\(arch).attention.layer_norm_rms_epsilon"]?.double ?? 1e-5
+        let config = ModelConfiguration(
+            modelType: arch, hiddenSize: d, intermediateSize: try int("feed_forward_length"),
+            numHiddenLayers: try int("block_count"), numAttentionHeads: H,
+            numKeyValueHeads: g.metadata["\(arch).attention.head_count_kv"]?.int ?? H,
+            headDim: g.metadata["\(arch).attention.key_length"]?.int ?? d / H,
+            rmsNormEps: Double(Float(eps)), ropeTheta: g.metadata["\(arch).rope.freq_base"]?.double ?? 10000,
+            vocabSize: vocab, maxPositionEmbeddings: g.metadata["\(arch).context_length"]?.int ?? 2048,
+            tieWordEmbeddings: g.tensor(named: "output.weight") == nil,
+            bosTokenId: g.metadata["tokenizer.ggml.bos_token_id"]?.int,
+            eosTokenIds: g.metadata["tokenizer.ggml.eos_token_id"]?.int.map { [$0] } ?? [])
+        try config.validate(file: g.path)
+        return config
+    }
+}

@@ -1,0 +1,83 @@
+import COpenBLAS
+
+/// Float64 linear algebra over LAPACKE's row-major entry points (second moments, Hessians, PCA all run in
+/// Double: DESIGN.md §3).
+
+public struct LinearAlgebraError: Error, CustomStringConvertible {
+    public let description: String
+}
+
+/// `C += alpha · XᵀX` for X of shape [n, d] (n samples as rows), the second-moment accumulation of GPTQ and the
+/// PCA statistics. dsyrk fills one triangle; the other is mirrored so C stays a full symmetric matrix.
+public func syrkAccumulate(_ x: Matrix<Double>, alpha: Double = 1, into c: inout Matrix<Double>) {
+    let n = x.rows, d = x.cols
+    precondition(c.rows == d && c.cols == d, "syrk: X is \(n)×\(d) but C is \(c.rows)×\(c.cols)")
+    x.data.withUnsafeBufferPointer { px in
+        c.data.withUnsafeMutableBufferPointer { pc in
+            cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(d), Int32(n), alpha, px.baseAddress!, Int32(d),
+                        1, pc.baseAddress!, Int32(d))
+        }
+    }
+    for i in 0..<d { for j in 0..<i { c.data[i * d + j] = c.data[j * d + i] } }
+}
+
+/// Cholesky factor of a symmetric positive-definite matrix: upper U with A = UᵀU (`upper: true`) or lower L with
+/// A = LLᵀ. The unused triangle is zeroed.
+public func cholesky(_ a: Matrix<Double>, upper: Bool = false) throws -> Matrix<Double> {
+    precondition(a.rows == a.cols)
+    var f = a
+    let n = a.rows
+    let info = f.data.withUnsafeMutableBufferPointer { p in
+        LAPACKE_dpotrf(LAPACK_ROW_MAJOR, upper ? 85 /* U */ : 76 /* L */, Int32(n), p.baseAddress!, Int32(n))
+    }
+    guard info == 0 else {
+        throw LinearAlgebraError(description: info > 0
+            ? "Cholesky failed: leading minor \(info) of the \(n)×\(n) matrix is not positive definite"
+            : "Cholesky: illegal argument \(-info)")
+    }
+    for i in 0..<n { for j in 0..<n where upper ? j < i : j > i { f.data[i * n + j] = 0 } }
+    return f
+}
+
+/// Inverse of a symmetric positive-definite matrix through its Cholesky factor (dpotrf + dpotri).
+public func choleskyInverse(_ a: Matrix<Double>) throws -> Matrix<Double> {
+    var f = try cholesky(a, upper: false)
+    let n = a.rows
+    let info = f.data.withUnsafeMutableBufferPointer { p in
+        LAPACKE_dpotri(LAPACK_ROW_MAJOR, 76, Int32(n), p.baseAddress!, Int32(n))
+    }
+    guard info == 0 else { throw LinearAlgebraError(description: "dpotri failed (info \(info))") }
+    for i in 0..<n { for j in (i + 1)..<max(n, i + 1) { f.data[i * n + j] = f.data[j * n + i] } }
+    return f
+}
+
+/// Inverse of a triangular matrix (dtrtri); the other triangle of the input is ignored and zero in the output.
+public func triangularInverse(_ a: Matrix<Double>, upper: Bool) throws -> Matrix<Double> {
+    precondition(a.rows == a.cols)
+    let n = a.rows
+    var f = a
+    for i in 0..<n { for j in 0..<n where upper ? j < i : j > i { f.data[i * n + j] = 0 } }
+    let info = f.data.withUnsafeMutableBufferPointer { p in
+        LAPACKE_dtrtri(LAPACK_ROW_MAJOR, upper ? 85 : 76, 78 /* N: non-unit diagonal */, Int32(n), p.baseAddress!, Int32(n))
+    }
+    guard info == 0 else {
+        throw LinearAlgebraError(description: info > 0 ? "triangular matrix is singular (zero at \(info))" : "dtrtri: illegal argument \(-info)")
+    }
+    return f
+}
+
+/// Symmetric eigendecomposition A = V Λ Vᵀ (dsyevd). Eigenvalues ascending; column j of `vectors` belongs to
+/// `values[j]`, as numpy's `eigh` returns them.
+public func symmetricEigen(_ a: Matrix<Double>) throws -> (values: [Double], vectors: Matrix<Double>) {
+    precondition(a.rows == a.cols)
+    let n = a.rows
+    var v = a
+    var w = [Double](repeating: 0, count: n)
+    let info = v.data.withUnsafeMutableBufferPointer { p in
+        w.withUnsafeMutableBufferPointer { pw in
+            LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 86 /* V */, 85 /* U */, Int32(n), p.baseAddress!, Int32(n), pw.baseAddress!)
+        }
+    }
+    guard info == 0 else { throw LinearAlgebraError(description: "dsyevd failed to converge (info \(info))") }
+    return (w, v)
+}
