@@ -193,7 +193,7 @@ public final class GGUFFile: @unchecked Sendable {
         var alignment = 32
         if let a = metadata["general.alignment"] {
             guard let v = a.int, v > 0, v & (v - 1) == 0 else {
-                throw ModelFileError(path, "general.alignment \(a) is not a positive power of two")
+                throw ModelFileError(path, "general.alignment \(a.int.map(String.init) ?? "\(a)") is not a positive power of two")
             }
             alignment = v
         }
@@ -210,7 +210,7 @@ public final class GGUFFile: @unchecked Sendable {
             var dims: [Int] = []
             for d in 0..<Int(nDims) {
                 let ne = try r.u64("ne[\(d)] of tensor '\(name)'")
-                guard let n = Int(exactly: ne), n <= Int(Int32.max) * 1024 else {
+                guard let n = Int(exactly: ne) else {
                     throw ModelFileError(path, "tensor '\(name)' has absurd dimension ne[\(d)] = \(ne)")
                 }
                 dims.append(n)
@@ -287,10 +287,12 @@ public final class GGUFFile: @unchecked Sendable {
             dequantizeBlocks(type, base, out, 0..<blocks)
             return
         }
-        let outAddress = UInt(bitPattern: out)
+        // Pointers are not Sendable; the chunks write disjoint ranges, so passing them as addresses is safe.
+        let srcAddress = UInt(bitPattern: base), outAddress = UInt(bitPattern: out)
         DispatchQueue.concurrentPerform(iterations: chunks) { c in
             let lo = blocks * c / chunks, hi = blocks * (c + 1) / chunks
-            dequantizeBlocks(type, base, UnsafeMutablePointer<Float>(bitPattern: outAddress)!, lo..<hi)
+            dequantizeBlocks(type, UnsafeRawPointer(bitPattern: srcAddress)!,
+                             UnsafeMutablePointer<Float>(bitPattern: outAddress)!, lo..<hi)
         }
     }
 }

@@ -7,8 +7,11 @@ import Foundation
 /// coefficients); relative error ≈ 2 ulp over the float range, exact 0 below −87.3.
 @inline(__always)
 public func exp8(_ x: SIMD8<Float>) -> SIMD8<Float> {
-    let x = x.clamped(lowerBound: SIMD8(repeating: -87.33654), upperBound: SIMD8(repeating: 88.72283))
-    let n = (x * 1.44269504088896341).rounded(.toNearestOrEven)
+    let x = pointwiseMin(pointwiseMax(x, SIMD8(repeating: -87.33654)), SIMD8(repeating: 88.72283))
+    // Round x·log2(e) to an integer with the 1.5·2²³ trick: the sum's low mantissa bits are n itself. (Generic
+    // SIMD float→int conversions do not vectorise.)
+    let shifted = x * 1.44269504088896341 + 12582912
+    let n = shifted - 12582912
     var r = x - n * 0.693359375
     r = r - n * -2.12194440e-4
     var p = SIMD8<Float>(repeating: 1.9875691500e-4)
@@ -18,19 +21,29 @@ public func exp8(_ x: SIMD8<Float>) -> SIMD8<Float> {
     p = p * r + 1.6666665459e-1
     p = p * r + 5.0000001201e-1
     p = p * (r * r) + r + 1
-    let bits = (SIMD8<Int32>(n) &+ 127) &<< 23
+    let bits = (unsafeBitCast(shifted, to: SIMD8<Int32>.self) &- 0x4B40_0000 &+ 127) &<< 23
     return p * unsafeBitCast(bits, to: SIMD8<Float>.self)
+}
+
+/// Largest of x[0..<n].
+@inline(__always)
+public func maxElement(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+    var m8 = SIMD8<Float>(repeating: -.infinity)
+    var i = 0
+    while i + 8 <= n {
+        m8 = pointwiseMax(m8, UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self))
+        i += 8
+    }
+    var mx = -Float.infinity
+    for j in 0..<8 { mx = max(mx, m8[j]) }
+    while i < n { mx = max(mx, x[i]); i += 1 }
+    return mx
 }
 
 /// In-place softmax of `x[0..<n]`; returns nothing, the row sums to 1.
 public func softmaxInPlace(_ x: UnsafeMutablePointer<Float>, _ n: Int) {
-    var mx = -Float.infinity
+    let mx = maxElement(x, n)
     var i = 0
-    while i + 8 <= n {
-        mx = max(mx, UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self).max())
-        i += 8
-    }
-    while i < n { mx = max(mx, x[i]); i += 1 }
     var sum8 = SIMD8<Float>()
     var sum: Float = 0
     i = 0

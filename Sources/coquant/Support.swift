@@ -1,0 +1,72 @@
+import ArgumentParser
+import CoQuantModel
+import Foundation
+
+/// Flags every command that computes figures shares.
+struct OutputOptions: ParsableArguments {
+    @Flag(help: "Print the result as JSON on stdout (the summary line goes to stderr).")
+    var json = false
+
+    @Flag(help: "No progress display (it is also off when stderr is not a terminal).")
+    var quiet = false
+
+    var showProgress: Bool { !quiet && isatty(2) == 1 }
+}
+
+/// One-line progress on stderr, redrawn in place: `label i/N, rate, ETA`.
+struct Progress {
+    let enabled: Bool
+    let label: String
+
+    func update(_ done: Int, _ total: Int, seconds: Double, unit: String, perStep: Double) {
+        guard enabled else { return }
+        let rate = Double(done) * perStep / max(seconds, 1e-9)
+        let eta = seconds / Double(done) * Double(total - done)
+        let line = String(format: "\r%@ %d/%d  %.1f %@/s  ETA %@   ", label, done, total, rate, unit, formatDuration(eta))
+        FileHandle.standardError.write(line.data(using: .utf8)!)
+        if done == total { FileHandle.standardError.write("\n".data(using: .utf8)!) }
+    }
+}
+
+func formatDuration(_ s: Double) -> String {
+    let t = Int(s.rounded())
+    return t >= 3600 ? String(format: "%dh%02dm", t / 3600, t / 60 % 60) : String(format: "%dm%02ds", t / 60, t % 60)
+}
+
+func printErr(_ s: String) { FileHandle.standardError.write((s + "\n").data(using: .utf8)!) }
+
+/// Prints `value` as pretty JSON on stdout.
+func printJSON<T: Encodable>(_ value: T) throws {
+    let e = JSONEncoder()
+    e.outputFormatting = [.prettyPrinted, .sortedKeys]
+    print(String(decoding: try e.encode(value), as: UTF8.self))
+}
+
+/// Finds the project's `data/` folder: `--data`, then `$COQUANT_DATA`, then `./data`, then next to the
+/// executable's build folder (`.build/<config>/coquant` → `data/`).
+func locateData(_ explicit: String?, _ relative: String) throws -> String {
+    var candidates: [String] = []
+    if let explicit { candidates.append(explicit) }
+    if let env = ProcessInfo.processInfo.environment["COQUANT_DATA"] { candidates.append(env) }
+    candidates.append(FileManager.default.currentDirectoryPath + "/data")
+    let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+    for up in 1...3 {
+        var u = exe
+        for _ in 0..<up { u = u.deletingLastPathComponent() }
+        candidates.append(u.appendingPathComponent("data").path)
+    }
+    for dir in candidates where FileManager.default.fileExists(atPath: dir + "/" + relative) {
+        return dir + "/" + relative
+    }
+    throw ValidationError("cannot find data file \(relative); looked in \(candidates.joined(separator: ", ")) (pass --data DIR or set COQUANT_DATA)")
+}
+
+func loadModel(_ path: String, quiet: Bool) throws -> LoadedModel {
+    let start = ContinuousClock.now
+    let loaded = try ModelLoader.load(path, requireTokenizer: true)
+    if !quiet {
+        let c = loaded.model.config
+        printErr("loaded \(path) (\(c.modelType), \(c.numHiddenLayers) layers, d \(c.hiddenSize), \(loaded.format)) in \(ContinuousClock.now - start)")
+    }
+    return loaded
+}
