@@ -1,11 +1,7 @@
-import CoQuantModel
+@testable import CoQuantModel
 import Foundation
 import XCTest
 
-/// Fixtures live in `Tests/Fixtures`; models (too big for the repo) in `$COQUANT_MODELS`, default `<package>/models`.
-private let testsDir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-private let packageRoot = testsDir.deletingLastPathComponent()
-private let modelsDir = ProcessInfo.processInfo.environment["COQUANT_MODELS"] ?? packageRoot.appendingPathComponent("models").path
 
 // MARK: - A minimal GGUF writer for synthetic files
 
@@ -159,7 +155,7 @@ final class GGUFTests: XCTestCase {
             struct Entry: Decodable { let type: String, type_id: UInt32, n_elements: Int, hex: String, expected_bits: [UInt32] }
             let blocks: [Entry]
         }
-        let url = testsDir.appendingPathComponent("Fixtures/gguf-blocks/blocks.json")
+        let url = URL(fileURLWithPath: fixturesDir + "/gguf-blocks/blocks.json")
         let fixture = try JSONDecoder().decode(Blocks.self, from: Data(contentsOf: url))
         let tensors = fixture.blocks.map { b in
             let hex = Array(b.hex.utf8)
@@ -369,7 +365,7 @@ final class GGUFTests: XCTestCase {
         guard FileManager.default.fileExists(atPath: path) else {
             throw XCTSkip("\(path) is missing: run `scripts/download-models.sh \(download)` (or set COQUANT_MODELS)")
         }
-        let url = testsDir.appendingPathComponent("Fixtures/\(fixture)/gguf_dequant_checksums.json")
+        let url = URL(fileURLWithPath: fixturesDir + "/\(fixture)/gguf_dequant_checksums.json")
         let expected = try JSONDecoder().decode(Checksums.self, from: Data(contentsOf: url))
         let opening = Date()
         let f = try GGUFFile(path: path)
