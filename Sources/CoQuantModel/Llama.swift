@@ -27,7 +27,7 @@ public struct Linear: Sendable {
     /// y[T, out] = x[T, in] · Wᵀ (+ b).
     public func callAsFunction(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
         weight.withUnsafeBufferPointer { w in
-            Float.gemm(false, true, rows, outFeatures, inFeatures, 1, x, inFeatures, w.baseAddress!, inFeatures, 0, y, outFeatures)
+            parallelSgemm(transB: true, rows, outFeatures, inFeatures, 1, x, inFeatures, w.baseAddress!, inFeatures, y, outFeatures)
         }
         if let bias {
             for t in 0..<rows { for j in 0..<outFeatures { y[t * outFeatures + j] += bias[j] } }
@@ -199,8 +199,12 @@ public final class LlamaModel: @unchecked Sendable {
     /// Logits for `ids` at positions cache.length ..< cache.length + T (0 ..< T without a cache): [T or 1, V].
     /// With a cache, the new keys and values are appended to it.
     public func forward(_ ids: [Int], cache: KVCache? = nil, logits rows: LogitsRows = .all) -> [Float] {
+        withSingleThreadedBLAS { forwardBody(ids, cache: cache, logits: rows) }
+    }
+
+    func forwardBody(_ ids: [Int], cache: KVCache?, logits rows: LogitsRows) -> [Float] {
         var x = embed(ids)
-        for l in 0..<layers.count { decoderLayer(l, &x, rows: ids.count, cache: cache) }
+        for l in 0..<layers.count { decoderLayerBody(l, &x, rows: ids.count, cache: cache) }
         cache?.advance(by: ids.count)
         return head(&x, rows: ids.count, logits: rows)
     }
@@ -224,7 +228,7 @@ public final class LlamaModel: @unchecked Sendable {
                     lmHead(ph.baseAddress!, rows: n, into: pl.baseAddress!)
                 } else {
                     embedTokens.withUnsafeBufferPointer { w in
-                        Float.gemm(false, true, n, V, d, 1, ph.baseAddress!, d, w.baseAddress!, d, 0, pl.baseAddress!, V)
+                        parallelSgemm(transB: true, n, V, d, 1, ph.baseAddress!, d, w.baseAddress!, d, pl.baseAddress!, V)
                     }
                 }
             }
@@ -234,6 +238,10 @@ public final class LlamaModel: @unchecked Sendable {
 
     /// One decoder layer over x [T, d] in place (residual stream), at positions cache.length ..< cache.length + T.
     public func decoderLayer(_ l: Int, _ x: inout [Float], rows T: Int, cache: KVCache?) {
+        withSingleThreadedBLAS { decoderLayerBody(l, &x, rows: T, cache: cache) }
+    }
+
+    func decoderLayerBody(_ l: Int, _ x: inout [Float], rows T: Int, cache: KVCache?) {
         let c = config, layer = layers[l]
         let d = c.hiddenSize, H = c.numAttentionHeads, KV = c.numKeyValueHeads, hd = c.headDim, F = c.intermediateSize
         let start = cache?.length ?? 0
@@ -307,8 +315,10 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     /// Causal grouped-query attention of T new queries (positions start..<start+T) over keys/values 0..<start+T,
-    /// all position-major: q [T, H·hd], k/v [start+T, KV·hd], ctx [T, H·hd]. Query rows go in blocks so each block's
-    /// score matrix only spans the keys it can see (the causal half is never computed).
+    /// all position-major: q [T, H·hd], k/v [start+T, KV·hd], ctx [T, H·hd].
+    /// The `group` query heads that share a KV head are gathered into one [T·group, hd] matrix, so each GEMM covers
+    /// all of them; query positions go in blocks so a block's scores only span the keys it can see (the causal half
+    /// is never computed).
     func attention(_ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>, _ v: UnsafePointer<Float>,
                    _ ctx: UnsafeMutablePointer<Float>, rows T: Int, start: Int) {
         let H = config.numAttentionHeads, KV = config.numKeyValueHeads, hd = config.headDim
@@ -316,28 +326,40 @@ public final class LlamaModel: @unchecked Sendable {
         let scale = 1 / Float(hd).squareRoot()
         let block = 128
         let total = start + T
-        let scores = UnsafeMutablePointer<Float>.allocate(capacity: min(block, T) * total)
-        defer { scores.deallocate() }
-        for h in 0..<H {
-            let kvh = h / group
-            var r0 = 0
-            while r0 < T {
-                let r1 = min(r0 + block, T), n = r1 - r0
-                let visible = start + r1         // keys the last row of the block may see
-                Float.gemm(false, true, n, visible, hd, scale, q + r0 * H * hd + h * hd, H * hd,
-                           k + kvh * hd, KV * hd, 0, scores, visible)
-                let chunks = n >= 32 ? 2 : 1
-                parallelFor(chunks) { c in
-                    for i in stride(from: c, to: n, by: chunks) {
-                        let row = scores + i * visible
-                        let seen = start + r0 + i + 1
-                        softmaxInPlace(row, seen)
-                        if seen < visible { (row + seen).update(repeating: 0, count: visible - seen) }
-                    }
+        let qg = UnsafeMutablePointer<Float>.allocate(capacity: T * H * hd)    // [KV][T][group][hd]
+        let cg = UnsafeMutablePointer<Float>.allocate(capacity: T * H * hd)
+        let blocks = (T + block - 1) / block
+        let workers = KV * blocks >= 2 ? forwardWorkers : 1
+        let scoresPerWorker = min(block, T) * group * total
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: workers * scoresPerWorker)
+        defer { qg.deallocate(); cg.deallocate(); scores.deallocate() }
+        for t in 0..<T {
+            for h in 0..<H {
+                (qg + ((h / group * T + t) * group + h % group) * hd).update(from: q + (t * H + h) * hd, count: hd)
+            }
+        }
+        // Tasks (KV head, position block), interleaved over workers; later blocks see more keys, so striding
+        // balances the causal triangle.
+        parallelFor(workers) { w in
+            let scores = scores + w * scoresPerWorker
+            for task in stride(from: w, to: KV * blocks, by: workers) {
+                let g = task % KV, r0 = task / KV * block
+                let r1 = min(r0 + block, T), n = (r1 - r0) * group
+                let visible = start + r1         // keys the block's last position may see
+                let rowsBase = (g * T + r0) * group * hd
+                Float.gemm(false, true, n, visible, hd, scale, qg + rowsBase, hd, k + g * hd, KV * hd, 0, scores, visible)
+                for i in 0..<n {
+                    let row = scores + i * visible
+                    let seen = start + r0 + i / group + 1
+                    softmaxInPlace(row, seen)
+                    if seen < visible { (row + seen).update(repeating: 0, count: visible - seen) }
                 }
-                Float.gemm(false, false, n, hd, visible, 1, scores, visible, v + kvh * hd, KV * hd,
-                           0, ctx + r0 * H * hd + h * hd, H * hd)
-                r0 = r1
+                Float.gemm(false, false, n, hd, visible, 1, scores, visible, v + g * hd, KV * hd, 0, cg + rowsBase, hd)
+            }
+        }
+        for t in 0..<T {
+            for h in 0..<H {
+                (ctx + (t * H + h) * hd).update(from: cg + ((h / group * T + t) * group + h % group) * hd, count: hd)
             }
         }
     }

@@ -1,4 +1,5 @@
 import COpenBLAS
+import Foundation
 
 /// Element types BLAS/LAPACK have kernels for: `Float` (the forward pass) and `Double` (statistics, Hessians, PCA).
 public protocol BLASScalar: BinaryFloatingPoint, Sendable {
@@ -7,10 +8,25 @@ public protocol BLASScalar: BinaryFloatingPoint, Sendable {
                      _ beta: Self, _ c: UnsafeMutablePointer<Self>, _ ldc: Int)
 }
 
+/// Thread-seconds spent inside sgemm, for the benchmarks' "share of time in GEMM". Off by default; when off it
+/// costs one branch per GEMM call.
+public enum GEMMClock {
+    nonisolated(unsafe) public static var enabled = false
+    nonisolated(unsafe) static var total = 0.0
+    static let lock = NSLock()
+    public static var seconds: Double {
+        get { lock.lock(); defer { lock.unlock() }; return total }
+        set { lock.lock(); total = newValue; lock.unlock() }
+    }
+    static func add(_ s: Double) { lock.lock(); total += s; lock.unlock() }
+}
+
 extension Float: BLASScalar {
     public static func gemm(_ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float,
                             _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
                             _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
+        let start = GEMMClock.enabled ? DispatchTime.now().uptimeNanoseconds : 0
+        defer { if GEMMClock.enabled { GEMMClock.add(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9) } }
         cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }

@@ -1,1 +1,46 @@
-print("bench")
+import CoQuantModel
+import CoQuantTensor
+import Foundation
+
+// coquant-bench prefill --model PATH [--tokens 2048] [--repeats 3]
+// fp32 prefill (all logits, as perplexity needs) of one sequence; prints per-pass figures and a RESULT line that
+// bench/prefill.sh pairs with PyTorch's.
+
+func option(_ name: String, _ fallback: String?) -> String? {
+    let args = CommandLine.arguments
+    if let i = args.firstIndex(of: "--" + name), i + 1 < args.count { return args[i + 1] }
+    return fallback
+}
+
+let args = CommandLine.arguments
+guard args.count >= 2, args[1] == "prefill", let path = option("model", nil) else {
+    FileHandle.standardError.write("usage: coquant-bench prefill --model PATH [--tokens 2048] [--repeats 3]\n".data(using: .utf8)!)
+    exit(2)
+}
+let tokens = Int(option("tokens", "2048")!)!
+let repeats = Int(option("repeats", "3")!)!
+do {
+    let model = try ModelLoader.load(path).model
+    var rng = SeededGenerator(seed: 0)
+    let ids = (0..<tokens).map { _ in Int(rng.next() % UInt64(model.config.vocabSize)) }
+    _ = model.forward(Array(ids[0..<min(64, tokens)]))     // warm-up: page in weights, grow RoPE tables
+    var times: [Double] = [], shares: [Double] = []
+    for r in 0..<repeats {
+        GEMMClock.seconds = 0
+        GEMMClock.enabled = true
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        let logits = model.forward(ids)
+        let s = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
+        GEMMClock.enabled = false
+        precondition(logits.count == tokens * model.config.vocabSize)
+        times.append(s)
+        shares.append(GEMMClock.seconds / s)
+        print(String(format: "pass %d: %.3f s, %.1f tokens/s, GEMM %.1f%%", r + 1, s, Double(tokens) / s, 100 * GEMMClock.seconds / s))
+    }
+    let order = times.indices.sorted { times[$0] < times[$1] }
+    let mid = order[order.count / 2]
+    print(String(format: "RESULT swift tokens_per_s=%.2f seconds=%.4f gemm_share=%.4f", Double(tokens) / times[mid], times[mid], shares[mid]))
+} catch {
+    FileHandle.standardError.write("error: \(error)\n".data(using: .utf8)!)
+    exit(1)
+}
