@@ -8,7 +8,10 @@ import Foundation
 /// coefficients); relative error ≈ 2 ulp over the float range, exact 0 below −87.3.
 @inline(__always)
 public func exp8(_ x: SIMD8<Float>) -> SIMD8<Float> {
-    let x = pointwiseMin(pointwiseMax(x, SIMD8(repeating: -87.33654)), SIMD8(repeating: 88.72283))
+    // Clamp with compare + blend: the generic pointwiseMin/Max are not inlined and cost as much as the polynomial.
+    var x = x
+    x.replace(with: SIMD8(repeating: -87.33654), where: x .< -87.33654)
+    x.replace(with: SIMD8(repeating: 88.72283), where: x .> 88.72283)
     // Round x·log2(e) to an integer with the 1.5·2²³ trick: the sum's low mantissa bits are n itself. (Generic
     // SIMD float→int conversions do not vectorise.)
     let shifted = x * 1.44269504088896341 + 12582912
@@ -32,7 +35,8 @@ public func maxElement(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
     var m8 = SIMD8<Float>(repeating: -.infinity)
     var i = 0
     while i + 8 <= n {
-        m8 = pointwiseMax(m8, UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self))
+        let v = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
+        m8.replace(with: v, where: v .> m8)
         i += 8
     }
     var mx = -Float.infinity
