@@ -120,13 +120,21 @@ public func withSingleThreadedBLAS<R>(_ body: () throws -> R) rethrows -> R {
     return try body()
 }
 
-/// C[m, n] = alpha · A[m, k] · op(B) with the m rows split across `forwardWorkers` threads (single-threaded BLAS
-/// each); small problems run on the calling thread.
+/// C[m, n] = alpha · A[m, k] · op(B) split across `forwardWorkers` threads (single-threaded BLAS each): by rows of
+/// A for prefill, by columns of C when there are too few rows (decoding one token); small problems stay on the
+/// calling thread.
 public func parallelSgemm(transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float, _ a: UnsafePointer<Float>, _ lda: Int,
                           _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
-    let workers = m * n * k >= 1 << 20 && m >= 2 * forwardWorkers ? forwardWorkers : 1
-    parallelFor(workers) { w in
-        let r0 = m * w / workers, r1 = m * (w + 1) / workers
-        Float.gemm(false, transB, r1 - r0, n, k, alpha, a + r0 * lda, lda, b, ldb, 0, c + r0 * ldc, ldc)
+    let workers = m * n * k >= 1 << 18 ? forwardWorkers : 1
+    if m >= 4 * workers {
+        parallelFor(workers) { w in
+            let r0 = m * w / workers, r1 = m * (w + 1) / workers
+            Float.gemm(false, transB, r1 - r0, n, k, alpha, a + r0 * lda, lda, b, ldb, 0, c + r0 * ldc, ldc)
+        }
+    } else {
+        parallelFor(workers) { w in
+            let c0 = n * w / workers, c1 = n * (w + 1) / workers
+            Float.gemm(false, transB, m, c1 - c0, k, alpha, a, lda, transB ? b + c0 * ldb : b + c0, ldb, 0, c + c0, ldc)
+        }
     }
 }

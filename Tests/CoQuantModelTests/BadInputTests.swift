@@ -122,3 +122,33 @@ final class BadInputTests: XCTestCase {
         expectError(out + "/model.safetensors.index.json", contains: "weight_map") { _ = try ModelLoader.load(out) }
     }
 }
+
+final class SafeTensorsDTypeTests: XCTestCase {
+    /// F16, BF16 and F64 tensors convert to the same Float32 values numpy gives.
+    func testHalfAndBFloatConversion() throws {
+        let path = NSTemporaryDirectory() + "coquant-dtypes-\(getpid()).safetensors"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let values: [Float] = [1, -2.5, 0.099975586, 65504, -0.0, 3.140625]
+        var blob = Data()
+        for v in values { withUnsafeBytes(of: Float16(v).bitPattern.littleEndian) { blob.append(contentsOf: $0) } }
+        for v in values { withUnsafeBytes(of: UInt16(v.bitPattern >> 16).littleEndian) { blob.append(contentsOf: $0) } }
+        for v in values { withUnsafeBytes(of: Double(v)) { blob.append(contentsOf: $0) } }
+        let n = values.count
+        let header = try JSONSerialization.data(withJSONObject: [
+            "h": ["dtype": "F16", "shape": [2, 3], "data_offsets": [0, 2 * n]],
+            "b": ["dtype": "BF16", "shape": [n], "data_offsets": [2 * n, 4 * n]],
+            "d": ["dtype": "F64", "shape": [n], "data_offsets": [4 * n, 12 * n]],
+            "__metadata__": ["format": "pt"]])
+        var d = Data()
+        withUnsafeBytes(of: UInt64(header.count).littleEndian) { d.append(contentsOf: $0) }
+        d.append(header); d.append(blob)
+        try d.write(to: URL(fileURLWithPath: path))
+        let st = try SafeTensorsFile(path: path)
+        XCTAssertEqual(st.tensors["h"]?.shape, [2, 3])
+        XCTAssertEqual(st.metadata["format"], "pt")
+        XCTAssertEqual(try st.floats("h"), values.map { Float(Float16($0)) })
+        XCTAssertEqual(try st.floats("b"), values.map { Float(bitPattern: $0.bitPattern & 0xFFFF_0000) })
+        XCTAssertEqual(try st.floats("d"), values)
+        XCTAssertThrowsError(try st.ints("h"))
+    }
+}

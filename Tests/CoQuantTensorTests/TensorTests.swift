@@ -106,3 +106,23 @@ final class KernelTests: XCTestCase {
         XCTAssertNotEqual(xa, (0..<5).map { _ in c.next() })
     }
 }
+
+final class ParallelGEMMTests: XCTestCase {
+    /// Both ways of splitting (by rows for prefill, by columns for one-token decode) give what one BLAS call gives.
+    func testSplitsMatchSingleCall() {
+        var g = SeededGenerator(seed: 3)
+        for (m, n, k) in [(1, 4096, 96), (3, 2000, 130), (300, 700, 64), (64, 64, 64)] {
+            for transB in [false, true] {
+                let a = (0..<(m * k)).map { _ in Float(g.nextDouble() - 0.5) }
+                let b = (0..<(n * k)).map { _ in Float(g.nextDouble() - 0.5) }
+                var c1 = [Float](repeating: 0, count: m * n), c2 = c1
+                Float.gemm(false, transB, m, n, k, 0.5, a, k, b, transB ? k : n, 0, &c1, n)
+                withSingleThreadedBLAS {
+                    parallelSgemm(transB: transB, m, n, k, 0.5, a, k, b, transB ? k : n, &c2, n)
+                }
+                // Equal up to summation order (the split changes OpenBLAS's blocking).
+                for i in c1.indices { XCTAssertEqual(c1[i], c2[i], accuracy: 1e-5, "m \(m) n \(n) k \(k) transB \(transB) at \(i)") }
+            }
+        }
+    }
+}
