@@ -6,10 +6,11 @@ import XCTest
 let fixturesDir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .appendingPathComponent("Fixtures").path
 
+let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent().path
+
 /// Where `scripts/download-models.sh` puts the real models: `$COQUANT_MODELS`, default `<package>/models`.
-let modelsDir = ProcessInfo.processInfo.environment["COQUANT_MODELS"]
-    ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("models").path
+let modelsDir = ProcessInfo.processInfo.environment["COQUANT_MODELS"] ?? packageRoot + "/models"
 
 let smolLM2Path = modelsDir + "/SmolLM2-135M-Instruct.Q4_1.gguf"
 let qwen2Path = modelsDir + "/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"

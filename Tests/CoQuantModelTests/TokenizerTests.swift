@@ -5,12 +5,7 @@ import XCTest
 /// Checks the tokenizer against ids made with HF `tokenizers` / transformers (Tests/Fixtures/*/README in
 /// /work/shared/fixtures describe how): 40 texts per tokenizer, and the whole WikiText-2 test text.
 final class TokenizerTests: XCTestCase {
-    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent()
-    static let fixtures = packageRoot.appendingPathComponent("Tests/Fixtures")
-    static let modelsDir = ProcessInfo.processInfo.environment["COQUANT_MODELS"]
-        ?? packageRoot.appendingPathComponent("models").path
-    static let wikiTextPath = packageRoot.appendingPathComponent("data/wikitext-2-raw-v1/test.gptq_join.txt").path
+    static let wikiTextPath = packageRoot + "/data/wikitext-2-raw-v1/test.gptq_join.txt"
 
     // Loaded once per test process: the Llama-3 tokenizer.json alone is 9 MB of JSON.
     static let llama3 = Result { try Tokenizer(tokenizerJSON: try llama3TokenizerJSON(),
@@ -18,17 +13,15 @@ final class TokenizerTests: XCTestCase {
     static let smolJSON = Result { try Tokenizer(tokenizerJSON: fixture("smollm2/tokenizer.json"),
                                                  tokenizerConfig: fixture("smollm2/tokenizer_config.json")) }
     static let smolGGUF = Result { () throws -> Tokenizer? in
-        let path = modelsDir + "/SmolLM2-135M-Instruct.Q4_1.gguf"
-        guard FileManager.default.fileExists(atPath: path) else { return nil }
-        return try Tokenizer(gguf: try GGUFFile(path: path))
+        guard FileManager.default.fileExists(atPath: smolLM2Path) else { return nil }
+        return try Tokenizer(gguf: try GGUFFile(path: smolLM2Path))
     }
     static let qwenGGUF = Result { () throws -> Tokenizer? in
-        let path = modelsDir + "/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-        guard FileManager.default.fileExists(atPath: path) else { return nil }
-        return try Tokenizer(gguf: try GGUFFile(path: path))
+        guard FileManager.default.fileExists(atPath: qwen2Path) else { return nil }
+        return try Tokenizer(gguf: try GGUFFile(path: qwen2Path))
     }
 
-    static func fixture(_ name: String) -> String { fixtures.appendingPathComponent(name).path }
+    static func fixture(_ name: String) -> String { fixturesDir + "/" + name }
 
     /// The Llama-3 tokenizer.json is stored gzip-compressed (9 MB → 3 MB); unpack it into a temporary directory.
     static func llama3TokenizerJSON() throws -> String {
@@ -48,7 +41,7 @@ final class TokenizerTests: XCTestCase {
 
     func skipUnlessPresent(_ t: Tokenizer?, _ file: String) throws -> Tokenizer {
         guard let t else {
-            throw XCTSkip("\(file) not found in \(Self.modelsDir) (set COQUANT_MODELS or run scripts/download-models.sh)")
+            throw XCTSkip("\(file) not found in \(modelsDir) (set COQUANT_MODELS or run scripts/download-models.sh)")
         }
         return t
     }
