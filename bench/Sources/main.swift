@@ -34,8 +34,10 @@ do {
         GEMMClock.enabled = false
         precondition(logits.count == tokens * model.config.vocabSize)
         times.append(s)
-        shares.append(GEMMClock.seconds / s)
-        print(String(format: "pass %d: %.3f s, %.1f tokens/s, GEMM %.1f%%", r + 1, s, Double(tokens) / s, 100 * GEMMClock.seconds / s))
+        // GEMMClock counts thread-seconds; the forward pass keeps `forwardWorkers` threads busy.
+        let share = GEMMClock.seconds / (s * Double(forwardWorkers))
+        shares.append(share)
+        print(String(format: "pass %d: %.3f s, %.1f tokens/s, GEMM %.1f%% of %d cores' time", r + 1, s, Double(tokens) / s, 100 * share, forwardWorkers))
     }
     let order = times.indices.sorted { times[$0] < times[$1] }
     let mid = order[order.count / 2]
