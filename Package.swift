@@ -30,6 +30,7 @@ let package = Package(
                           swiftSettings: kernelFlags),
         .testTarget(name: "CoQuantTensorTests", dependencies: ["CoQuantTensor"]),
         .testTarget(name: "CoQuantModelTests", dependencies: ["CoQuantModel"]),
+        .testTarget(name: "CoQuantQuantTests", dependencies: ["CoQuantQuant", "CoQuantModel", "CoQuantTensor"]),
         .testTarget(name: "CoQuantEvalTests", dependencies: ["CoQuantEval", "CoQuantModel"]),
     ],
     // Swift 5 mode: the numeric kernels hand raw pointers to concurrentPerform, which strict Sendable checking rejects.

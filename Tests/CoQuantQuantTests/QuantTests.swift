@@ -1,0 +1,6 @@
+import XCTest
+@testable import CoQuantQuant
+
+final class QuantPlaceholderTests: XCTestCase {
+    func testLayerLinks() { XCTAssertNotNil(CoQuantQuant.self) }
+}
