@@ -62,6 +62,7 @@ public enum HookSite: String, Sendable, CaseIterable {
     case oProjInput         // attention context, input of o_proj: [T, H·hd]
     case mlpInput           // input of gate_proj, up_proj: [T, d]
     case downProjInput      // SwiGLU product, input of down_proj: [T, F]
+    case queries            // post-RoPE queries: [T, H·hd]
     case keys               // post-RoPE keys of the new tokens, before they enter the cache: [T, KV·hd]
     case values             // values of the new tokens, before they enter the cache: [T, KV·hd]
     case lmHeadInput        // final-norm output: [T, d] (layer index = numHiddenLayers)
@@ -268,6 +269,7 @@ public final class LlamaModel: @unchecked Sendable {
                                 layer.selfAttn.vProj(h, rows: T, into: v)
                                 applyRope(q, rows: T, heads: H, start: start)
                                 applyRope(k, rows: T, heads: KV, start: start)
+                                hook?(l, .queries, q, T, H * hd)
                                 hook?(l, .keys, k, T, KV * hd)
                                 hook?(l, .values, v, T, KV * hd)
                                 if let cache {

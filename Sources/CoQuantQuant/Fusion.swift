@@ -1,0 +1,116 @@
+import CoQuantModel
+import CoQuantTensor
+
+// Norm fusion and QuaRot-style rotation fusion (COQUANT_RESQ.md §2.1 step 2, §2.2 step 3). Math in float64, weights
+// cast back to float32. Shapes: d hidden, W [out, in] as stored; Q [d, d] orthogonal; a residual stream h in the
+// rotated basis is h·Q, so every consumer of the residual takes W ← W·Q (input side) and every producer W ← Qᵀ·W
+// (output side).
+
+/// Folds each RMSNorm weight into the linears that read its output (q/k/v ← input_layernorm, gate/up ←
+/// post_attention_layernorm, lm_head ← final norm) and sets the norms to 1, so the norms commute with rotations.
+/// A tied head is untied first (as the reference does), since the final norm can only be folded into the head.
+/// `centerEmbeddings` reproduces the reference's QuaRot legacy step E ← E − mean_row(E), which is **not**
+/// function-preserving for RMSNorm models (COQUANT_RESQ.md §5 item 12); on for parity with the reference runs.
+public func fuseNorms(_ model: LlamaModel, centerEmbeddings: Bool) {
+    let c = model.config, d = c.hiddenSize
+    if model.lmHead == nil {
+        model.lmHead = Linear(weight: model.embedTokens, inFeatures: d, outFeatures: c.vocabSize)
+    }
+    if centerEmbeddings {
+        for r in 0..<c.vocabSize {
+            var mean = 0.0
+            for j in 0..<d { mean += Double(model.embedTokens[r * d + j]) }
+            mean /= Double(d)
+            for j in 0..<d { model.embedTokens[r * d + j] = Float(Double(model.embedTokens[r * d + j]) - mean) }
+        }
+    }
+    for i in model.layers.indices {
+        let gIn = model.layers[i].inputLayernorm, gPost = model.layers[i].postAttentionLayernorm
+        scaleColumns(&model.layers[i].selfAttn.qProj, gIn)
+        scaleColumns(&model.layers[i].selfAttn.kProj, gIn)
+        scaleColumns(&model.layers[i].selfAttn.vProj, gIn)
+        scaleColumns(&model.layers[i].mlp.gateProj, gPost)
+        scaleColumns(&model.layers[i].mlp.upProj, gPost)
+        model.layers[i].inputLayernorm = [Float](repeating: 1, count: d)
+        model.layers[i].postAttentionLayernorm = [Float](repeating: 1, count: d)
+    }
+    scaleColumns(&model.lmHead!, model.norm)
+    model.norm = [Float](repeating: 1, count: d)
+}
+
+/// W ← W·diag(g), in float64.
+func scaleColumns(_ linear: inout Linear, _ g: [Float]) {
+    let n = linear.inFeatures
+    for r in 0..<linear.outFeatures {
+        for j in 0..<n { linear.weight[r * n + j] = Float(Double(linear.weight[r * n + j]) * Double(g[j])) }
+    }
+}
+
+/// Rotates the residual stream of a norm-fused model by the orthogonal Q [d, d]: embeddings and every reader of the
+/// residual (q/k/v, gate/up, lm_head) take W·Q, every writer (o_proj, down_proj, with biases) takes Qᵀ·W.
+/// At full precision the model computes the same function.
+public func rotateResidual(_ model: LlamaModel, _ Q: Matrix<Double>) {
+    let c = model.config, d = c.hiddenSize
+    precondition(Q.rows == d && Q.cols == d, "residual rotation must be \(d)×\(d)")
+    precondition(model.layers.allSatisfy { $0.inputLayernorm.allSatisfy { $0 == 1 } } && model.lmHead != nil,
+                 "fuse the norms before rotating the residual stream")
+    model.embedTokens = rightMultiply(model.embedTokens, rows: c.vocabSize, Q)
+    for i in model.layers.indices {
+        let l = model.layers[i]
+        model.layers[i].selfAttn.qProj.weight = rightMultiply(l.selfAttn.qProj.weight, rows: l.selfAttn.qProj.outFeatures, Q)
+        model.layers[i].selfAttn.kProj.weight = rightMultiply(l.selfAttn.kProj.weight, rows: l.selfAttn.kProj.outFeatures, Q)
+        model.layers[i].selfAttn.vProj.weight = rightMultiply(l.selfAttn.vProj.weight, rows: l.selfAttn.vProj.outFeatures, Q)
+        model.layers[i].mlp.gateProj.weight = rightMultiply(l.mlp.gateProj.weight, rows: l.mlp.gateProj.outFeatures, Q)
+        model.layers[i].mlp.upProj.weight = rightMultiply(l.mlp.upProj.weight, rows: l.mlp.upProj.outFeatures, Q)
+        rotateOutput(&model.layers[i].selfAttn.oProj, Q)
+        rotateOutput(&model.layers[i].mlp.downProj, Q)
+    }
+    model.lmHead!.weight = rightMultiply(model.lmHead!.weight, rows: c.vocabSize, Q)
+}
+
+/// Rotates each KV head's value space by its own orthogonal Q_v [hd, hd]: v_proj rows (and bias) of head h take
+/// Q_vᵀ·W, and o_proj's input columns of every query head that reads head h take W·Q_v.
+public func rotateValueHeads(_ model: LlamaModel, layer i: Int, _ Qv: [Matrix<Double>]) {
+    let c = model.config, hd = c.headDim, KV = c.numKeyValueHeads, group = c.numAttentionHeads / KV, d = c.hiddenSize
+    precondition(Qv.count == KV && Qv.allSatisfy { $0.rows == hd && $0.cols == hd })
+    var v = model.layers[i].selfAttn.vProj, o = model.layers[i].selfAttn.oProj
+    for h in 0..<KV {
+        let Qt = Qv[h].transposed
+        let rows = Matrix(rows: hd, cols: d, data: v.weight[(h * hd * d)..<((h + 1) * hd * d)].map(Double.init))
+        v.weight.replaceSubrange((h * hd * d)..<((h + 1) * hd * d), with: (Qt * rows).data.map { Float($0) })
+        if let b = v.bias {
+            let bh = Matrix(rows: hd, cols: 1, data: b[(h * hd)..<((h + 1) * hd)].map(Double.init))
+            v.bias!.replaceSubrange((h * hd)..<((h + 1) * hd), with: (Qt * bh).data.map { Float($0) })
+        }
+    }
+    let inCols = o.inFeatures
+    for r in 0..<o.outFeatures {
+        for j in 0..<c.numAttentionHeads {
+            let Q = Qv[j / group]
+            let base = r * inCols + j * hd
+            let x = (0..<hd).map { Double(o.weight[base + $0]) }
+            for col in 0..<hd {
+                var s = 0.0
+                for t in 0..<hd { s += x[t] * Q[t, col] }
+                o.weight[base + col] = Float(s)
+            }
+        }
+    }
+    model.layers[i].selfAttn.vProj = v
+    model.layers[i].selfAttn.oProj = o
+}
+
+/// W [rows, d] · Q [d, d] in float64.
+func rightMultiply(_ w: [Float], rows: Int, _ Q: Matrix<Double>) -> [Float] {
+    let W = Matrix(rows: rows, cols: Q.rows, data: w.map(Double.init))
+    return (W * Q).data.map { Float($0) }
+}
+
+/// A linear that writes the residual: W ← Qᵀ·W, b ← Qᵀ·b.
+func rotateOutput(_ linear: inout Linear, _ Q: Matrix<Double>) {
+    let W = Matrix(rows: linear.outFeatures, cols: linear.inFeatures, data: linear.weight.map(Double.init))
+    linear.weight = matmul(Q, transA: true, W).data.map { Float($0) }
+    if let b = linear.bias {
+        linear.bias = matmul(Q, transA: true, Matrix(rows: b.count, cols: 1, data: b.map(Double.init))).data.map { Float($0) }
+    }
+}

@@ -1,0 +1,79 @@
+import CoQuantModel
+import CoQuantTensor
+import Foundation
+import XCTest
+@testable import CoQuantQuant
+
+let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+let fixturesDir = packageRoot + "/Tests/Fixtures"
+let modelsDir = ProcessInfo.processInfo.environment["COQUANT_MODELS"] ?? packageRoot + "/models"
+
+/// An orthogonal matrix for tests: the eigenvectors of a random symmetric matrix.
+func testOrthogonal(_ n: Int, seed: UInt64) throws -> Matrix<Double> {
+    var g = SeededGenerator(seed: seed)
+    var a = Matrix<Double>(zeros: n, n)
+    for i in 0..<n { for j in 0...i { let x = g.nextDouble() - 0.5; a[i, j] = x; a[j, i] = x } }
+    return try symmetricEigen(a).vectors
+}
+
+func maxAbsDiff(_ a: [Float], _ b: [Float]) -> Float {
+    zip(a, b).reduce(0) { max($0, abs($1.0 - $1.1)) }
+}
+
+/// Norm fusion and rotation fusion at full precision compute the same function (COQUANT_RESQ.md §6.1 item 6).
+final class FusionTests: XCTestCase {
+    static let variants = ["a_llama_gqa_tied", "b_llama3_rope_untied", "c_qwen2_bias_untied", "d_llama_headdim32"]
+    let ids = [1, 17, 250, 3, 99, 299, 0, 42, 42, 7, 128]
+
+    func testFusedAndRotatedTinyModelsPreserveLogits() throws {
+        for variant in Self.variants {
+            let dir = fixturesDir + "/tiny-models/" + variant
+            let reference = try ModelLoader.load(dir).model.forward(ids)
+            let model = try ModelLoader.load(dir).model
+            let c = model.config
+            fuseNorms(model, centerEmbeddings: false)
+            XCTAssertLessThan(maxAbsDiff(model.forward(ids), reference), 1e-4, "\(variant) norm fusion")
+            rotateResidual(model, try testOrthogonal(c.hiddenSize, seed: 1))
+            XCTAssertLessThan(maxAbsDiff(model.forward(ids), reference), 1e-4, "\(variant) residual rotation")
+            for l in 0..<c.numHiddenLayers {
+                let qv = try (0..<c.numKeyValueHeads).map { try testOrthogonal(c.headDim, seed: UInt64(10 * l + $0 + 2)) }
+                rotateValueHeads(model, layer: l, qv)
+            }
+            XCTAssertLessThan(maxAbsDiff(model.forward(ids), reference), 1e-4, "\(variant) value-head rotation")
+            XCTAssertTrue(model.norm.allSatisfy { $0 == 1 })
+        }
+    }
+
+    /// The reference's embedding centring changes the function; with it on, the fused model equals the original
+    /// with centred embeddings (the oracle the spec gives), not the original.
+    func testEmbeddingCentringMatchesCentredOriginal() throws {
+        let dir = fixturesDir + "/tiny-models/a_llama_gqa_tied"
+        let centred = try ModelLoader.load(dir).model
+        let d = centred.config.hiddenSize
+        centred.lmHead = Linear(weight: centred.embedTokens, inFeatures: d, outFeatures: centred.config.vocabSize)
+        for r in 0..<centred.config.vocabSize {
+            let mean = (0..<d).reduce(0.0) { $0 + Double(centred.embedTokens[r * d + $1]) } / Double(d)
+            for j in 0..<d { centred.embedTokens[r * d + j] = Float(Double(centred.embedTokens[r * d + j]) - mean) }
+        }
+        let model = try ModelLoader.load(dir).model
+        fuseNorms(model, centerEmbeddings: true)
+        rotateResidual(model, try testOrthogonal(d, seed: 5))
+        XCTAssertLessThan(maxAbsDiff(model.forward(ids), centred.forward(ids)), 1e-4)
+        XCTAssertGreaterThan(maxAbsDiff(model.forward(ids), try ModelLoader.load(dir).model.forward(ids)), 1e-2)
+    }
+
+    /// SmolLM2 with norms fused and a random orthogonal residual rotation: logits within 1e-3 of the original.
+    func testSmolLM2RotatedPreservesLogits() throws {
+        let path = modelsDir + "/SmolLM2-135M-Instruct.Q4_1.gguf"
+        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("\(path) missing: run scripts/download-models.sh smollm2") }
+        let expected = try SafeTensorsFile(path: fixturesDir + "/smollm2/model_expected.safetensors")
+        let ids = try expected.ints("seq64_input_ids")
+        let reference = try ModelLoader.load(path).model.forward(ids)
+        let model = try ModelLoader.load(path).model
+        fuseNorms(model, centerEmbeddings: false)
+        rotateResidual(model, try testOrthogonal(model.config.hiddenSize, seed: 3))
+        let diff = maxAbsDiff(model.forward(ids), reference)
+        XCTAssertLessThan(diff, 1e-3)
+        print("SmolLM2 rotated vs original: max |Δlogit| \(diff)")
+    }
+}
