@@ -243,77 +243,115 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     func decoderLayerBody(_ l: Int, _ x: inout [Float], rows T: Int, cache: KVCache?) {
-        let c = config, layer = layers[l]
-        let d = c.hiddenSize, H = c.numAttentionHeads, KV = c.numKeyValueHeads, hd = c.headDim, F = c.intermediateSize
-        let start = cache?.length ?? 0
-        let eps = Float(c.rmsNormEps)
-        ensureRope(start + T)
+        let context = attentionContext(l, attentionInput(l, x, rows: T), rows: T, cache: cache)
+        addAttentionOutput(l, &x, context, rows: T)
+        addMLPOutput(l, &x, downProjInput(l, mlpInput(l, x, rows: T), rows: T), rows: T)
+    }
 
+    // The decoder layer in stages, so layer-wise calibration can quantize one group of linears, then run the next
+    // stage with it (q/k/v → o_proj → gate/up → down_proj) without re-running the whole layer.
+
+    /// input_layernorm(x) [T, d], the input of q/k/v (offered to the hook).
+    public func attentionInput(_ l: Int, _ x: [Float], rows T: Int) -> [Float] {
+        normed(l, x, layers[l].inputLayernorm, .attentionInput, rows: T)
+    }
+
+    /// post_attention_layernorm(x) [T, d], the input of gate/up (offered to the hook).
+    public func mlpInput(_ l: Int, _ x: [Float], rows T: Int) -> [Float] {
+        normed(l, x, layers[l].postAttentionLayernorm, .mlpInput, rows: T)
+    }
+
+    func normed(_ l: Int, _ x: [Float], _ w: [Float], _ site: HookSite, rows T: Int) -> [Float] {
+        let d = config.hiddenSize, eps = Float(config.rmsNormEps)
         var h = [Float](repeating: 0, count: T * d)
+        x.withUnsafeBufferPointer { px in
+            h.withUnsafeMutableBufferPointer { ph in
+                for t in 0..<T { rmsNorm(px.baseAddress! + t * d, w, ph.baseAddress! + t * d, d, eps: eps) }
+                hook?(l, site, ph.baseAddress!, T, d)
+            }
+        }
+        return h
+    }
+
+    /// q/k/v projections, RoPE, the KV cache and causal attention over the normed input h [T, d]: the attention
+    /// context [T, H·hd], the input of o_proj (offered to the hook). Positions continue from the cache's length.
+    public func attentionContext(_ l: Int, _ h: [Float], rows T: Int, cache: KVCache?) -> [Float] {
+        let c = config, attn = layers[l].selfAttn
+        let H = c.numAttentionHeads, KV = c.numKeyValueHeads, hd = c.headDim
+        let start = cache?.length ?? 0
+        ensureRope(start + T)
         var q = [Float](repeating: 0, count: T * H * hd)
         var k = [Float](repeating: 0, count: T * KV * hd)
         var v = [Float](repeating: 0, count: T * KV * hd)
         var context = [Float](repeating: 0, count: T * H * hd)
-        x.withUnsafeMutableBufferPointer { px in
-            h.withUnsafeMutableBufferPointer { ph in
-                q.withUnsafeMutableBufferPointer { pq in
-                    k.withUnsafeMutableBufferPointer { pk in
-                        v.withUnsafeMutableBufferPointer { pv in
-                            context.withUnsafeMutableBufferPointer { pc in
-                                let x = px.baseAddress!, h = ph.baseAddress!, q = pq.baseAddress!, k = pk.baseAddress!
-                                let v = pv.baseAddress!, ctx = pc.baseAddress!
-                                for t in 0..<T { rmsNorm(x + t * d, layer.inputLayernorm, h + t * d, d, eps: eps) }
-                                hook?(l, .attentionInput, h, T, d)
-                                layer.selfAttn.qProj(h, rows: T, into: q)
-                                layer.selfAttn.kProj(h, rows: T, into: k)
-                                layer.selfAttn.vProj(h, rows: T, into: v)
-                                applyRope(q, rows: T, heads: H, start: start)
-                                applyRope(k, rows: T, heads: KV, start: start)
-                                hook?(l, .queries, q, T, H * hd)
-                                hook?(l, .keys, k, T, KV * hd)
-                                hook?(l, .values, v, T, KV * hd)
-                                if let cache {
-                                    precondition(start + T <= cache.capacity, "KV cache full (\(cache.capacity) positions)")
-                                    cache.keys[l].withUnsafeMutableBufferPointer { $0.baseAddress!.advanced(by: start * KV * hd).update(from: k, count: T * KV * hd) }
-                                    cache.values[l].withUnsafeMutableBufferPointer { $0.baseAddress!.advanced(by: start * KV * hd).update(from: v, count: T * KV * hd) }
-                                    cache.keys[l].withUnsafeBufferPointer { ck in
-                                        cache.values[l].withUnsafeBufferPointer { cv in
-                                            attention(q, ck.baseAddress!, cv.baseAddress!, ctx, rows: T, start: start)
-                                        }
+        h.withUnsafeBufferPointer { ph in
+            q.withUnsafeMutableBufferPointer { pq in
+                k.withUnsafeMutableBufferPointer { pk in
+                    v.withUnsafeMutableBufferPointer { pv in
+                        context.withUnsafeMutableBufferPointer { pc in
+                            let h = ph.baseAddress!, q = pq.baseAddress!, k = pk.baseAddress!, v = pv.baseAddress!
+                            let ctx = pc.baseAddress!
+                            attn.qProj(h, rows: T, into: q)
+                            attn.kProj(h, rows: T, into: k)
+                            attn.vProj(h, rows: T, into: v)
+                            applyRope(q, rows: T, heads: H, start: start)
+                            applyRope(k, rows: T, heads: KV, start: start)
+                            hook?(l, .queries, q, T, H * hd)
+                            hook?(l, .keys, k, T, KV * hd)
+                            hook?(l, .values, v, T, KV * hd)
+                            if let cache {
+                                precondition(start + T <= cache.capacity, "KV cache full (\(cache.capacity) positions)")
+                                cache.keys[l].withUnsafeMutableBufferPointer { $0.baseAddress!.advanced(by: start * KV * hd).update(from: k, count: T * KV * hd) }
+                                cache.values[l].withUnsafeMutableBufferPointer { $0.baseAddress!.advanced(by: start * KV * hd).update(from: v, count: T * KV * hd) }
+                                cache.keys[l].withUnsafeBufferPointer { ck in
+                                    cache.values[l].withUnsafeBufferPointer { cv in
+                                        attention(q, ck.baseAddress!, cv.baseAddress!, ctx, rows: T, start: start)
                                     }
-                                } else {
-                                    attention(q, k, v, ctx, rows: T, start: 0)
                                 }
-                                hook?(l, .oProjInput, ctx, T, H * hd)
-                                layer.selfAttn.oProj(ctx, rows: T, into: h)
-                                for i in 0..<(T * d) { x[i] += h[i] }
+                            } else {
+                                attention(q, k, v, ctx, rows: T, start: 0)
                             }
+                            hook?(l, .oProjInput, ctx, T, H * hd)
                         }
                     }
                 }
             }
         }
-        q = []; k = []; v = []; context = []
+        return context
+    }
 
+    /// x += o_proj(context).
+    public func addAttentionOutput(_ l: Int, _ x: inout [Float], _ context: [Float], rows T: Int) {
+        addProjection(layers[l].selfAttn.oProj, context, to: &x, rows: T)
+    }
+
+    /// silu(gate_proj(h)) ⊙ up_proj(h) [T, F], the input of down_proj (offered to the hook).
+    public func downProjInput(_ l: Int, _ h: [Float], rows T: Int) -> [Float] {
+        let mlp = layers[l].mlp, F = config.intermediateSize
         var gate = [Float](repeating: 0, count: T * F)
         var up = [Float](repeating: 0, count: T * F)
-        x.withUnsafeMutableBufferPointer { px in
-            h.withUnsafeMutableBufferPointer { ph in
-                gate.withUnsafeMutableBufferPointer { pg in
-                    up.withUnsafeMutableBufferPointer { pu in
-                        let x = px.baseAddress!, h = ph.baseAddress!, g = pg.baseAddress!, u = pu.baseAddress!
-                        for t in 0..<T { rmsNorm(x + t * d, layer.postAttentionLayernorm, h + t * d, d, eps: eps) }
-                        hook?(l, .mlpInput, h, T, d)
-                        layer.mlp.gateProj(h, rows: T, into: g)
-                        layer.mlp.upProj(h, rows: T, into: u)
-                        siluMultiply(g, u, T * F)
-                        hook?(l, .downProjInput, g, T, F)
-                        layer.mlp.downProj(g, rows: T, into: h)
-                        for i in 0..<(T * d) { x[i] += h[i] }
-                    }
+        h.withUnsafeBufferPointer { ph in
+            gate.withUnsafeMutableBufferPointer { pg in
+                up.withUnsafeMutableBufferPointer { pu in
+                    mlp.gateProj(ph.baseAddress!, rows: T, into: pg.baseAddress!)
+                    mlp.upProj(ph.baseAddress!, rows: T, into: pu.baseAddress!)
+                    siluMultiply(pg.baseAddress!, pu.baseAddress!, T * F)
+                    hook?(l, .downProjInput, pg.baseAddress!, T, F)
                 }
             }
         }
+        return gate
+    }
+
+    /// x += down_proj(g).
+    public func addMLPOutput(_ l: Int, _ x: inout [Float], _ g: [Float], rows T: Int) {
+        addProjection(layers[l].mlp.downProj, g, to: &x, rows: T)
+    }
+
+    func addProjection(_ linear: Linear, _ input: [Float], to x: inout [Float], rows T: Int) {
+        var y = [Float](repeating: 0, count: T * linear.outFeatures)
+        input.withUnsafeBufferPointer { pi in y.withUnsafeMutableBufferPointer { linear(pi.baseAddress!, rows: T, into: $0.baseAddress!) } }
+        for i in 0..<y.count { x[i] += y[i] }
     }
 
     /// Causal grouped-query attention of T new queries (positions start..<start+T) over keys/values 0..<start+T,
@@ -323,6 +361,11 @@ public final class LlamaModel: @unchecked Sendable {
     /// is never computed).
     func attention(_ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>, _ v: UnsafePointer<Float>,
                    _ ctx: UnsafeMutablePointer<Float>, rows T: Int, start: Int) {
+        withSingleThreadedBLAS { attentionBody(q, k, v, ctx, rows: T, start: start) }
+    }
+
+    func attentionBody(_ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>, _ v: UnsafePointer<Float>,
+                       _ ctx: UnsafeMutablePointer<Float>, rows T: Int, start: Int) {
         let H = config.numAttentionHeads, KV = config.numKeyValueHeads, hd = config.headDim
         let group = H / KV
         let scale = 1 / Float(hd).squareRoot()

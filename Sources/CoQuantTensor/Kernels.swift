@@ -125,6 +125,11 @@ public func withSingleThreadedBLAS<R>(_ body: () throws -> R) rethrows -> R {
 /// calling thread.
 public func parallelSgemm(transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float, _ a: UnsafePointer<Float>, _ lda: Int,
                           _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
+    withSingleThreadedBLAS { parallelSgemmBody(transB: transB, m, n, k, alpha, a, lda, b, ldb, c, ldc) }
+}
+
+func parallelSgemmBody(transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float, _ a: UnsafePointer<Float>, _ lda: Int,
+                       _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
     let workers = m * n * k >= 1 << 18 ? forwardWorkers : 1
     if m >= 4 * workers {
         parallelFor(workers) { w in
