@@ -1,0 +1,40 @@
+import CoQuantTensor
+
+/// H = (2/n) Σ x xᵀ over the calibration inputs of one layer, in float64 (GPTQ_CDQUANT.md §1.3, §6.1).
+///
+/// Shapes: each batch X is [m, C] (one token per row), H is [C, C]. Like the reference's `add_batch`
+/// (gptq.py:32-58) it keeps a running average, so H is usable after any batch:
+///
+///   H ← H · n/(n + m);  n ← n + m;  H ← H + (2/n) XᵀX
+///
+/// The reference counts m as the number of *sequences* in the call (inp.shape[0]), not tokens; pass `samples`
+/// to follow it, or leave it out to count rows (GPTQModel's per-token normalisation). A positive scale of H
+/// changes no GPTQ/CDQuant decision, only absolute loss values.
+public struct HessianAccumulator: Sendable {
+    public private(set) var H: Matrix<Double>
+    public private(set) var samples = 0
+
+    public init(columns: Int) {
+        H = Matrix(zeros: columns, columns)
+    }
+
+    /// Adds a float64 batch [rows, C] counting for `samples` samples (default: its rows).
+    public mutating func add(_ x: Matrix<Double>, samples m: Int? = nil) {
+        precondition(x.cols == H.cols, "Hessian has \(H.cols) columns, batch has \(x.cols)")
+        let m = m ?? x.rows
+        precondition(m > 0, "a batch must count for at least one sample")
+        let n = samples
+        if n > 0 {
+            let keep = Double(n) / Double(n + m)
+            for i in H.data.indices { H.data[i] *= keep }
+        }
+        samples = n + m
+        syrkAccumulate(x, alpha: 2 / Double(samples), into: &H)
+    }
+
+    /// Adds a Float32 batch (e.g. a layer input seen by a forward hook), row r at x + r·C.
+    public mutating func add(_ x: UnsafePointer<Float>, rows: Int, samples m: Int? = nil) {
+        let c = H.cols
+        add(Matrix(rows: rows, cols: c, data: (0..<(rows * c)).map { Double(x[$0]) }), samples: m)
+    }
+}

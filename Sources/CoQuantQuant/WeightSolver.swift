@@ -1,0 +1,76 @@
+import CoQuantTensor
+
+// The interface RTN, GPTQ and CDQuant share (GPTQ_CDQUANT.md §1).
+//
+// Shapes: W [R, C] = [out_features, in_features] (nn.Linear.weight), H [C, C] the second moment of the layer
+// input (GPTQ: 2/n Σ x xᵀ), groups of g input columns: scales/zeros [R, G], G = C/g (G = 1 per channel).
+// Objective: L(Ŵ) = ‖X Wᵀ − X Ŵᵀ‖²_F = tr((W − Ŵ) H (W − Ŵ)ᵀ), separable over rows.
+
+public protocol WeightSolver {
+    /// Quantizes W row by row on `grid` (per row or per row group). H is nil only for solvers that ignore it.
+    func solve(W: Matrix<Double>, H: Matrix<Double>?, grid: QuantGrid) throws -> QuantizedWeight
+}
+
+/// A quantized weight, in the original column order.
+public struct QuantizedWeight: Sendable {
+    /// Ŵ [R, C] = s·(code − z): what the layer computes with.
+    public var values: Matrix<Double>
+    /// [R, C] row-major, each in 0…maxq.
+    public var codes: [Int32]
+    /// [R, G]: the grid of (row r, column c) is scales[r, groupIndex[c]], zeros[r, groupIndex[c]].
+    public var scales: Matrix<Double>
+    public var zeros: Matrix<Double>
+    /// g_idx [C] (AutoGPTQ): c / g, except act-order with GPTQ's dynamic groups, where groups are consecutive in
+    /// the permuted order and g_idx[c] = (position of c in `permutation`) / g.
+    public var groupIndex: [Int]
+    /// Act-order: permutation[k] is the original column processed k-th (descending diag H). nil otherwise.
+    public var permutation: [Int]?
+
+    // Hessian-based solvers only.
+    /// The percdamp that factorised (the requested one unless it had to be escalated).
+    public var dampingUsed: Double?
+    /// λ = dampingUsed · mean(diag H), added to the diagonal.
+    public var damp: Double?
+    /// How many ×10 escalations of percdamp the Cholesky chain needed.
+    public var dampingEscalations: Int = 0
+    /// GPTQ's printed `error` = Σ Losses = ½ Σ (w̃ − q)²/U_ii² = ½ tr((W₀ − Ŵ) H_λ (W₀ − Ŵ)ᵀ), W₀ = W with dead
+    /// columns zeroed (GPTQ_CDQUANT.md §2.4).
+    public var errorSum: Double?
+
+    public func scale(row r: Int, col c: Int) -> Double { scales[r, groupIndex[c]] }
+    public func zero(row r: Int, col c: Int) -> Double { zeros[r, groupIndex[c]] }
+}
+
+/// Per-row losses (w_r − ŵ_r) H (w_r − ŵ_r)ᵀ, through one GEMM.
+public func rowLosses(_ W: Matrix<Double>, _ Wq: Matrix<Double>, _ H: Matrix<Double>) -> [Double] {
+    precondition(W.rows == Wq.rows && W.cols == Wq.cols && H.rows == W.cols && H.cols == W.cols,
+                 "layer loss: W \(W.rows)×\(W.cols), Ŵ \(Wq.rows)×\(Wq.cols), H \(H.rows)×\(H.cols)")
+    var d = W
+    for i in d.data.indices { d.data[i] -= Wq.data[i] }
+    let dh = matmul(d, H)
+    return (0..<W.rows).map { r in
+        var s = 0.0
+        for j in (r * W.cols)..<((r + 1) * W.cols) { s += d.data[j] * dh.data[j] }
+        return s
+    }
+}
+
+/// L = tr((W − Ŵ) H (W − Ŵ)ᵀ).
+public func layerLoss(_ W: Matrix<Double>, _ Wq: Matrix<Double>, _ H: Matrix<Double>) -> Double {
+    rowLosses(W, Wq, H).reduce(0, +)
+}
+
+extension QuantGrid {
+    /// Columns per group for a weight solver: nil per row; per-tensor grids have no [R, G] table and are refused.
+    func weightGroupSize(columns: Int) throws -> Int? {
+        switch granularity {
+        case .perTensor:
+            throw QuantError.unsupportedGranularity(
+                "weight solvers quantize per output row or per row group; use quantize(_:grid:) for a per-tensor grid")
+        case .perRow: return nil
+        case .perRowGroup(let g):
+            guard columns % g == 0 else { throw QuantError.groupSizeDoesNotDivide(groupSize: g, dimension: columns) }
+            return g
+        }
+    }
+}
