@@ -36,6 +36,8 @@ public struct QuantizedWeight: Sendable {
     /// GPTQ's printed `error` = Σ Losses = ½ Σ (w̃ − q)²/U_ii² = ½ tr((W₀ − Ŵ) H_λ (W₀ − Ŵ)ᵀ), W₀ = W with dead
     /// columns zeroed (GPTQ_CDQUANT.md §2.4).
     public var errorSum: Double?
+    /// Solvers that refine an initialisation (CDQuant): the layer loss of that initialisation.
+    public var initialLoss: Double?
 
     public func scale(row r: Int, col c: Int) -> Double { scales[r, groupIndex[c]] }
     public func zero(row r: Int, col c: Int) -> Double { zeros[r, groupIndex[c]] }

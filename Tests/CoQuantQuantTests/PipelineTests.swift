@@ -1,0 +1,66 @@
+import CoQuantModel
+import CoQuantTensor
+import Foundation
+import XCTest
+@testable import CoQuantQuant
+
+final class PipelineTests: XCTestCase {
+    let dir = fixturesDir + "/tiny-models/c_qwen2_bias_untied"
+    let windows = [[1, 5, 9, 200, 0, 17, 33, 250, 8, 8], [299, 4, 4, 100, 101, 102, 7, 6, 5, 3], [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]]
+
+    /// A solver that keeps W: the propagated inputs are the plain forward's layer outputs, every group's H is
+    /// (2/n) Σ XᵀX of exactly the input the hooks see, and the model is unchanged.
+    func testIdentitySolverPropagatesAndCollectsTheRightHessians() throws {
+        let reference = try ModelLoader.load(dir).model
+        var seen: [String: Matrix<Double>] = [:]     // "layer.site" → Σ XᵀX over windows
+        reference.hook = { l, site, x, rows, cols in
+            let m = Matrix(rows: rows, cols: cols, data: (0..<(rows * cols)).map { Double(x[$0]) })
+            let key = "\(l).\(site)"
+            let xtx = matmul(m, transA: true, m)
+            seen[key] = seen[key].map { prev in Matrix(rows: cols, cols: cols, data: zip(prev.data, xtx.data).map(+)) } ?? xtx
+        }
+        let logits = windows.map { reference.forward($0) }
+        reference.hook = nil
+
+        let model = try ModelLoader.load(dir).model
+        let calib = try LayerwiseCalibration(model: model, windows: windows)
+        let siteOf = ["self_attn.q_proj": HookSite.attentionInput, "self_attn.o_proj": .oProjInput,
+                      "mlp.gate_proj": .mlpInput, "mlp.down_proj": .downProjInput]
+        for l in 0..<model.config.numHiddenLayers {
+            let reports = try calib.quantizeNextLayer { layer, name, W, H in
+                if let site = siteOf[name] {
+                    let want = seen["\(layer).\(site)"]!
+                    let scaled = want.data.map { $0 * 2 / Double(self.windows.count) }
+                    for i in H.data.indices { XCTAssertEqual(H.data[i], scaled[i], accuracy: 1e-9 * max(1, abs(scaled[i])), "\(layer) \(name) H") }
+                }
+                var q = try RTN().solve(W: W, H: nil, grid: .weight(bits: 8))
+                q.values = W
+                return q
+            }
+            XCTAssertEqual(reports.map(\.name), DecoderLayer.linearNames)
+            XCTAssertTrue(reports.allSatisfy { $0.loss == 0 })
+        }
+        for (w, ids) in windows.enumerated() {
+            let out = model.forward(ids)
+            XCTAssertLessThan(zip(out, logits[w]).map { abs($0 - $1) }.max()!, 1e-5)
+        }
+    }
+
+    /// RTN 4-bit through the pipeline: each linear's reported loss is the loss of the weights now in the model.
+    func testRTNThroughPipeline() throws {
+        let original = try ModelLoader.load(dir).model
+        let model = try ModelLoader.load(dir).model
+        let calib = try LayerwiseCalibration(model: model, windows: windows)
+        var reports: [LinearReport] = []
+        while calib.nextLayer < model.config.numHiddenLayers {
+            reports += try calib.quantizeNextLayer { _, _, W, _ in try RTN().solve(W: W, H: nil, grid: .weight(bits: 4, scheme: .symmetric)) }
+        }
+        XCTAssertEqual(reports.count, 7 * model.config.numHiddenLayers)
+        XCTAssertTrue(reports.allSatisfy { $0.loss > 0 })
+        // The weights changed, and each sits on a 4-bit grid per row: at most 16 distinct values per row.
+        let q = model.layers[1].mlp.downProj, o = original.layers[1].mlp.downProj
+        XCTAssertNotEqual(q.weight, o.weight)
+        for r in 0..<q.outFeatures { XCTAssertLessThanOrEqual(Set(q.weight[(r * q.inFeatures)..<((r + 1) * q.inFeatures)]).count, 16) }
+        XCTAssertThrowsError(try LayerwiseCalibration(model: model, windows: []))
+    }
+}
