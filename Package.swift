@@ -28,7 +28,7 @@ let package = Package(
         ]),
         .executableTarget(name: "coquant-bench", dependencies: ["CoQuantModel", "CoQuantEval"], path: "bench/Sources",
                           swiftSettings: kernelFlags),
-        .testTarget(name: "CoQuantTensorTests", dependencies: ["CoQuantTensor"]),
+        .testTarget(name: "CoQuantTensorTests", dependencies: ["CoQuantTensor", "CoQuantModel"]),
         .testTarget(name: "CoQuantModelTests", dependencies: ["CoQuantModel"]),
         .testTarget(name: "CoQuantQuantTests", dependencies: ["CoQuantQuant", "CoQuantModel", "CoQuantTensor"]),
         .testTarget(name: "CoQuantEvalTests", dependencies: ["CoQuantEval", "CoQuantModel"]),

@@ -8,6 +8,8 @@ public struct LoadedModel: @unchecked Sendable {
     public let format: String           // "safetensors" or "gguf"
     /// Storage type of each source tensor (for `inspect`): checkpoint name → (dtype, shape).
     public let tensorTable: [(name: String, dtype: String, shape: [Int])]
+    /// `config.json["quantization_config"]` of a folder CoQuant wrote (nil for an ordinary model).
+    public var quantizationConfig: [String: Any]? = nil
 }
 
 public enum ModelLoader {
@@ -30,6 +32,8 @@ public enum ModelLoader {
     static func loadFolder(_ folder: String) throws -> LoadedModel {
         let config = try ModelConfiguration.load(folder + "/config.json")
         let ckpt = try SafeTensorsCheckpoint(folder: folder)
+        let quantization = try quantizationConfig(folder + "/config.json")
+        let weightBits = (quantization?["weights"] as? [String: Any])?["bits"] as? Int
         func tensor(_ name: String, _ shape: [Int]) throws -> [Float] {
             guard let info = ckpt.info(name) else {
                 throw ModelFileError(ckpt.files.first!.path, "missing tensor '\(name)' (config.json expects \(shape))")
@@ -40,7 +44,11 @@ public enum ModelLoader {
             return try ckpt.floats(name)
         }
         let model = try build(config, source: folder) { name, shape, required in
-            required || ckpt.info(name) != nil ? try tensor(name, shape) : nil
+            if let bits = weightBits, name.hasSuffix(".weight"), shape.count == 2,
+               let packed = try ckpt.packedLinear(String(name.dropLast(7)), bits: bits, rows: shape[0], cols: shape[1]) {
+                return packed.dequantized()
+            }
+            return required || ckpt.info(name) != nil ? try tensor(name, shape) : nil
         }
         let tokenizerPath = folder + "/tokenizer.json"
         var tokenizer: Tokenizer?
@@ -50,7 +58,22 @@ public enum ModelLoader {
                                       tokenizerConfig: FileManager.default.fileExists(atPath: cfg) ? cfg : nil)
         }
         let table = ckpt.tensorNames.compactMap { n in ckpt.info(n).map { (name: n, dtype: $0.dtype, shape: $0.shape) } }
-        return LoadedModel(model: model, tokenizer: tokenizer, path: folder, format: "safetensors", tensorTable: table)
+        return LoadedModel(model: model, tokenizer: tokenizer, path: folder, format: quantization == nil ? "safetensors" : "coquant",
+                           tensorTable: table, quantizationConfig: quantization)
+    }
+
+    /// The `quantization_config` of a config.json, checked to be one CoQuant can read.
+    static func quantizationConfig(_ path: String) throws -> [String: Any]? {
+        guard let data = FileManager.default.contents(atPath: path),
+              let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let q = json["quantization_config"] as? [String: Any] else { return nil }
+        guard q["quant_method"] as? String == "coquant" else {
+            throw ModelFileError(path, "quantization_config.quant_method \"\(q["quant_method"] ?? "none")\" is not supported (CoQuant reads its own \"coquant\" folders and unquantized models)")
+        }
+        if let bits = (q["weights"] as? [String: Any])?["bits"] as? Int, !(1...8).contains(bits) {
+            throw ModelFileError(path, "quantization_config.weights.bits \(bits) is outside 1...8")
+        }
+        return q
     }
 
     /// Builds the model from HF-named tensors. `fetch(name, shape, required)` returns nil only for optional tensors

@@ -1,0 +1,175 @@
+import Foundation
+
+// The quantized model folder CoQuant writes (`quant_method: "coquant"`, format `coquant-packed-v1`):
+//   config.json            the HF config plus `quantization_config` (weights, activations, KV cache, rotations)
+//   model.safetensors      per quantized linear `<name>.qweight` U8 [R, ⌈C·bits/8⌉] (codes bit-packed little-endian,
+//                          row by row), `<name>.scales` F32 [R, G], `<name>.zeros` F32 [R, G] (zero point in code
+//                          units), `<name>.g_idx` I32 [C] when act-order reorders groups; everything else F32
+//   tokenizer.json, tokenizer_config.json, report.json, report.md
+// Ŵ[r, c] = scales[r, g] · (code[r, c] − zeros[r, g]) with g = g_idx[c] (or c / group_size, or 0 per channel).
+
+/// One linear's integer codes and grid.
+public struct PackedLinear: Sendable {
+    public let bits: Int
+    public let rows: Int
+    public let cols: Int
+    public let packed: [UInt8]         // [rows, rowBytes]
+    public let scales: [Float]         // [rows, groups]
+    public let zeros: [Float]          // [rows, groups]
+    public let groupIndex: [Int32]     // [cols]: the group of each input column
+
+    public var groups: Int { scales.count / rows }
+    public var rowBytes: Int { (cols * bits + 7) / 8 }
+
+    public init(bits: Int, rows: Int, cols: Int, codes: [Int32], scales: [Float], zeros: [Float], groupIndex: [Int32]) {
+        precondition(bits >= 1 && bits <= 8 && codes.count == rows * cols && groupIndex.count == cols)
+        precondition(scales.count == zeros.count && scales.count % rows == 0)
+        self.bits = bits
+        self.rows = rows
+        self.cols = cols
+        self.scales = scales
+        self.zeros = zeros
+        self.groupIndex = groupIndex
+        let rowBytes = (cols * bits + 7) / 8
+        var packed = [UInt8](repeating: 0, count: rows * rowBytes)
+        for r in 0..<rows {
+            var bit = 0
+            for c in 0..<cols {
+                let v = UInt32(codes[r * cols + c]) & ((1 << bits) - 1)
+                var value = v, width = bits
+                while width > 0 {
+                    let byte = r * rowBytes + bit / 8, shift = bit % 8, take = min(width, 8 - shift)
+                    packed[byte] |= UInt8((value & ((1 << take) - 1)) << shift)
+                    value >>= take; width -= take; bit += take
+                }
+            }
+        }
+        self.packed = packed
+    }
+
+    init(bits: Int, rows: Int, cols: Int, packed: [UInt8], scales: [Float], zeros: [Float], groupIndex: [Int32]) {
+        self.bits = bits
+        self.rows = rows
+        self.cols = cols
+        self.packed = packed
+        self.scales = scales
+        self.zeros = zeros
+        self.groupIndex = groupIndex
+    }
+
+    public func code(_ r: Int, _ c: Int) -> Int32 {
+        var bit = c * bits, got = 0, value: UInt32 = 0
+        while got < bits {
+            let byte = UInt32(packed[r * rowBytes + bit / 8]), shift = bit % 8, take = min(bits - got, 8 - shift)
+            value |= ((byte >> shift) & ((1 << take) - 1)) << got
+            got += take; bit += take
+        }
+        return Int32(value)
+    }
+
+    public var codes: [Int32] { (0..<(rows * cols)).map { code($0 / cols, $0 % cols) } }
+
+    /// Ŵ [rows, cols] in float32. The in-memory quantized model uses exactly these values, so a saved folder
+    /// evaluates to the same numbers as the run that wrote it.
+    public func dequantized() -> [Float] {
+        let g = groups
+        var w = [Float](repeating: 0, count: rows * cols)
+        for r in 0..<rows {
+            for c in 0..<cols {
+                let k = r * g + Int(groupIndex[c])
+                w[r * cols + c] = scales[k] * (Float(code(r, c)) - zeros[k])
+            }
+        }
+        return w
+    }
+}
+
+/// Collects tensors and writes one safetensors file.
+public struct SafeTensorsWriter {
+    var entries: [(name: String, dtype: String, shape: [Int], data: Data)] = []
+    public var metadata: [String: String] = [:]
+
+    public init() {}
+
+    public mutating func add(_ name: String, _ values: [Float], shape: [Int]) {
+        precondition(values.count == shape.reduce(1, *))
+        entries.append((name, "F32", shape, values.withUnsafeBufferPointer { Data(buffer: $0) }))
+    }
+
+    public mutating func add(_ name: String, _ values: [Int32], shape: [Int]) {
+        precondition(values.count == shape.reduce(1, *))
+        entries.append((name, "I32", shape, values.withUnsafeBufferPointer { Data(buffer: $0) }))
+    }
+
+    public mutating func add(_ name: String, bytes: [UInt8], shape: [Int]) {
+        precondition(bytes.count == shape.reduce(1, *))
+        entries.append((name, "U8", shape, Data(bytes)))
+    }
+
+    public func write(to path: String) throws {
+        var header: [String: Any] = [:]
+        var offset = 0
+        for e in entries {
+            header[e.name] = ["dtype": e.dtype, "shape": e.shape, "data_offsets": [offset, offset + e.data.count]]
+            offset += e.data.count
+        }
+        if !metadata.isEmpty { header["__metadata__"] = metadata }
+        var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+        while (8 + json.count) % 8 != 0 { json.append(0x20) }    // align the data to 8 bytes, as the format recommends
+        var out = Data(capacity: 8 + json.count + offset)
+        withUnsafeBytes(of: UInt64(json.count).littleEndian) { out.append(contentsOf: $0) }
+        out.append(json)
+        for e in entries { out.append(e.data) }
+        try out.write(to: URL(fileURLWithPath: path), options: .atomic)
+    }
+}
+
+/// Writes a whole folder under a temporary name and renames it into place, so an interrupted or failed run
+/// leaves no half-written model. `fill(tmpDir)` writes the files.
+public func writeFolderAtomically(_ folder: String, overwrite: Bool, fill: (String) throws -> Void) throws {
+    let fm = FileManager.default
+    if fm.fileExists(atPath: folder) && !overwrite {
+        throw ModelFileError(folder, "already exists (pass --overwrite to replace it)")
+    }
+    let tmp = folder + ".tmp-\(getpid())"
+    try? fm.removeItem(atPath: tmp)
+    try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+    do {
+        try fill(tmp)
+        if fm.fileExists(atPath: folder) { try fm.removeItem(atPath: folder) }
+        try fm.moveItem(atPath: tmp, toPath: folder)
+    } catch {
+        try? fm.removeItem(atPath: tmp)
+        throw error
+    }
+}
+
+extension SafeTensorsCheckpoint {
+    /// The packed linear `<prefix>.qweight/.scales/.zeros[/.g_idx]` if the checkpoint has one.
+    public func packedLinear(_ prefix: String, bits: Int, rows: Int, cols: Int) throws -> PackedLinear? {
+        guard let q = info(prefix + ".qweight") else { return nil }
+        let path = files[location[prefix + ".qweight"]!].path
+        let rowBytes = (cols * bits + 7) / 8
+        guard q.dtype == "U8", q.shape == [rows, rowBytes] else {
+            throw ModelFileError(path, "\(prefix).qweight is \(q.dtype) \(q.shape), expected U8 [\(rows), \(rowBytes)] for \(bits)-bit codes")
+        }
+        let file = files[location[prefix + ".qweight"]!]
+        let packed = [UInt8](UnsafeRawBufferPointer(start: file.file.base + q.offset, count: q.byteCount))
+        let scales = try floats(prefix + ".scales"), zeros = try floats(prefix + ".zeros")
+        guard let s = info(prefix + ".scales"), s.shape.count == 2, s.shape[0] == rows, scales.count == zeros.count else {
+            throw ModelFileError(path, "\(prefix).scales / .zeros must be [\(rows), groups] and agree")
+        }
+        let groups = s.shape[1]
+        var gIdx: [Int32]
+        if info(prefix + ".g_idx") != nil {
+            gIdx = try files[location[prefix + ".g_idx"]!].ints(prefix + ".g_idx").map { Int32($0) }
+        } else {
+            guard cols % groups == 0 else { throw ModelFileError(path, "\(prefix): \(groups) groups do not divide \(cols) columns") }
+            gIdx = (0..<cols).map { Int32($0 / (cols / groups)) }
+        }
+        guard gIdx.count == cols, gIdx.allSatisfy({ $0 >= 0 && Int($0) < groups }) else {
+            throw ModelFileError(path, "\(prefix).g_idx must hold \(cols) group numbers below \(groups)")
+        }
+        return PackedLinear(bits: bits, rows: rows, cols: cols, packed: packed, scales: scales, zeros: zeros, groupIndex: gIdx)
+    }
+}
