@@ -117,13 +117,15 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
     }
     var result = QuantizationResult()
     if options.method == .quarot {
-        throw PipelineError(description: "method quarot needs the Hadamard rotations, which are not wired in yet")
+        let online = applyQuaRotRotations(model, options: options)
+        result.warnings += online.notes
+        installHooks(model, online: online, activations: nil, kv: nil)     // calibrate with the online rotations, no fake quant
     }
     let solver: WeightSolver
     switch options.solver {
     case .rtn: solver = RTN()
     case .gptq: solver = GPTQ(percDamp: options.percdamp, actOrder: options.actOrder)
-    case .cdquant: throw PipelineError(description: "solver cdquant is not wired in yet")
+    case .cdquant: solver = CDQuant(gptq: GPTQ(percDamp: options.percdamp, actOrder: options.actOrder))
     }
     let start = ContinuousClock.now
     let calibration = try LayerwiseCalibration(model: model, windows: windows)
@@ -147,22 +149,75 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
     return result
 }
 
+/// The rotations QuaRot applies online, at inference: a Hadamard transform of the down_proj input (its inverse is
+/// fused into down_proj) and a per-head Hadamard of the post-RoPE queries and keys (which leaves q·kᵀ unchanged and
+/// spreads key outliers before KV quantization).
+public struct OnlineRotations: Sendable {
+    public let downProj: HadamardTransform
+    public let head: HadamardTransform
+    public var notes: [String] {
+        [downProj, head].filter { !$0.construction.isHadamard }.map {
+            "no Hadamard matrix of size \($0.size) is known here: using \($0.construction) instead"
+        }
+    }
+
+    public init(config: ModelConfiguration) {
+        downProj = HadamardTransform(size: config.intermediateSize)
+        head = HadamardTransform(size: config.headDim)
+    }
+}
+
+/// QuaRot's fused rotations (COQUANT_RESQ.md §2.2, QuaRot `rotate_model`): norms fused (with the reference's
+/// embedding centring unless turned off), the residual stream rotated by a random Hadamard matrix R1 (seeded),
+/// every value head rotated by a Hadamard matrix of head_dim (fused into v_proj and o_proj — QuaRot additionally
+/// applies an online Hadamard across heads at the o_proj input; we do not), and down_proj's input side multiplied
+/// by the Hadamard transform that the forward pass applies online. At full precision the function is unchanged.
+public func applyQuaRotRotations(_ model: LlamaModel, options: QuantizeOptions) -> OnlineRotations {
+    let c = model.config
+    fuseNorms(model, centerEmbeddings: options.centerEmbeddings)
+    rotateResidual(model, randomHadamardMatrix(c.hiddenSize, seed: UInt64(options.seed)))
+    let online = OnlineRotations(config: c)
+    let Qv = online.head.matrix(transposed: true)
+    for l in model.layers.indices {
+        rotateValueHeads(model, layer: l, Array(repeating: Qv, count: c.numKeyValueHeads))
+        var down = model.layers[l].mlp.downProj
+        down.weight.withUnsafeMutableBufferPointer { online.downProj.apply($0.baseAddress!, rows: down.outFeatures) }
+        model.layers[l].mlp.downProj = down
+    }
+    return online
+}
+
 /// Fake quantization at inference through the forward hooks: per-token activations at the inputs of every
-/// linear of the decoder layers (not the LM head, as the reference), and the K/V cache per (token, head).
+/// linear of the decoder layers (not the LM head, as the reference), and the K/V cache per (token, head); with
+/// QuaRot's online rotations applied first.
 public func installFakeQuantization(_ model: LlamaModel, scheme: QuantScheme, options: QuantizeOptions) throws {
     let hd = model.config.headDim
     let activations = scheme.activationBits < 16
         ? try ActivationQuantizer(bits: scheme.activationBits, clipRatio: Float(options.activationClipRatio)) : nil
     let kv = scheme.kvBits < 16
         ? try ActivationQuantizer(bits: scheme.kvBits, groupSize: hd, clipRatio: Float(options.kvClipRatio)) : nil
-    if activations == nil && kv == nil { model.hook = nil; return }
-    model.hook = { layer, site, x, rows, cols in
+    installHooks(model, online: options.method == .quarot ? OnlineRotations(config: model.config) : nil,
+                 activations: activations, kv: kv)
+}
+
+func installHooks(_ model: LlamaModel, online: OnlineRotations?, activations: ActivationQuantizer?, kv: ActivationQuantizer?) {
+    if online == nil && activations == nil && kv == nil { model.hook = nil; return }
+    let hd = model.config.headDim
+    model.hook = { _, site, x, rows, cols in
         switch site {
-        case .attentionInput, .oProjInput, .mlpInput, .downProjInput:
+        case .attentionInput, .oProjInput, .mlpInput:
             try? activations?.apply(x, rows: rows, cols: cols)
-        case .keys, .values:
+        case .downProjInput:
+            online?.downProj.apply(x, rows: rows)
+            try? activations?.apply(x, rows: rows, cols: cols)
+        case .queries:
+            online?.head.apply(x, rows: rows * cols / hd)
+        case .keys:
+            online?.head.apply(x, rows: rows * cols / hd)
             try? kv?.apply(x, rows: rows, cols: cols)
-        case .queries, .lmHeadInput:
+        case .values:
+            try? kv?.apply(x, rows: rows, cols: cols)
+        case .lmHeadInput:
             break
         }
     }

@@ -36,8 +36,17 @@ public struct QuantizedWeight: Sendable {
     /// GPTQ's printed `error` = Σ Losses = ½ Σ (w̃ − q)²/U_ii² = ½ tr((W₀ − Ŵ) H_λ (W₀ − Ŵ)ᵀ), W₀ = W with dead
     /// columns zeroed (GPTQ_CDQUANT.md §2.4).
     public var errorSum: Double?
-    /// Solvers that refine an initialisation (CDQuant): the layer loss of that initialisation.
-    public var initialLoss: Double?
+
+    // Coordinate-descent solvers (CDQuant) only. Losses are full traces tr((W₀ − Ŵ) H_λ (W₀ − Ŵ)ᵀ) on the damped,
+    // dead-fixed H_λ the solver minimised (not GPTQ's halved `errorSum`).
+    /// The loss of the initialisation the descent started from (GPTQ's or RTN's Ŵ).
+    public var initialLoss: Double? = nil
+    /// The loss of the returned Ŵ.
+    public var finalLoss: Double? = nil
+    /// Coordinates changed by the descent, all rows together.
+    public var moves: Int? = nil
+    /// Rows whose descent ended because no move lowered the loss (a 1-opt point), not because of the budget.
+    public var rowsAtLocalOptimum: Int? = nil
 
     public func scale(row r: Int, col c: Int) -> Double { scales[r, groupIndex[c]] }
     public func zero(row r: Int, col c: Int) -> Double { zeros[r, groupIndex[c]] }

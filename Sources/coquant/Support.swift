@@ -1,5 +1,6 @@
 import ArgumentParser
 import CoQuantModel
+import CoQuantQuant
 import Foundation
 
 /// Flags every command that computes figures shares.
@@ -64,9 +65,11 @@ func locateData(_ explicit: String?, _ relative: String) throws -> String {
 func loadModel(_ path: String, quiet: Bool) throws -> LoadedModel {
     let start = ContinuousClock.now
     let loaded = try ModelLoader.load(path, requireTokenizer: true)
+    try prepareForInference(loaded)
     if !quiet {
         let c = loaded.model.config
-        printErr("loaded \(path) (\(c.modelType), \(c.numHiddenLayers) layers, d \(c.hiddenSize), \(loaded.format)) in \(ContinuousClock.now - start)")
+        let scheme = loaded.quantizationConfig?["scheme"] as? String
+        printErr("loaded \(path) (\(c.modelType), \(c.numHiddenLayers) layers, d \(c.hiddenSize), \(loaded.format)\(scheme.map { " " + $0 } ?? "")) in \(ContinuousClock.now - start)")
     }
     return loaded
 }

@@ -76,4 +76,40 @@ final class FusionTests: XCTestCase {
         XCTAssertLessThan(diff, 1e-3)
         print("SmolLM2 rotated vs original: max |Δlogit| \(diff)")
     }
+
+    /// QuaRot's rotations with its online Hadamards (down_proj input, per-head q/k) at 16 bits: same function.
+    func testQuaRotRotationsPreserveFunction() throws {
+        for variant in Self.variants {
+            let dir = fixturesDir + "/tiny-models/" + variant
+            let reference = try ModelLoader.load(dir).model.forward(ids)
+            let model = try ModelLoader.load(dir).model
+            var options = QuantizeOptions(method: .quarot, scheme: QuantScheme(weightBits: 16))
+            options.centerEmbeddings = false
+            let online = applyQuaRotRotations(model, options: options)
+            installHooks(model, online: online, activations: nil, kv: nil)
+            XCTAssertLessThan(maxAbsDiff(model.forward(ids), reference), 1e-4, variant)
+            // The same with a KV cache, token by token: the rotated keys in the cache still give the same scores.
+            let cache = KVCache(config: model.config, capacity: ids.count)
+            var decoded: [Float] = []
+            for id in ids { decoded += model.forward([id], cache: cache, logits: .last) }
+            let V = model.config.vocabSize
+            XCTAssertLessThan(maxAbsDiff(Array(decoded[((ids.count - 1) * V)...]), Array(reference[((ids.count - 1) * V)...])), 1e-4, variant)
+        }
+    }
+
+    /// The check: SmolLM2 with norm fusion and QuaRot rotations fused, all bits 16, logits within 1e-3.
+    func testSmolLM2QuaRotAt16BitsPreservesLogits() throws {
+        let path = modelsDir + "/SmolLM2-135M-Instruct.Q4_1.gguf"
+        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("\(path) missing: run scripts/download-models.sh smollm2") }
+        let expected = try SafeTensorsFile(path: fixturesDir + "/smollm2/model_expected.safetensors")
+        let ids = try expected.ints("seq64_input_ids")
+        let reference = try ModelLoader.load(path).model.forward(ids)
+        let model = try ModelLoader.load(path).model
+        var options = QuantizeOptions(method: .quarot, scheme: QuantScheme(weightBits: 16))
+        options.centerEmbeddings = false
+        installHooks(model, online: applyQuaRotRotations(model, options: options), activations: nil, kv: nil)
+        let diff = maxAbsDiff(model.forward(ids), reference)
+        print("SmolLM2 QuaRot-rotated vs original: max |Δlogit| \(diff)")
+        XCTAssertLessThan(diff, 1e-3)
+    }
 }

@@ -64,3 +64,44 @@ final class PipelineTests: XCTestCase {
         XCTAssertThrowsError(try LayerwiseCalibration(model: model, windows: []))
     }
 }
+
+/// A quantized folder evaluates to exactly what the in-memory quantized model computes.
+final class QuantizedFolderTests: XCTestCase {
+    func testFolderRoundTripMatchesInMemoryModel() throws {
+        let dir = fixturesDir + "/tiny-models/c_qwen2_bias_untied"
+        let out = NSTemporaryDirectory() + "coquant-qfolder-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        var g = SeededGenerator(seed: 9)
+        let windows = (0..<4).map { _ in (0..<16).map { _ in Int(g.next() % 300) } }
+        for (method, scheme, group) in [(Method.gptq, "W4A8KV4", nil), (.quarot, "W4A4KV4", nil), (.rtn, "W3A16", 32 as Int?)] {
+            let loaded = try ModelLoader.load(dir)
+            var s = try QuantScheme(parsing: scheme)
+            s.weightGroupSize = group
+            var options = QuantizeOptions(method: method, scheme: s)
+            options.seqlen = 16
+            options.nsamples = 4
+            let result = try quantizeModel(loaded.model, calibration: windows, options: options)
+            try installFakeQuantization(loaded.model, scheme: s, options: options)
+            _ = try writeQuantizedFolder(out, loaded: loaded, result: result, options: options)
+            let reloaded = try ModelLoader.load(out)
+            XCTAssertEqual(reloaded.format, "coquant")
+            try prepareForInference(reloaded)
+            let ids = [1, 2, 3, 250, 17, 9, 9, 100]
+            XCTAssertEqual(reloaded.model.forward(ids), loaded.model.forward(ids), "\(method) \(scheme)")
+            // And the quantization really happened: differs from the fp32 model.
+            XCTAssertGreaterThan(maxAbsDiff(reloaded.model.forward(ids), try ModelLoader.load(dir).model.forward(ids)), 1e-3)
+        }
+        let existing = NSTemporaryDirectory() + "coquant-qfolder-exists-\(getpid())"
+        try FileManager.default.createDirectory(atPath: existing, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: existing) }
+        XCTAssertThrowsError(try writeFolderAtomically(existing, overwrite: false) { _ in })
+    }
+
+    func testSchemeNames() throws {
+        XCTAssertEqual(try QuantScheme(parsing: "W4A16"), QuantScheme(weightBits: 4))
+        XCTAssertEqual(try QuantScheme(parsing: "w4a16g128"), QuantScheme(weightBits: 4, weightGroupSize: 128))
+        XCTAssertEqual(try QuantScheme(parsing: "W4A4KV4"), QuantScheme(weightBits: 4, activationBits: 4, kvBits: 4))
+        XCTAssertEqual(try QuantScheme(parsing: "W8A8").name, "W8A8")
+        for bad in ["W4", "A4W4", "W4A16g", "W9A16", "W4A3x", "W1A16"] { XCTAssertThrowsError(try QuantScheme(parsing: bad), bad) }
+    }
+}

@@ -29,6 +29,8 @@ public final class Tokenizer: @unchecked Sendable {
     private let nfc: Bool
     private let prefixIds: [Int]
     private let suffixIds: [Int]
+    /// What the tokenizer was built from, kept so that `write(tokenizerJSON:tokenizerConfig:)` can reproduce it.
+    let spec: Spec
 
     public func token(_ id: Int) -> String? {
         id >= 0 && id < tokens.count ? tokens[id] : nil
@@ -134,8 +136,8 @@ public final class Tokenizer: @unchecked Sendable {
 
     // MARK: Loading
 
-    /// Everything a loader works out, before the tokenizer is assembled.
-    private struct Spec {
+    /// Everything a loader works out, before the tokenizer is assembled (and what `write` exports).
+    struct Spec {
         var file: String
         var preTokenizer: PreTokenizer
         var vocab: [[UInt8]: Int]               // byte-level spelling (UTF-8) → id
@@ -152,6 +154,7 @@ public final class Tokenizer: @unchecked Sendable {
     }
 
     private init(_ spec: Spec) throws {
+        self.spec = spec
         bpe = try BPE(vocab: spec.vocab, merges: spec.merges, ignoreMerges: spec.ignoreMerges, unkId: spec.unkId,
                       file: spec.file)
         var tokens = [String?](repeating: nil, count: spec.size)

@@ -1,0 +1,87 @@
+import CoQuantModel
+import CoQuantTensor
+import Foundation
+
+// The quantized folder of a run (format in CoQuantModel/QuantizedCheckpoint.swift) and how a loaded folder gets its
+// inference-time fake quantization and online rotations back.
+
+/// Writes config.json (with quantization_config), model.safetensors (packed linears + fp32 rest) and the tokenizer.
+/// Returns the size of model.safetensors.
+public func writeQuantizedFolder(_ out: String, loaded: LoadedModel, result: QuantizationResult, options: QuantizeOptions) throws -> Int {
+    let m = loaded.model, c = m.config
+    var bytes = 0
+    try writeFolderAtomically(out, overwrite: true) { dir in
+        var w = SafeTensorsWriter()
+        w.metadata = ["format": "pt", "producer": "coquant"]
+        w.add("model.embed_tokens.weight", m.embedTokens, shape: [c.vocabSize, c.hiddenSize])
+        w.add("model.norm.weight", m.norm, shape: [c.hiddenSize])
+        if let head = m.lmHead { w.add("lm_head.weight", head.weight, shape: [c.vocabSize, c.hiddenSize]) }
+        for (i, layer) in m.layers.enumerated() {
+            let p = "model.layers.\(i)."
+            w.add(p + "input_layernorm.weight", layer.inputLayernorm, shape: [c.hiddenSize])
+            w.add(p + "post_attention_layernorm.weight", layer.postAttentionLayernorm, shape: [c.hiddenSize])
+            for name in DecoderLayer.linearNames {
+                let linear = layer[linear: name]
+                if let packed = result.packed[p + name] {
+                    w.add(p + name + ".qweight", bytes: packed.packed, shape: [packed.rows, packed.rowBytes])
+                    w.add(p + name + ".scales", packed.scales, shape: [packed.rows, packed.groups])
+                    w.add(p + name + ".zeros", packed.zeros, shape: [packed.rows, packed.groups])
+                    let plain = (0..<packed.cols).map { Int32($0 / (packed.cols / packed.groups)) }
+                    if packed.groupIndex != plain { w.add(p + name + ".g_idx", packed.groupIndex, shape: [packed.cols]) }
+                } else {
+                    w.add(p + name + ".weight", linear.weight, shape: [linear.outFeatures, linear.inFeatures])
+                }
+                if let b = linear.bias { w.add(p + name + ".bias", b, shape: [b.count]) }
+            }
+        }
+        try w.write(to: dir + "/model.safetensors")
+        bytes = (try? FileManager.default.attributesOfItem(atPath: dir + "/model.safetensors")[.size] as? Int) ?? 0
+
+        var config = try JSONSerialization.jsonObject(with: JSONEncoder().encode(c)) as! [String: Any]
+        config["tie_word_embeddings"] = m.lmHead == nil
+        config["architectures"] = [c.modelType == "qwen2" ? "Qwen2ForCausalLM" : "LlamaForCausalLM"]
+        config["torch_dtype"] = "float32"
+        let s = options.scheme
+        var q: [String: Any] = [
+            "quant_method": "coquant", "format": "coquant-packed-v1",
+            "method": options.method.rawValue, "solver": options.solver.rawValue, "scheme": s.name,
+            "weights": ["bits": s.weightBits, "group_size": s.weightGroupSize ?? -1, "symmetric": options.weightSymmetric,
+                        "mse_clip": options.weightClip, "act_order": options.actOrder, "percdamp": options.percdamp,
+                        "targets": DecoderLayer.linearNames] as [String: Any],
+            "modules_not_quantized": ["model.embed_tokens", "lm_head"],
+            "calibration": ["dataset": "wikitext2-train-prefix", "nsamples": options.nsamples, "seqlen": options.seqlen,
+                            "seed": options.seed] as [String: Any],
+            "coquant_options": try JSONSerialization.jsonObject(with: JSONEncoder().encode(options)),
+        ]
+        q["activations"] = s.activationBits < 16
+            ? ["bits": s.activationBits, "symmetric": false, "granularity": "per-token", "clip_ratio": options.activationClipRatio,
+               "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]] as [String: Any]
+            : NSNull()
+        q["kv_cache"] = s.kvBits < 16
+            ? ["bits": s.kvBits, "symmetric": false, "granularity": "per-token-head", "group_size": c.headDim,
+               "clip_ratio": options.kvClipRatio, "keys": "post-rope"] as [String: Any]
+            : NSNull()
+        q["rotation"] = options.method == .quarot
+            ? ["residual": "random-hadamard", "seed": options.seed, "norms_fused": true, "embeddings_centered": options.centerEmbeddings,
+               "value_heads": "hadamard(head_dim), fused", "online": ["down_proj_input": "hadamard(intermediate_size)",
+                                                                     "queries_keys": "hadamard(head_dim) per head after RoPE"]] as [String: Any]
+            : NSNull()
+        config["quantization_config"] = q
+        let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
+        try data.write(to: URL(fileURLWithPath: dir + "/config.json"))
+
+        try loaded.tokenizer?.write(tokenizerJSON: dir + "/tokenizer.json", tokenizerConfig: dir + "/tokenizer_config.json")
+    }
+    return bytes
+}
+
+/// Re-installs what a quantized folder's `quantization_config` asks for at inference (activation and KV fake
+/// quantization). A model without one is left as it is.
+public func prepareForInference(_ loaded: LoadedModel) throws {
+    guard let q = loaded.quantizationConfig else { return }
+    guard let raw = q["coquant_options"],
+          let options = try? JSONDecoder().decode(QuantizeOptions.self, from: JSONSerialization.data(withJSONObject: raw)) else {
+        throw ModelFileError(loaded.path + "/config.json", "quantization_config.coquant_options is missing or malformed")
+    }
+    try installFakeQuantization(loaded.model, scheme: options.scheme, options: options)
+}

@@ -1,0 +1,187 @@
+import ArgumentParser
+import CoQuantModel
+import CoQuantQuant
+import CoQuantTensor
+import Foundation
+
+struct Quantize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Quantize a model layer by layer and write a self-contained quantized folder.",
+        discussion: """
+        Calibration follows the reference code: the WikiText-2 train prefix (non-empty lines joined with "\\n\\n")
+        tokenized once without BOS, --nsamples windows of --seqlen tokens at offsets from CPython's random.seed(--seed)
+        and randint. Each decoder layer's linears are solved in the order q/k/v → o → gate/up → down, every group's
+        Hessian computed with the groups before it already quantized, and the quantized layer feeds the next.
+
+        Schemes: W4A16, W3A16 (per output channel), W4A16g128 (groups of 128 input columns), W8A8, W4A8, W4A4KV4.
+        Activations are fake-quantized per token (asymmetric) at the input of every decoder linear, the KV cache per
+        (token, head); the LM head stays full precision, as in QuaRot/ResQ/CoQuant.
+
+        Example:
+          coquant quantize models/SmolLM2-135M-Instruct.Q4_1.gguf --method gptq --scheme W4A16 --out out/smollm2-gptq-w4
+          coquant ppl out/smollm2-gptq-w4
+        """)
+
+    @Argument(help: "Model folder or GGUF file.")
+    var model: String
+
+    @Option(help: "rtn | gptq | cdquant | quarot")
+    var method: String
+
+    @Option(help: "W4A16 | W3A16 | W4A16g128 | W8A8 | W4A8 | W4A4KV4 …")
+    var scheme = "W4A16"
+
+    @Option(help: "Weight solver: rtn | gptq | cdquant (default: the method's own; quarot uses gptq).")
+    var solver: String?
+
+    @Option(name: [.customLong("out"), .customShort("o")], help: "Output folder.")
+    var out: String
+
+    @Option(name: [.customLong("w-bits"), .customLong("w_bits")], help: "Override the scheme's weight bits.")
+    var wBits: Int?
+    @Option(name: [.customLong("a-bits"), .customLong("a_bits")], help: "Override the scheme's activation bits (16 = none).")
+    var aBits: Int?
+    @Option(name: [.customLong("kv-bits"), .customLong("kv_bits")], help: "Override the scheme's KV-cache bits (16 = none).")
+    var kvBits: Int?
+    @Option(name: [.customLong("w-groupsize"), .customLong("w_groupsize")], help: "Weight group size (-1: per channel).")
+    var wGroupsize: Int?
+    @Flag(name: [.customLong("w-asym"), .customLong("w_asym")], help: "Asymmetric weight grid (default symmetric, as the reference).")
+    var wAsym = false
+    @Flag(name: [.customLong("w-clip"), .customLong("w_clip")], help: "MSE search for the weight clipping range (grid 100, shrink 0.8, norm 2.4).")
+    var wClip = false
+    @Option(name: [.customLong("a-clip-ratio"), .customLong("a_clip_ratio")], help: "Activation range clip ratio.")
+    var aClipRatio = 1.0
+    @Option(name: [.customLong("kv-clip-ratio"), .customLong("kv_clip_ratio")], help: "KV-cache range clip ratio.")
+    var kvClipRatio = 1.0
+    @Option(help: "Calibration windows.")
+    var nsamples = 128
+    @Option(help: "Tokens per calibration window.")
+    var seqlen = 2048
+    @Option(help: "GPTQ damping, relative to the mean diagonal of H.")
+    var percdamp = 0.01
+    @Flag(name: [.customLong("act-order"), .customLong("act_order")], help: "GPTQ: process columns by descending H diagonal.")
+    var actOrder = false
+    @Option(help: "Seed of the calibration sampler (and random rotations).")
+    var seed: UInt32 = 0
+    @Option(help: "Calibration text file (default: the repository's WikiText-2 train prefix).")
+    var calibFile: String?
+    @Option(help: "Folder holding wikitext-2-raw-v1/ (default: ./data or the repository's data/).")
+    var data: String?
+    @Flag(help: "Replace --out if it exists.")
+    var overwrite = false
+    @OptionGroup var output: OutputOptions
+
+    func options() throws -> QuantizeOptions {
+        guard let m = Method(rawValue: method.lowercased()) else {
+            throw ValidationError("unknown --method \(method) (choose from \(Method.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
+        var s: QuantScheme
+        do { s = try QuantScheme(parsing: scheme) } catch { throw ValidationError("\(error)") }
+        if let wBits { s.weightBits = wBits }
+        if let aBits { s.activationBits = aBits }
+        if let kvBits { s.kvBits = kvBits }
+        if let wGroupsize { s.weightGroupSize = wGroupsize > 0 ? wGroupsize : nil }
+        for (flag, b) in [("weight", s.weightBits), ("activation", s.activationBits), ("KV", s.kvBits)]
+            where !((2...8).contains(b) || (b == 16 && flag != "weight")) {
+            throw ValidationError("unsupported \(flag) bit width \(b) (2–8\(flag == "weight" ? "" : ", or 16 for none"))")
+        }
+        var solverKind: SolverKind?
+        if let solver {
+            guard let k = SolverKind(rawValue: solver.lowercased()) else {
+                throw ValidationError("unknown --solver \(solver) (choose from rtn, gptq, cdquant)")
+            }
+            solverKind = k
+        }
+        var o = QuantizeOptions(method: m, scheme: s, solver: solverKind)
+        o.weightSymmetric = !wAsym
+        o.weightClip = wClip
+        o.activationClipRatio = aClipRatio
+        o.kvClipRatio = kvClipRatio
+        o.nsamples = nsamples
+        o.seqlen = seqlen
+        o.seed = seed
+        o.percdamp = percdamp
+        o.actOrder = actOrder
+        guard nsamples > 0 else { throw ValidationError("--nsamples must be positive") }
+        guard percdamp >= 0 else { throw ValidationError("--percdamp must be ≥ 0") }
+        return o
+    }
+
+    func run() throws {
+        let opts = try options()
+        let loaded = try loadModel(model, quiet: output.quiet)
+        let m = loaded.model, c = m.config
+        if opts.seqlen > c.maxPositionEmbeddings {
+            throw ValidationError("--seqlen \(opts.seqlen) is longer than the model's context (\(c.maxPositionEmbeddings))")
+        }
+        if FileManager.default.fileExists(atPath: out) && !overwrite {
+            throw ValidationError("\(out) already exists (pass --overwrite to replace it)")
+        }
+        let calibPath = try calibFile ?? locateData(data, "wikitext-2-raw-v1/train.first1MB_nonempty_rows.txt")
+        guard let raw = FileManager.default.contents(atPath: calibPath), let text = String(data: raw, encoding: .utf8) else {
+            throw ValidationError("\(calibPath): cannot read as UTF-8 text")
+        }
+        // The reference joins the non-empty train rows with "\n\n" and tokenizes once, without BOS.
+        let joined = text.split(separator: "\n", omittingEmptySubsequences: true).joined(separator: "\n\n")
+        let ids = loaded.tokenizer!.encode(joined, addSpecialTokens: false)
+        let windows: [[Int]]
+        do { windows = try calibrationWindows(ids: ids, nsamples: opts.nsamples, seqlen: opts.seqlen, seed: opts.seed) } catch {
+            throw ValidationError("\(calibPath): \(error)")
+        }
+        if !output.quiet {
+            printErr("calibration: \(calibPath), \(ids.count) tokens, \(opts.nsamples) windows × \(opts.seqlen) (seed \(opts.seed)); method \(opts.method.rawValue), solver \(opts.solver.rawValue), \(opts.scheme.name)")
+        }
+        let progress = Progress(enabled: output.showProgress, label: "layer")
+        let start = ContinuousClock.now
+        let result = try quantizeModel(m, calibration: windows, options: opts, onLayer: { l, reports in
+            let secs = seconds(since: start)
+            progress.update(l + 1, c.numHiddenLayers, seconds: secs, unit: "layer", perStep: 1)
+            if !output.quiet && !output.showProgress {
+                printErr(String(format: "layer %d/%d: Σ loss %.4g, %.1f s", l + 1, c.numHiddenLayers, reports.map(\.loss).reduce(0, +), reports.map(\.seconds).reduce(0, +)))
+            }
+        })
+        try installFakeQuantization(m, scheme: opts.scheme, options: opts)
+        let bytes = try writeQuantizedFolder(out, loaded: loaded, result: result, options: opts)
+        let report = QuantizeReport(model: model, options: opts, seconds: seconds(since: start),
+                                    calibrationTokens: ids.count, linears: result.reports, outputBytes: bytes)
+        try report.write(to: out)
+        if output.json { try printJSON(report) }
+        let total = result.reports.map(\.loss).reduce(0, +)
+        let line = String(format: "quantized: %d linears, %@, Σ layer loss %.6g, %.1f s; wrote %@ (%.1f MB)",
+                          result.reports.count, opts.scheme.name, total, report.seconds, out, Double(bytes) / 1e6)
+        if output.json { printErr(line) } else { print(line) }
+    }
+}
+
+func seconds(since start: ContinuousClock.Instant) -> Double {
+    let d = ContinuousClock.now - start
+    return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+}
+
+/// report.json / report.md of a quantization run.
+struct QuantizeReport: Codable {
+    let model: String
+    let options: QuantizeOptions
+    let seconds: Double
+    let calibrationTokens: Int
+    let linears: [LinearReport]
+    let outputBytes: Int
+
+    func write(to folder: String) throws {
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try e.encode(self).write(to: URL(fileURLWithPath: folder + "/report.json"), options: .atomic)
+        var md = "# CoQuant quantization report\n\n"
+        md += "- model: `\(model)`\n- method: \(options.method.rawValue), solver: \(options.solver.rawValue), scheme: \(options.scheme.name)\n"
+        md += "- weights: \(options.scheme.weightBits)-bit \(options.weightSymmetric ? "symmetric" : "asymmetric"), \(options.scheme.weightGroupSize.map { "groups of \($0)" } ?? "per channel")\(options.weightClip ? ", MSE clip" : "")\n"
+        md += "- calibration: \(options.nsamples) × \(options.seqlen) tokens from \(calibrationTokens), seed \(options.seed); percdamp \(options.percdamp)\(options.actOrder ? ", act-order" : "")\n"
+        md += String(format: "- wall time: %.1f s; output %.1f MB\n\n", seconds, Double(outputBytes) / 1e6)
+        md += "| layer | linear | loss | seconds | damping |\n|---:|---|---:|---:|---|\n"
+        for r in linears {
+            md += String(format: "| %d | %@ | %.6g | %.2f | %@ |\n", r.layer, r.name, r.loss, r.seconds,
+                         r.dampingUsed.map { String(format: "%.3g%@", $0, r.dampingEscalations > 0 ? " (escalated ×\(r.dampingEscalations))" : "") } ?? "—")
+        }
+        try md.write(toFile: folder + "/report.md", atomically: true, encoding: .utf8)
+    }
+}
+
