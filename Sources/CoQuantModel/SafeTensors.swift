@@ -136,6 +136,19 @@ public struct SafeTensorsCheckpoint: Sendable {
         }
     }
 
+    /// Files already open (e.g. one safetensors file that is not a model folder).
+    public init(files: [SafeTensorsFile]) throws {
+        self.files = files
+        var location: [String: Int] = [:]
+        for (i, f) in files.enumerated() {
+            for name in f.tensors.keys {
+                guard location[name] == nil else { throw ModelFileError(f.path, "tensor '\(name)' appears in two files") }
+                location[name] = i
+            }
+        }
+        self.location = location
+    }
+
     public var tensorNames: [String] { location.keys.sorted() }
 
     public func info(_ name: String) -> SafeTensorInfo? { location[name].flatMap { files[$0].tensors[name] } }

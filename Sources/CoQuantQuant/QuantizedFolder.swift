@@ -85,3 +85,78 @@ public func prepareForInference(_ loaded: LoadedModel) throws {
     }
     try installFakeQuantization(loaded.model, scheme: options.scheme, options: options)
 }
+
+/// Per-layer checkpoints of a run in progress (`OUT.partial/`), so `--resume` continues after the last finished
+/// layer: `state.json` (the options, which must match), `layer-<i>.safetensors` (packed linears) and
+/// `layer-<i>.json` (their reports). Each file is written atomically.
+public struct LayerCheckpointStore {
+    public let folder: String
+    let options: QuantizeOptions
+
+    public init(output: String, options: QuantizeOptions) {
+        folder = output + ".partial"
+        self.options = options
+    }
+
+    func encodedOptions() throws -> Data {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        return try e.encode(options)
+    }
+
+    /// Starts a fresh checkpoint folder (removing an old one).
+    public func start() throws {
+        try? FileManager.default.removeItem(atPath: folder)
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try encodedOptions().write(to: URL(fileURLWithPath: folder + "/state.json"), options: .atomic)
+    }
+
+    public func save(layer l: Int, _ done: FinishedLayer) throws {
+        var w = SafeTensorsWriter()
+        var bits: [String: String] = [:]
+        for (name, p) in done.packed {
+            w.add(name + ".qweight", bytes: p.packed, shape: [p.rows, p.rowBytes])
+            w.add(name + ".scales", p.scales, shape: [p.rows, p.groups])
+            w.add(name + ".zeros", p.zeros, shape: [p.rows, p.groups])
+            w.add(name + ".g_idx", p.groupIndex, shape: [p.cols])
+            bits[name] = "\(p.bits) \(p.rows) \(p.cols)"
+        }
+        w.metadata = bits
+        try w.write(to: folder + "/layer-\(l).safetensors")
+        try JSONEncoder().encode(done.reports).write(to: URL(fileURLWithPath: folder + "/layer-\(l).json"), options: .atomic)
+    }
+
+    /// The finished layers 0..<k of an interrupted run with the same options.
+    public func load() throws -> [FinishedLayer] {
+        let state = folder + "/state.json"
+        guard let saved = FileManager.default.contents(atPath: state) else {
+            throw ModelFileError(folder, "no checkpoint to resume from (run without --resume first)")
+        }
+        guard saved == (try encodedOptions()) else {
+            throw ModelFileError(state, "the checkpoint was made with other options; run again without --resume")
+        }
+        var layers: [FinishedLayer] = []
+        while FileManager.default.fileExists(atPath: folder + "/layer-\(layers.count).json") {
+            let l = layers.count
+            let path = folder + "/layer-\(l).safetensors"
+            let file = try SafeTensorsFile(path: path)
+            let ckpt = try SafeTensorsCheckpoint(files: [file])
+            var packed: [String: PackedLinear] = [:]
+            for (name, dims) in file.metadata {
+                let v = dims.split(separator: " ").compactMap { Int($0) }
+                guard v.count == 3, let p = try ckpt.packedLinear(name, bits: v[0], rows: v[1], cols: v[2]) else {
+                    throw ModelFileError(path, "malformed checkpoint entry \(name)")
+                }
+                packed[name] = p
+            }
+            guard let data = FileManager.default.contents(atPath: folder + "/layer-\(l).json"),
+                  let reports = try? JSONDecoder().decode([LinearReport].self, from: data) else {
+                throw ModelFileError(folder + "/layer-\(l).json", "malformed layer report")
+            }
+            layers.append(FinishedLayer(packed: packed, reports: reports))
+        }
+        return layers
+    }
+
+    public func remove() { try? FileManager.default.removeItem(atPath: folder) }
+}

@@ -105,8 +105,21 @@ public struct QuantizationResult {
 /// Quantizes `model` in place: rotations (QuaRot), layer-wise weight solving on the calibration windows, and the
 /// weights replaced by exactly what the packed codes decode to. Activation/KV fake quantization is installed
 /// afterwards with `installFakeQuantization`.
+/// A finished layer, as a checkpoint stores it: its packed linears and their reports.
+public struct FinishedLayer {
+    public var packed: [String: PackedLinear]
+    public var reports: [LinearReport]
+    public init(packed: [String: PackedLinear], reports: [LinearReport]) {
+        self.packed = packed
+        self.reports = reports
+    }
+}
+
+/// `resume` holds the layers an interrupted run finished (0..<k, from `onLayer`'s checkpoints): their weights are put
+/// back and the calibration inputs propagated through them instead of solving them again.
 public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], options: QuantizeOptions,
-                          onLayer: (Int, [LinearReport]) -> Void = { _, _ in },
+                          resume: [FinishedLayer] = [],
+                          onLayer: (Int, FinishedLayer) throws -> Void = { _, _ in },
                           onLinear: (LinearReport) -> Void = { _ in }) throws -> QuantizationResult {
     let grid = try options.weightGrid()
     if let g = options.scheme.weightGroupSize {
@@ -129,6 +142,18 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
     }
     let start = ContinuousClock.now
     let calibration = try LayerwiseCalibration(model: model, windows: windows)
+    for (l, done) in resume.enumerated() {
+        for (name, packed) in done.packed {
+            let linear = name.replacingOccurrences(of: "model.layers.\(l).", with: "")
+            guard model.layers[l][linear: linear].weight.count == packed.rows * packed.cols else {
+                throw PipelineError(description: "resume: \(name) in the checkpoint does not fit this model")
+            }
+            model.layers[l][linear: linear].weight = packed.dequantized()
+            result.packed[name] = packed
+        }
+        result.reports += done.reports
+    }
+    calibration.skip(to: resume.count)
     while calibration.nextLayer < model.layers.count {
         let l = calibration.nextLayer
         let reports = try calibration.quantizeNextLayer(solve: { layer, name, W, H in
@@ -142,7 +167,7 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
             return q
         }, onLinear: onLinear)
         result.reports += reports
-        onLayer(l, reports)
+        try onLayer(l, FinishedLayer(packed: result.packed.filter { $0.key.hasPrefix("model.layers.\(l).") }, reports: reports))
     }
     let d = ContinuousClock.now - start
     result.calibrationSeconds = Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18

@@ -69,6 +69,8 @@ struct Quantize: ParsableCommand {
     var data: String?
     @Flag(help: "Replace --out if it exists.")
     var overwrite = false
+    @Flag(help: "Continue an interrupted run from its last finished layer (checkpoints in OUT.partial/; same options).")
+    var resume = false
     @OptionGroup var output: OutputOptions
 
     func options() throws -> QuantizeOptions {
@@ -133,7 +135,17 @@ struct Quantize: ParsableCommand {
         }
         let progress = Progress(enabled: output.showProgress, label: "layer")
         let start = ContinuousClock.now
-        let result = try quantizeModel(m, calibration: windows, options: opts, onLayer: { l, reports in
+        let store = LayerCheckpointStore(output: out, options: opts)
+        var finished: [FinishedLayer] = []
+        if resume {
+            finished = try store.load()
+            if !output.quiet { printErr("resuming after \(finished.count) finished layer(s) from \(store.folder)") }
+        } else {
+            try store.start()
+        }
+        let result = try quantizeModel(m, calibration: windows, options: opts, resume: finished, onLayer: { l, done in
+            try store.save(layer: l, done)
+            let reports = done.reports
             let secs = seconds(since: start)
             progress.update(l + 1, c.numHiddenLayers, seconds: secs, unit: "layer", perStep: 1)
             if !output.quiet && !output.showProgress {
@@ -145,6 +157,7 @@ struct Quantize: ParsableCommand {
         let report = QuantizeReport(model: model, options: opts, seconds: seconds(since: start),
                                     calibrationTokens: ids.count, linears: result.reports, outputBytes: bytes)
         try report.write(to: out)
+        store.remove()
         if output.json { try printJSON(report) }
         let total = result.reports.map(\.loss).reduce(0, +)
         let line = String(format: "quantized: %d linears, %@, Σ layer loss %.6g, %.1f s; wrote %@ (%.1f MB)",

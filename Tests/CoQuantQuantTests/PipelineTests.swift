@@ -105,3 +105,43 @@ final class QuantizedFolderTests: XCTestCase {
         for bad in ["W4", "A4W4", "W4A16g", "W9A16", "W4A3x", "W1A16"] { XCTAssertThrowsError(try QuantScheme(parsing: bad), bad) }
     }
 }
+
+final class ResumeTests: XCTestCase {
+    struct Interrupt: Error {}
+
+    /// A run interrupted after layer 1 and resumed from its checkpoints gives the uninterrupted run's model.
+    func testResumeAfterInterruptMatchesUninterruptedRun() throws {
+        let dir = fixturesDir + "/tiny-models/b_llama3_rope_untied"
+        let out = NSTemporaryDirectory() + "coquant-resume-\(getpid())"
+        var g = SeededGenerator(seed: 4)
+        let windows = (0..<3).map { _ in (0..<12).map { _ in Int(g.next() % 300) } }
+        var options = QuantizeOptions(method: .gptq, scheme: QuantScheme(weightBits: 3, activationBits: 8))
+        options.seqlen = 12
+        options.nsamples = 3
+        let ids = [5, 6, 7, 8, 200, 1]
+
+        let full = try ModelLoader.load(dir).model
+        let expected = try quantizeModel(full, calibration: windows, options: options)
+
+        let store = LayerCheckpointStore(output: out, options: options)
+        defer { store.remove() }
+        try store.start()
+        XCTAssertThrowsError(try quantizeModel(try ModelLoader.load(dir).model, calibration: windows, options: options,
+                                               onLayer: { l, done in
+            try store.save(layer: l, done)
+            if l == 1 { throw Interrupt() }
+        }))
+        let finished = try store.load()
+        XCTAssertEqual(finished.count, 2)
+        let resumed = try ModelLoader.load(dir).model
+        let result = try quantizeModel(resumed, calibration: windows, options: options, resume: finished)
+        XCTAssertEqual(Set(result.packed.keys), Set(expected.packed.keys))
+        for (name, p) in expected.packed { XCTAssertEqual(result.packed[name]!.packed, p.packed, name) }
+        XCTAssertEqual(result.reports.map(\.loss), expected.reports.map(\.loss))
+        XCTAssertEqual(resumed.forward(ids), full.forward(ids))
+
+        var other = options
+        other.seed = 1
+        XCTAssertThrowsError(try LayerCheckpointStore(output: out, options: other).load())
+    }
+}
