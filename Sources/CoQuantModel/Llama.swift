@@ -369,7 +369,7 @@ public final class LlamaModel: @unchecked Sendable {
         let H = config.numAttentionHeads, KV = config.numKeyValueHeads, hd = config.headDim
         let group = H / KV
         let scale = 1 / Float(hd).squareRoot()
-        let block = 128
+        let block = 64    // 32–256 measured within noise of each other on SmolLM2 at 2048 tokens
         let total = start + T
         let qg = UnsafeMutablePointer<Float>.allocate(capacity: T * H * hd)    // [KV][T][group][hd]
         let cg = UnsafeMutablePointer<Float>.allocate(capacity: T * H * hd)
