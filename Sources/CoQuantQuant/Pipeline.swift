@@ -122,7 +122,9 @@ public final class LayerwiseCalibration {
             }
         }
         let c = model.config
-        try withSingleThreadedBLAS {
+        // No withSingleThreadedBLAS here: the model's stages and the solvers split their own work across cores,
+        // and the float64 Hessian updates (dsyrk, a large share of the run) want OpenBLAS's threads.
+        do {
             // q/k/v read input_layernorm(x).
             var H = HessianAccumulator(columns: c.hiddenSize)
             for x in inputs { try accumulate(&H, model.attentionInput(l, x, rows: T), layer: l, "attention input") }
