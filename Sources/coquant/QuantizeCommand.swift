@@ -61,6 +61,8 @@ struct Quantize: ParsableCommand {
     var percdamp = 0.01
     @Flag(name: [.customLong("act-order"), .customLong("act_order")], help: "GPTQ: process columns by descending H diagonal.")
     var actOrder = false
+    @Flag(inversion: .prefixedNo, help: "quarot: mean-centre the embedding rows when fusing norms, as QuaRot/ResQ/CoQuant do (not function-preserving for RMSNorm models; --no-center-embeddings keeps the function exactly).")
+    var centerEmbeddings = true
     @Option(help: "Seed of the calibration sampler (and random rotations).")
     var seed: UInt32 = 0
     @Option(help: "Calibration text file (default: the repository's WikiText-2 train prefix).")
@@ -104,6 +106,7 @@ struct Quantize: ParsableCommand {
         o.seed = seed
         o.percdamp = percdamp
         o.actOrder = actOrder
+        o.centerEmbeddings = centerEmbeddings
         guard nsamples > 0 else { throw ValidationError("--nsamples must be positive") }
         guard percdamp >= 0 else { throw ValidationError("--percdamp must be ≥ 0") }
         return o
