@@ -26,18 +26,10 @@ final class GPTQOracleTests: XCTestCase {
     func testEveryOracleCase() throws {
         let f = try oracleFile("gptq.safetensors")
         let W = try f.matrix("W")
-        let cases = try XCTUnwrap(try oracleSummary()["gptq"] as? [String: [String: Any]])
+        let cases = try gptqOracleCases(f)
         XCTAssertEqual(cases.count, 12)
-        for (name, info) in cases.sorted(by: { $0.key < $1.key }) {
-            let spec = try XCTUnwrap(info["spec"] as? [String: Any])
-            let bits = try XCTUnwrap(spec["bits"] as? Int), groupSize = try XCTUnwrap(spec["groupsize"] as? Int)
-            let sym = try XCTUnwrap(spec["sym"] as? Bool), mse = try XCTUnwrap(spec["mse"] as? Bool)
-            let grid = try QuantGrid.weight(bits: bits, scheme: sym ? .symmetric : .asymmetric,
-                                            groupSize: groupSize == -1 ? nil : groupSize, mse: mse ? .reference : nil)
-            let solver = GPTQ(blockSize: try XCTUnwrap(spec["blocksize"] as? Int),
-                              percDamp: try XCTUnwrap(spec["percdamp"] as? Double),
-                              actOrder: try XCTUnwrap(spec["actorder"] as? Bool))
-            let H = try f.matrix(f.tensors[name + ".H"] != nil ? name + ".H" : "H")
+        for oracle in cases {
+            let (name, info, grid, solver, H) = (oracle.name, oracle.info, oracle.grid, oracle.gptq, oracle.H)
             let q = try solver.solve(W: W, H: H, grid: grid)
 
             // A near-tie flip would depend on the BLAS summation order of the lazy updates; none happen here.

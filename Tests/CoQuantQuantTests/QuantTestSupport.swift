@@ -85,3 +85,27 @@ func assertMatchesOracle(_ q: QuantizedWeight, _ f: SafeTensorsFile, _ name: Str
     }
     return flips
 }
+
+/// One case of the GPTQ oracle (`summary.json → gptq`): its grid and solver settings, H, and the summary entry.
+struct GPTQOracleCase {
+    let name: String
+    let grid: QuantGrid
+    let gptq: GPTQ
+    let H: Matrix<Double>
+    let info: [String: Any]
+}
+
+func gptqOracleCases(_ f: SafeTensorsFile) throws -> [GPTQOracleCase] {
+    let cases = try XCTUnwrap(try oracleSummary()["gptq"] as? [String: [String: Any]])
+    return try cases.sorted(by: { $0.key < $1.key }).map { name, info in
+        let spec = try XCTUnwrap(info["spec"] as? [String: Any])
+        let bits = try XCTUnwrap(spec["bits"] as? Int), groupSize = try XCTUnwrap(spec["groupsize"] as? Int)
+        let sym = try XCTUnwrap(spec["sym"] as? Bool), mse = try XCTUnwrap(spec["mse"] as? Bool)
+        let grid = try QuantGrid.weight(bits: bits, scheme: sym ? .symmetric : .asymmetric,
+                                        groupSize: groupSize == -1 ? nil : groupSize, mse: mse ? .reference : nil)
+        let gptq = GPTQ(blockSize: try XCTUnwrap(spec["blocksize"] as? Int), percDamp: try XCTUnwrap(spec["percdamp"] as? Double),
+                        actOrder: try XCTUnwrap(spec["actorder"] as? Bool))
+        let H = try f.matrix(f.tensors[name + ".H"] != nil ? name + ".H" : "H")
+        return GPTQOracleCase(name: name, grid: grid, gptq: gptq, H: H, info: info)
+    }
+}
