@@ -62,11 +62,6 @@ public func perplexity(model: LlamaModel, ids: [Int], seqlen: Int, windows: Int?
                             seconds: elapsed, tokensPerSecond: Double(n * seqlen) / elapsed)
 }
 
-func seconds(since start: ContinuousClock.Instant) -> Double {
-    let d = ContinuousClock.now - start
-    return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
-}
-
 /// Mean over t of `logsumexp(logits[t]) − logits[t, ids[t+1]]`, for rows t = 0 ..< T−1 of logits [T, V].
 public func meanNextTokenNLL(logits: [Float], ids: [Int], vocab: Int) -> Double {
     let rows = ids.count - 1

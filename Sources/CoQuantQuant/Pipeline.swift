@@ -113,9 +113,8 @@ public final class LayerwiseCalibration {
                     throw PipelineError(description: "layer \(l) \(name): quantized weights contain NaN/Inf")
                 }
                 model.layers[l][linear: name].weight = q.values.data.map { Float($0) }
-                let d = ContinuousClock.now - start
                 let report = LinearReport(layer: l, name: name, loss: layerLoss(W, q.values, H), initialLoss: q.initialLoss,
-                                          seconds: Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18,
+                                          seconds: seconds(since: start),
                                           dampingUsed: q.dampingUsed, dampingEscalations: q.dampingEscalations)
                 reports.append(report)
                 onLinear(report)

@@ -169,8 +169,7 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
         result.reports += reports
         try onLayer(l, FinishedLayer(packed: result.packed.filter { $0.key.hasPrefix("model.layers.\(l).") }, reports: reports))
     }
-    let d = ContinuousClock.now - start
-    result.calibrationSeconds = Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+    result.calibrationSeconds = seconds(since: start)
     return result
 }
 

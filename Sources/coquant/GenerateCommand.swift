@@ -1,5 +1,6 @@
 import ArgumentParser
 import CoQuantModel
+import CoQuantTensor
 import Foundation
 
 struct Generate: ParsableCommand {
@@ -74,8 +75,7 @@ struct Generate: ParsableCommand {
             }
             return true
         }
-        let d = ContinuousClock.now - start
-        let secs = Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+        let secs = seconds(since: start)
         let result = Result(prompt: prompt, promptTokens: ids.count, generatedTokens: out.count, ids: out,
                             text: tokenizer.decode(out, skipSpecialTokens: true), tokensPerSecond: Double(out.count) / secs)
         if output.json {

@@ -169,11 +169,6 @@ struct Quantize: ParsableCommand {
     }
 }
 
-func seconds(since start: ContinuousClock.Instant) -> Double {
-    let d = ContinuousClock.now - start
-    return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
-}
-
 /// report.json / report.md of a quantization run.
 struct QuantizeReport: Codable {
     let model: String
