@@ -152,7 +152,12 @@ struct Quantize: ParsableCommand {
             let secs = seconds(since: start)
             progress.update(l + 1, c.numHiddenLayers, seconds: secs, unit: "layer", perStep: 1)
             if !output.quiet && !output.showProgress {
-                printErr(String(format: "layer %d/%d: Σ loss %.4g, %.1f s", l + 1, c.numHiddenLayers, reports.map(\.loss).reduce(0, +), reports.map(\.seconds).reduce(0, +)))
+                // One line per layer naming each linear's loss and solve time, so a slow or exploding linear shows at once.
+                let each = reports.map { r in
+                    String(format: "%@ %.3g (%.1fs)", String(r.name.split(separator: ".").last ?? ""), r.loss, r.seconds)
+                }.joined(separator: ", ")
+                printErr(String(format: "layer %d/%d: Σ loss %.4g, %.1f s — %@", l + 1, c.numHiddenLayers,
+                                reports.map(\.loss).reduce(0, +), reports.map(\.seconds).reduce(0, +), each))
             }
         })
         try installFakeQuantization(m, scheme: opts.scheme, options: opts)

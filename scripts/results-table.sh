@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Quantize-and-evaluate runs for the results tables, resumable: each config writes results/$SET/NAME.json when it is
+# done and is skipped afterwards; an interrupted quantization continues with --resume. Several hours on 2 cores
+# (a calibrated config ≈ 35 min of quantization + ≈ 35 min of full-test perplexity), so run it in the background:
+#
+#   nohup scripts/results-table.sh > /tmp/results.log 2>&1 &
+#   scripts/results-table.sh gptq-w4a16 rtn-w4a16      # only these configs
+#   python3 scripts/results-summary.py results/smollm2  # the Markdown table of what has finished
+#
+# Variables: MODEL (SmolLM2 GGUF), SET (smollm2), NSAMPLES (128), WINDOWS (all), RUNS (runs/, git-ignored).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model=${MODEL:-${COQUANT_MODELS:-models}/SmolLM2-135M-Instruct.Q4_1.gguf}
+set_name=${SET:-smollm2}
+nsamples=${NSAMPLES:-128}
+runs=${RUNS:-runs}/$set_name
+results=results/$set_name
+mkdir -p "$runs" "$results"
+[ -x .build/release/coquant ] || swift build -c release --product coquant
+bin=.build/release/coquant
+
+# QuaRot's W4A4KV4 settings (its README): activations per token, clip 0.9; K/V asymmetric per (token, head), clip 0.95;
+# weights per channel, symmetric, MSE clip search. The no-rotation RTN row uses the same quantizers.
+a4="--scheme W4A4KV4 --a-clip-ratio 0.9 --kv-clip-ratio 0.95 --w-clip"
+declare -A config=(
+  [gptq-w4a16]="--method gptq --scheme W4A16"
+  [cdquant-w4a16]="--method cdquant --scheme W4A16"
+  [rtn-w4a16]="--method rtn --scheme W4A16"
+  [rtn-w3a16]="--method rtn --scheme W3A16"
+  [rtn-w4a4kv4]="--method rtn $a4"
+  [gptq-w3a16]="--method gptq --scheme W3A16"
+  [cdquant-w3a16]="--method cdquant --scheme W3A16"
+  [quarot-gptq-w4a4kv4]="--method quarot --solver gptq $a4"
+  [quarot-cdquant-w4a4kv4]="--method quarot --solver cdquant $a4"
+  [fp]=""
+)
+order=(gptq-w4a16 cdquant-w4a16 rtn-w4a16 rtn-w3a16 rtn-w4a4kv4 gptq-w3a16 cdquant-w3a16 quarot-gptq-w4a4kv4 quarot-cdquant-w4a4kv4 fp)
+[ $# -gt 0 ] && order=("$@")
+
+window_args=()
+[ -n "${WINDOWS:-}" ] && window_args=(--windows "$WINDOWS")
+
+for name in "${order[@]}"; do
+  [ -n "${config[$name]+x}" ] || { echo "unknown config $name (known: ${!config[*]})" >&2; exit 2; }
+  result=$results/$name.json
+  if [ -f "$result" ]; then echo "== $name: done ($result)"; continue; fi
+  echo "== $name: $(date -u +%FT%TZ)"
+  target=$model
+  quantize_seconds=0
+  if [ "$name" != fp ]; then
+    target=$runs/$name
+    if [ ! -f "$target/report.json" ]; then
+      resume=(); [ -d "$target.partial" ] && resume=(--resume)
+      t0=$(date +%s)
+      # shellcheck disable=SC2086
+      $bin quantize "$model" ${config[$name]} --nsamples "$nsamples" --out "$target" --overwrite "${resume[@]}"
+      quantize_seconds=$(( $(date +%s) - t0 ))
+    fi
+  fi
+  t0=$(date +%s)
+  $bin ppl "$target" --json "${window_args[@]}" > "$results/$name.ppl.tmp"
+  eval_seconds=$(( $(date +%s) - t0 ))
+  python3 - "$name" "$target" "$results/$name.ppl.tmp" "$eval_seconds" "$nsamples" "${config[$name]}" > "$result.tmp" <<'EOF'
+import json, os, sys
+name, target, ppl_file, eval_seconds, nsamples, flags = sys.argv[1:7]
+out = {"name": name, "flags": flags, "nsamples": int(nsamples), "ppl": json.load(open(ppl_file)),
+       "eval_seconds": int(eval_seconds)}
+report = os.path.join(target, "report.json")
+if os.path.isfile(report):
+    r = json.load(open(report))
+    out["quantize_seconds"] = r["seconds"]
+    out["options"] = r["options"]
+    out["linears"] = [{"layer": l["layer"], "name": l["name"], "loss": l["loss"], "seconds": l["seconds"]} for l in r["linears"]]
+json.dump(out, sys.stdout, indent=1)
+EOF
+  mv "$result.tmp" "$result"; rm -f "$results/$name.ppl.tmp"
+  echo "== $name: wrote $result"
+done
