@@ -53,6 +53,21 @@ public struct DecoderLayer: Sendable {
     public var selfAttn: Attention
     public var postAttentionLayernorm: [Float]
     public var mlp: MLP
+    /// ResQ/CoQuant per-layer bases only (COQUANT_RESQ.md §2.4): the residual stream changes basis online before
+    /// each sub-block output is added, x ← x·B1ᵀ before o_proj's output, x ← x·B2ᵀ before down_proj's.
+    /// Names mirror the reference's `basis_change_1` / `basis_change_2` modules. nil in a plain checkpoint.
+    public var basisChange1: Linear?
+    public var basisChange2: Linear?
+
+    public init(inputLayernorm: [Float], selfAttn: Attention, postAttentionLayernorm: [Float], mlp: MLP,
+                basisChange1: Linear? = nil, basisChange2: Linear? = nil) {
+        self.inputLayernorm = inputLayernorm
+        self.selfAttn = selfAttn
+        self.postAttentionLayernorm = postAttentionLayernorm
+        self.mlp = mlp
+        self.basisChange1 = basisChange1
+        self.basisChange2 = basisChange2
+    }
 }
 
 /// Where the forward pass offers its tensors to a hook (the seam between Model and Quant). The hook may read them
@@ -66,6 +81,7 @@ public enum HookSite: String, Sendable, CaseIterable {
     case keys               // post-RoPE keys of the new tokens, before they enter the cache: [T, KV·hd]
     case values             // values of the new tokens, before they enter the cache: [T, KV·hd]
     case lmHeadInput        // final-norm output: [T, d] (layer index = numHiddenLayers)
+    case basisChangeInput   // residual stream entering basis_change_1 or _2 (layers that have them): [T, d]
 }
 
 /// `hook(layer, site, x, rows, cols)`; x is row-major [rows, cols] and may be modified.
@@ -179,7 +195,8 @@ public final class LlamaModel: @unchecked Sendable {
         var n = embedTokens.count + norm.count + (lmHead.map { $0.weight.count } ?? 0)
         for l in layers {
             n += l.inputLayernorm.count + l.postAttentionLayernorm.count
-            for lin in [l.selfAttn.qProj, l.selfAttn.kProj, l.selfAttn.vProj, l.selfAttn.oProj, l.mlp.gateProj, l.mlp.upProj, l.mlp.downProj] {
+            for lin in [l.selfAttn.qProj, l.selfAttn.kProj, l.selfAttn.vProj, l.selfAttn.oProj, l.mlp.gateProj, l.mlp.upProj, l.mlp.downProj]
+                + [l.basisChange1, l.basisChange2].compactMap({ $0 }) {
                 n += lin.weight.count + (lin.bias?.count ?? 0)
             }
         }
@@ -320,9 +337,20 @@ public final class LlamaModel: @unchecked Sendable {
         return context
     }
 
-    /// x += o_proj(context).
+    /// x += o_proj(context) (x ← basis_change_1(x) first, where the layer has one).
     public func addAttentionOutput(_ l: Int, _ x: inout [Float], _ context: [Float], rows T: Int) {
+        if let b = layers[l].basisChange1 { changeBasis(l, b, &x, rows: T) }
         addProjection(layers[l].selfAttn.oProj, context, to: &x, rows: T)
+    }
+
+    /// x ← x·Bᵀ, the input offered to the hook first (the reference quantizes it to 8 bits).
+    func changeBasis(_ l: Int, _ b: Linear, _ x: inout [Float], rows T: Int) {
+        var y = [Float](repeating: 0, count: T * b.outFeatures)
+        x.withUnsafeMutableBufferPointer { px in
+            hook?(l, .basisChangeInput, px.baseAddress!, T, b.inFeatures)
+            y.withUnsafeMutableBufferPointer { b(px.baseAddress!, rows: T, into: $0.baseAddress!) }
+        }
+        x = y
     }
 
     /// silu(gate_proj(h)) ⊙ up_proj(h) [T, F], the input of down_proj (offered to the hook).
@@ -343,8 +371,9 @@ public final class LlamaModel: @unchecked Sendable {
         return gate
     }
 
-    /// x += down_proj(g).
+    /// x += down_proj(g) (x ← basis_change_2(x) first, where the layer has one).
     public func addMLPOutput(_ l: Int, _ x: inout [Float], _ g: [Float], rows T: Int) {
+        if let b = layers[l].basisChange2 { changeBasis(l, b, &x, rows: T) }
         addProjection(layers[l].mlp.downProj, g, to: &x, rows: T)
     }
 

@@ -114,7 +114,7 @@ public struct CDQuant: WeightSolver {
         guard W.data.allSatisfy({ $0.isFinite }) else {
             throw QuantError.invalidParameter("W has NaN or infinite entries")
         }
-        _ = try grid.weightGroupSize(columns: C)
+        if gptq.columnGrids == nil { _ = try grid.weightGroupSize(columns: C) }
 
         // The start and the λ it was (or would have been) solved with.
         var hFixed = H
@@ -129,7 +129,7 @@ public struct CDQuant: WeightSolver {
             }
             // The same ladder GPTQ climbs, so that H_λ (and the losses) are those a GPTQ run would use.
             let f = try gptq.dampedInverseFactor(hFixed)
-            start = try RTN().solve(W: W, grid: grid)
+            start = try RTN(columnGrids: gptq.columnGrids).solve(W: W, grid: grid)
             start.dampingUsed = f.percDamp
             start.damp = f.damp
             start.dampingEscalations = f.escalations
@@ -191,7 +191,8 @@ public struct CDQuant: WeightSolver {
                         // This row's grid per column, fixed by the start: k = code − z ∈ [−z, maxq − z], ŵ = s·k.
                         for c in 0..<C {
                             let s = ps[r * G + pgi[c]], z = pz[r * G + pgi[c]]
-                            row.sc[c] = s; row.rs[c] = 1 / s; row.lo[c] = -z; row.hi[c] = maxq - z
+                            let top = start.groupMaxq.map { Double($0[pgi[c]]) } ?? maxq
+                            row.sc[c] = s; row.rs[c] = 1 / s; row.lo[c] = -z; row.hi[c] = top - z
                         }
                         var loss = 0.0
                         let er = e + (r - r0) * C

@@ -26,6 +26,9 @@ public struct GPTQ: WeightSolver {
     public var fixedDynamicGroups: Bool
     /// If the Cholesky chain fails, percdamp is multiplied by 10 while it stays ≤ this.
     public var maxPercDamp: Double
+    /// Mixed precision (ResQ/CoQuant): per-column grids with parameters fixed from the original W; `grid` is then
+    /// ignored. The columns are processed low grid first, high grid last (`ColumnGrids.lowFirstOrder`).
+    public var columnGrids: ColumnGrids?
 
     public init(blockSize: Int = 128, percDamp: Double = 0.01, actOrder: Bool = false, staticGroups: Bool = false,
                 fixedDynamicGroups: Bool = false, maxPercDamp: Double = 1) {
@@ -35,6 +38,7 @@ public struct GPTQ: WeightSolver {
         self.staticGroups = staticGroups
         self.fixedDynamicGroups = fixedDynamicGroups
         self.maxPercDamp = maxPercDamp
+        self.columnGrids = nil
     }
 
     public func solve(W original: Matrix<Double>, H hessian: Matrix<Double>?, grid: QuantGrid) throws -> QuantizedWeight {
@@ -50,19 +54,25 @@ public struct GPTQ: WeightSolver {
         guard original.data.allSatisfy({ $0.isFinite }) else {
             throw QuantError.invalidParameter("W has NaN or infinite entries")
         }
-        let gs = try grid.weightGroupSize(columns: C)
+        let cg = columnGrids
+        if let cg {
+            guard cg.group.count == C else { throw QuantError.shapeMismatch("column grids for \(cg.group.count) columns, W has \(C)") }
+            guard !actOrder else { throw QuantError.invalidParameter("act-order cannot be combined with mixed-precision column grids") }
+        }
+        let gs = cg == nil ? try grid.weightGroupSize(columns: C) : nil
         let dynamicGroups = gs != nil && !staticGroups
         if dynamicGroups && fixedDynamicGroups && blockSize % gs! != 0 {
             throw QuantError.invalidParameter("fixed dynamic groups need a block size (\(blockSize)) that is a multiple of the group size (\(gs!))")
         }
-        let G = gs.map { C / $0 } ?? 1
-        let maxq = Double(grid.maxq)
+        let G = cg?.grids.count ?? gs.map { C / $0 } ?? 1
+        let groupMaxq = cg.map { $0.grids.map { Double($0.maxq) } } ?? [Double(grid.maxq)]
         var W = original
         var scales = Matrix<Double>(zeros: R, G), zeros = Matrix<Double>(zeros: R, G)
+        if let cg { (scales, zeros) = cg.parameters(W) }
 
         // Step 2 (L72-73): per-row parameters from the original W, before dead columns are zeroed (quirk Q2).
         // With groups they are recomputed at column 0 anyway, so only the per-channel case needs them.
-        if gs == nil {
+        if gs == nil && cg == nil {
             for r in 0..<R {
                 (scales[r, 0], zeros[r, 0]) = W.data.withUnsafeBufferPointer {
                     grid.parameters(of: UnsafeBufferPointer(rebasing: $0[(r * C)..<((r + 1) * C)]))
@@ -88,8 +98,9 @@ public struct GPTQ: WeightSolver {
         // Step 5 (L89-93): act-order. torch.argsort is not stable; ties (e.g. several dead columns, all at 1) are
         // broken by ascending column index here (quirk Q4).
         var perm = Array(0..<C)
-        if actOrder {
-            perm.sort { H[$0, $0] > H[$1, $1] || (H[$0, $0] == H[$1, $1] && $0 < $1) }
+        if actOrder { perm.sort { H[$0, $0] > H[$1, $1] || (H[$0, $0] == H[$1, $1] && $0 < $1) } }
+        if let cg { perm = cg.lowFirstOrder }
+        if perm != Array(0..<C) {
             W = permuteColumns(W, perm)
             var hp = Matrix<Double>(zeros: C, C)
             for i in 0..<C { for j in 0..<C { hp[i, j] = H[perm[i], perm[j]] } }
@@ -115,6 +126,7 @@ public struct GPTQ: WeightSolver {
         pe.initialize(repeating: 0, count: R)
 
         let workers = R * C * B >= 1 << 16 && R >= 2 ? min(forwardWorkers, R) : 1
+        let columnGroup = cg.map { g in perm.map { g.group[$0] } }      // group of the k-th processed column
         U.data.withUnsafeBufferPointer { puBuf in
             let pu = puBuf.baseAddress!
             withSingleThreadedBLAS {
@@ -132,11 +144,14 @@ public struct GPTQ: WeightSolver {
                             // The grid in force where this block starts: per channel slot 0; with dynamic groups
                             // the current group's, which may have started in an earlier block (g not dividing B).
                             let k0 = dynamicGroups ? i1 / gs! : 0
-                            var s = ps[r * G + k0], z = pz[r * G + k0]
+                            var s = ps[r * G + k0], z = pz[r * G + k0], maxq = groupMaxq[0]
                             var loss = 0.0
                             for i in 0..<cnt {
                                 let col = i1 + i
-                                if let g = gs {
+                                if let columnGroup {
+                                    let k = columnGroup[col]
+                                    s = ps[r * G + k]; z = pz[r * G + k]; maxq = groupMaxq[k]
+                                } else if let g = gs {
                                     if staticGroups {
                                         // The group of the ORIGINAL column (L124-127).
                                         let k = perm[col] / g
@@ -184,14 +199,16 @@ public struct GPTQ: WeightSolver {
                 outCodes[r * C + perm[k]] = pc[r * C + k]
             }
         }
-        var groupIndex = [Int](repeating: 0, count: C)
+        var groupIndex = cg?.group ?? [Int](repeating: 0, count: C)
         if let g = gs {
             // Dynamic groups are consecutive in processing order: g_idx[c] = invperm[c]/g; static ones are not.
             for k in 0..<C { groupIndex[perm[k]] = (staticGroups ? perm[k] : k) / g }
         }
-        return QuantizedWeight(values: values, codes: outCodes, scales: scales, zeros: zeros, groupIndex: groupIndex,
-                               permutation: actOrder ? perm : nil, dampingUsed: factor.percDamp, damp: factor.damp,
-                               dampingEscalations: factor.escalations, errorSum: (0..<R).reduce(0) { $0 + pe[$1] })
+        var result = QuantizedWeight(values: values, codes: outCodes, scales: scales, zeros: zeros, groupIndex: groupIndex,
+                                     permutation: actOrder ? perm : nil, dampingUsed: factor.percDamp, damp: factor.damp,
+                                     dampingEscalations: factor.escalations, errorSum: (0..<R).reduce(0) { $0 + pe[$1] })
+        result.groupMaxq = cg?.grids.map(\.maxq)
+        return result
     }
 
     /// U with (H + λI)⁻¹ = UᵀU, λ = percdamp · mean(diag H), as the reference chains it (L101-104): L = chol(H_λ),

@@ -241,7 +241,7 @@ func installHooks(_ model: LlamaModel, online: OnlineRotations?, activations: Ac
             try? kv?.apply(x, rows: rows, cols: cols)
         case .values:
             try? kv?.apply(x, rows: rows, cols: cols)
-        case .lmHeadInput:
+        case .lmHeadInput, .basisChangeInput:
             break
         }
     }

@@ -25,6 +25,8 @@ public struct QuantizedWeight: Sendable {
     public var groupIndex: [Int]
     /// Act-order: permutation[k] is the original column processed k-th (descending diag H). nil otherwise.
     public var permutation: [Int]?
+    /// Mixed precision (`ColumnGrids`): maxq of each group; nil when every group has the grid's maxq.
+    public var groupMaxq: [Int]? = nil
 
     // Hessian-based solvers only.
     /// The percdamp that factorised (the requested one unless it had to be escalated).
@@ -83,5 +85,52 @@ extension QuantGrid {
             guard columns % g == 0 else { throw QuantError.groupSizeDoesNotDivide(groupSize: g, dimension: columns) }
             return g
         }
+    }
+}
+
+/// Mixed precision across input columns (ResQ/CoQuant, COQUANT_RESQ.md §3.1): column c belongs to group
+/// `group[c]`, quantized per row on `grids[group[c]]` with a (scale, zero) per (row, group) fixed once from the
+/// original W (the reference's `find_params` before GPTQ). The groups need not be contiguous (o_proj's 8-bit
+/// columns are the last r_h of every head).
+public struct ColumnGrids: Sendable {
+    public let group: [Int]
+    public let grids: [QuantGrid]
+
+    public init(group: [Int], grids: [QuantGrid]) throws {
+        guard !grids.isEmpty, group.allSatisfy({ grids.indices.contains($0) }) else {
+            throw QuantError.invalidParameter("column grids: every column needs a grid among \(grids.count)")
+        }
+        for g in grids where g.granularity != .perRow {
+            throw QuantError.unsupportedGranularity("column grids are per output row; groups of columns are not supported with mixed precision")
+        }
+        self.group = group
+        self.grids = grids
+    }
+
+    /// Low grid for every column, `high` for the listed columns.
+    public init(columns: Int, high: [Int], low: QuantGrid, highGrid: QuantGrid) throws {
+        var group = [Int](repeating: 0, count: columns)
+        for c in high { group[c] = 1 }
+        try self.init(group: group, grids: [low, highGrid])
+    }
+
+    /// The columns in processing order: low ones first, high ones last (so the 8-bit columns absorb the error
+    /// feedback of the 4-bit ones, as the reference's column layout makes GPTQ do).
+    public var lowFirstOrder: [Int] {
+        group.indices.sorted { (group[$0], $0) < (group[$1], $1) }
+    }
+
+    /// (scale, zero) of every (row, group) from W [R, C]: [R, G] each.
+    func parameters(_ W: Matrix<Double>) -> (scales: Matrix<Double>, zeros: Matrix<Double>) {
+        let R = W.rows, C = W.cols, G = grids.count
+        var scales = Matrix<Double>(zeros: R, G), zeros = Matrix<Double>(zeros: R, G)
+        let members = (0..<G).map { k in (0..<C).filter { group[$0] == k } }
+        for r in 0..<R {
+            for k in 0..<G where !members[k].isEmpty {
+                let slice = members[k].map { W[r, $0] }
+                (scales[r, k], zeros[r, k]) = slice.withUnsafeBufferPointer { grids[k].parameters(of: $0) }
+            }
+        }
+        return (scales, zeros)
     }
 }

@@ -1,0 +1,275 @@
+import CoQuantModel
+import CoQuantTensor
+import Foundation
+
+// ResQ and CoQuant: the high-precision subspace (COQUANT_RESQ.md §1.2–§1.5, §2.1).
+//
+// Shapes: d hidden, hd head_dim, H query heads, KV key/value heads, g = H/KV, N calibration tokens,
+// r = ⌊f·d⌋ high channels of the hidden dim, r_h = ⌊f·hd⌋ per head (f = high fraction, 1/8 by default).
+//
+//   C_x [d, d]   = (1/N) Σ x xᵀ, x the RMSNorm output (unit weight after norm fusion) entering q/k/v or gate/up
+//   C_w [d, d]   = Σ W̄ᵀW̄ over the linears reading x (q+k+v or gate+up; biases ignored)
+//   ResQ    (a_cov):  M = C_x
+//   CoQuant (wa_cov): M = λx·C_x + λw·C_w,  λx = γ_L·tr C_w,  λw = γ_L·tr C_x,  γ_L = (α_L² + β_L²)/(d − r)
+//   P = eigenvectors of M + 0.01·mean(diag M)·I, eigenvalues ascending (the last r columns span the top-r subspace)
+//   U = P·blockdiag(R_L, R_H), R_L ∈ O(d − r), R_H ∈ O(r) random (rotations inside each subspace)
+//
+// Per head: the value basis P_v [hd, hd] from the v_proj output of each KV head, the key basis P_k from the
+// post-RoPE keys of each KV head (with --kv-weight-aware: V weighted with o_proj's columns, K with the post-RoPE
+// queries of its group, as the reference's `use_kv_wa_cov`).
+
+/// Which second moment is eigendecomposed (the reference's `--basis_cov_mode`).
+public enum BasisObjective: String, Codable, Sendable {
+    case activation = "a_cov"             // ResQ
+    case weightActivation = "wa_cov"      // CoQuant
+}
+
+/// `per-layer`: a basis per layer and block input, residual basis changes online (the CoQuant reference).
+/// `shared`: one basis for the whole residual stream, pooled over all layers (ResQ's official `full_shared`).
+public enum BasisGranularity: String, Codable, Sendable, CaseIterable {
+    case perLayer = "per-layer"
+    case shared
+}
+
+/// The reference's `quant_rel_error_coeff(b)` = 1/max((2^(b−1) − 1)², 1), and 0 at 16 bits or more.
+public func quantRelativeErrorCoefficient(bits: Int) -> Double {
+    bits >= 16 ? 0 : 1 / max(pow(pow(2, Double(bits - 1)) - 1, 2), 1)
+}
+
+/// CoQuant's closed-form weighted-PCA objective M = λx·C_x + λw·C_w (`compute_fro_proxy_lambda_terms`).
+/// The bit widths only scale M (γ_L), so they never change the basis (COQUANT_RESQ.md §1.3, consequence 2).
+public func coquantObjective(Cx: Matrix<Double>, Cw: Matrix<Double>, high r: Int, lowBits: Int = 4) -> Matrix<Double> {
+    precondition(Cx.rows == Cw.rows && Cx.cols == Cw.cols && Cx.rows == Cx.cols)
+    let d = Cx.rows
+    let a = quantRelativeErrorCoefficient(bits: lowBits)
+    let gammaLow = (a + a) / Double(max(d - r, 1))
+    let lambdaX = gammaLow * trace(Cw), lambdaW = gammaLow * trace(Cx)
+    var M = Cx
+    for i in M.data.indices { M.data[i] = lambdaX * Cx.data[i] + lambdaW * Cw.data[i] }
+    return M
+}
+
+func trace(_ A: Matrix<Double>) -> Double { (0..<min(A.rows, A.cols)).reduce(0) { $0 + A[$1, $1] } }
+
+/// `perform_eigen_decomp`: M + 0.01·mean(diag M)·I, then eigenvectors as columns with eigenvalues ascending.
+public func dampedEigenbasis(_ M: Matrix<Double>) throws -> (values: [Double], P: Matrix<Double>) {
+    var A = M
+    let damp = 0.01 * trace(M) / Double(M.rows)
+    for i in 0..<A.rows { A[i, i] += damp }
+    let e = try symmetricEigen(A)
+    return (e.values, e.vectors)
+}
+
+/// Second moments of one calibration pass over the norm-fused full-precision model, summed in float64.
+public struct SubspaceStatistics {
+    public let config: ModelConfiguration
+    /// Σ x xᵀ per layer: attention input (q/k/v) and MLP input (gate/up), [d, d].
+    public var attention: [Matrix<Double>]
+    public var mlp: [Matrix<Double>]
+    /// Σ v vᵀ of the v_proj output per KV head (with bias), Σ k kᵀ of the post-RoPE keys per KV head, [hd, hd].
+    public var values: [[Matrix<Double>]]
+    public var keys: [[Matrix<Double>]]
+    /// Σ q qᵀ of the post-RoPE queries, the g heads of a group stacked as extra samples (only for kv-weight-aware).
+    public var queries: [[Matrix<Double>]]?
+    public var tokens = 0
+
+    public init(config c: ModelConfiguration, withQueries: Bool) {
+        config = c
+        let d = c.hiddenSize, hd = c.headDim, L = c.numHiddenLayers, KV = c.numKeyValueHeads
+        attention = Array(repeating: Matrix(zeros: d, d), count: L)
+        mlp = attention
+        values = Array(repeating: Array(repeating: Matrix(zeros: hd, hd), count: KV), count: L)
+        keys = values
+        queries = withQueries ? values : nil
+    }
+
+    /// Runs every window through the model (which must already be norm-fused) layer by layer and accumulates.
+    /// Memory: the accumulators and one window's activations.
+    public static func collect(_ model: LlamaModel, windows: [[Int]], withQueries: Bool,
+                               progress: (Int) -> Void = { _ in }) -> SubspaceStatistics {
+        var stats = SubspaceStatistics(config: model.config, withQueries: withQueries)
+        let saved = model.hook
+        defer { model.hook = saved }
+        let c = model.config, hd = c.headDim, KV = c.numKeyValueHeads, g = c.numAttentionHeads / KV
+        model.hook = { l, site, x, rows, cols in
+            switch site {
+            case .attentionInput: addGram(&stats.attention[l], x, rows: rows, cols: cols, offset: 0, width: cols)
+            case .mlpInput: addGram(&stats.mlp[l], x, rows: rows, cols: cols, offset: 0, width: cols)
+            case .values:
+                for h in 0..<KV { addGram(&stats.values[l][h], x, rows: rows, cols: cols, offset: h * hd, width: hd) }
+            case .keys:
+                for h in 0..<KV { addGram(&stats.keys[l][h], x, rows: rows, cols: cols, offset: h * hd, width: hd) }
+            case .queries where stats.queries != nil:
+                for j in 0..<(KV * g) { addGram(&stats.queries![l][j / g], x, rows: rows, cols: cols, offset: j * hd, width: hd) }
+            default: break
+            }
+        }
+        for (i, ids) in windows.enumerated() {
+            var x = model.embed(ids)
+            for l in model.layers.indices { model.decoderLayer(l, &x, rows: ids.count, cache: nil) }
+            stats.tokens += ids.count
+            progress(i + 1)
+        }
+        return stats
+    }
+}
+
+/// G += Xᵀ X for the column slice [offset, offset + width) of x [rows, cols], in float64.
+func addGram(_ G: inout Matrix<Double>, _ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int, offset: Int, width: Int) {
+    var X = Matrix<Double>(zeros: rows, width)
+    for t in 0..<rows { for j in 0..<width { X.data[t * width + j] = Double(x[t * cols + offset + j]) } }
+    syrkAccumulate(X, into: &G)
+}
+
+/// The bases of one model: eigenvectors P (ascending) and the random in-subspace rotations R. Q = P·R is what
+/// gets fused. Per-layer granularity has L attention and L MLP bases; shared has one of each (the same matrix).
+public struct SubspaceBases: Sendable {
+    public var objective: BasisObjective
+    public var granularity: BasisGranularity
+    public var high: Int                  // r
+    public var headHigh: Int              // r_h
+    public var attention: [Matrix<Double>]          // P_attn per layer [d, d]
+    public var mlp: [Matrix<Double>]                // P_mlp per layer
+    public var values: [[Matrix<Double>]]           // P_v [layer][kv head] [hd, hd]
+    public var keys: [[Matrix<Double>]]             // P_k [layer][kv head]
+    public var R1: Matrix<Double>                   // blockdiag(R1_1 [d−r], R1_2 [r])
+    public var R2: Matrix<Double>                   // blockdiag(R2_1 [hd−r_h], R2_2 [r_h])
+    /// Share of each basis's trace (of C_x, before damping) that its top-r subspace captures, per layer:
+    /// the report's "energy captured".
+    public var attentionEnergy: [Double]
+    public var mlpEnergy: [Double]
+
+    /// Q_a^(i) = P_attn^(i)·R1, Q_m^(i) = P_mlp^(i)·R1 (for `shared`, every layer's is the one basis).
+    public func attentionRotation(_ l: Int) -> Matrix<Double> { attention[granularity == .shared ? 0 : l] * R1 }
+    public func mlpRotation(_ l: Int) -> Matrix<Double> { mlp[granularity == .shared ? 0 : l] * R1 }
+    public func valueRotation(_ l: Int, head h: Int) -> Matrix<Double> { values[l][h] * R2 }
+    public func keyRotation(_ l: Int, head h: Int) -> Matrix<Double> { keys[l][h] * R2 }
+}
+
+public struct SubspaceError: Error, CustomStringConvertible {
+    public let description: String
+}
+
+/// Sizes of the high subspaces: r = ⌊f·d⌋, r_h = ⌊f·hd⌋ (the reference truncates), both required to be ≥ 1.
+public func highChannels(fraction f: Double, config c: ModelConfiguration) throws -> (r: Int, rh: Int) {
+    guard f > 0 && f < 1 else { throw SubspaceError(description: "--high-fraction \(f) must be in (0, 1)") }
+    let r = Int(f * Double(c.hiddenSize)), rh = Int(f * Double(c.headDim))
+    guard r >= 1 && rh >= 1 else {
+        throw SubspaceError(description: "--high-fraction \(f) gives \(r) high hidden channels and \(rh) per head (head_dim \(c.headDim)); both must be ≥ 1")
+    }
+    return (r, rh)
+}
+
+/// Builds the bases from the statistics (COQUANT_RESQ.md §1.4, §2.6). `model` must be norm-fused (C_w uses the
+/// fused weights W̄ = W·diag(g)). R1, R2 are drawn from `seed` in the reference's order (R1_1, R1_2, R2_1, R2_2).
+public func buildBases(_ stats: SubspaceStatistics, model: LlamaModel, objective: BasisObjective,
+                       granularity: BasisGranularity, highFraction: Double, kvWeightAware: Bool,
+                       seed: UInt64) throws -> SubspaceBases {
+    let c = model.config, d = c.hiddenSize, hd = c.headDim, L = c.numHiddenLayers, KV = c.numKeyValueHeads
+    let (r, rh) = try highChannels(fraction: highFraction, config: c)
+    guard stats.tokens >= d else {
+        throw SubspaceError(description: "the statistics saw \(stats.tokens) calibration tokens, fewer than the hidden size \(d): C_x would be rank-deficient")
+    }
+    let N = Double(stats.tokens)
+    func scaled(_ A: Matrix<Double>, _ s: Double) -> Matrix<Double> { var B = A; for i in B.data.indices { B.data[i] *= s }; return B }
+    func gram(_ linears: [Linear]) -> Matrix<Double> {
+        var G = Matrix<Double>(zeros: d, d)
+        for lin in linears { syrkAccumulate(Matrix(rows: lin.outFeatures, cols: lin.inFeatures, data: lin.weight.map(Double.init)), into: &G) }
+        return G
+    }
+    func objectiveMatrix(_ Cx: Matrix<Double>, _ consumers: [Linear]) -> Matrix<Double> {
+        objective == .activation ? Cx : coquantObjective(Cx: Cx, Cw: gram(consumers), high: r)
+    }
+    func topEnergy(_ P: Matrix<Double>, _ Cx: Matrix<Double>, _ k: Int) -> Double {
+        // tr(P_Hᵀ C_x P_H) / tr(C_x)
+        let PH = Matrix(rows: P.rows, cols: k, data: (0..<P.rows).flatMap { i in (P.cols - k..<P.cols).map { P[i, $0] } })
+        let CP = Cx * PH
+        var s = 0.0
+        for i in 0..<P.rows { for j in 0..<k { s += PH[i, j] * CP[i, j] } }
+        return s / trace(Cx)
+    }
+
+    var attention: [Matrix<Double>] = [], mlp: [Matrix<Double>] = []
+    var attentionEnergy: [Double] = [], mlpEnergy: [Double] = []
+    switch granularity {
+    case .perLayer:
+        for l in 0..<L {
+            let a = model.layers[l].selfAttn, m = model.layers[l].mlp
+            let Ca = scaled(stats.attention[l], 1 / N), Cm = scaled(stats.mlp[l], 1 / N)
+            let Pa = try dampedEigenbasis(objectiveMatrix(Ca, [a.qProj, a.kProj, a.vProj])).P
+            let Pm = try dampedEigenbasis(objectiveMatrix(Cm, [m.gateProj, m.upProj])).P
+            attention.append(Pa); mlp.append(Pm)
+            attentionEnergy.append(topEnergy(Pa, Ca, r)); mlpEnergy.append(topEnergy(Pm, Cm, r))
+        }
+    case .shared:
+        // ResQ: one U_A from (1/2NL) Σ_i (H_attn[i] + H_mlp[i]). CoQuant shared (our extension, the reference has
+        // no shared wa_cov): the same pooling of the per-input objectives, each trace-normalised as §1.3 shows M is.
+        var pooled = Matrix<Double>(zeros: d, d)
+        for l in 0..<L {
+            let a = model.layers[l].selfAttn, m = model.layers[l].mlp
+            let Ca = scaled(stats.attention[l], 1 / N), Cm = scaled(stats.mlp[l], 1 / N)
+            for (Cx, consumers) in [(Ca, [a.qProj, a.kProj, a.vProj]), (Cm, [m.gateProj, m.upProj])] {
+                let M = objective == .activation ? Cx : objectiveMatrix(Cx, consumers)
+                let s = objective == .activation ? 1 / Double(2 * L) : 1 / trace(M)
+                for i in pooled.data.indices { pooled.data[i] += s * M.data[i] }
+            }
+        }
+        let P = try dampedEigenbasis(pooled).P
+        attention = [P]; mlp = [P]
+        for l in 0..<L {
+            attentionEnergy.append(topEnergy(P, scaled(stats.attention[l], 1 / N), r))
+            mlpEnergy.append(topEnergy(P, scaled(stats.mlp[l], 1 / N), r))
+        }
+    }
+
+    // Per-head bases: activation-only unless kvWeightAware (the reference's default is off).
+    let g = c.numAttentionHeads / KV
+    var values: [[Matrix<Double>]] = [], keys: [[Matrix<Double>]] = []
+    for l in 0..<L {
+        var vl: [Matrix<Double>] = [], kl: [Matrix<Double>] = []
+        let o = model.layers[l].selfAttn.oProj
+        for h in 0..<KV {
+            let Cv = scaled(stats.values[l][h], 1 / N)
+            var Mv = Cv
+            if kvWeightAware {
+                // o_proj columns of the g query heads that read value head h.
+                var Cw = Matrix<Double>(zeros: hd, hd)
+                for j in (h * g)..<((h + 1) * g) {
+                    let cols = Matrix(rows: o.outFeatures, cols: hd, data: (0..<o.outFeatures).flatMap { row in
+                        (0..<hd).map { Double(o.weight[row * o.inFeatures + j * hd + $0]) } })
+                    syrkAccumulate(cols, into: &Cw)
+                }
+                Mv = coquantObjective(Cx: Cv, Cw: Cw, high: rh)
+            }
+            vl.append(try dampedEigenbasis(Mv).P)
+            if granularity == .perLayer {
+                let Ck = scaled(stats.keys[l][h], 1 / N)
+                let Mk = kvWeightAware ? coquantObjective(Cx: Ck, Cw: scaled(stats.queries![l][h], 1 / N), high: rh) : Ck
+                kl.append(try dampedEigenbasis(Mk).P)
+            }
+        }
+        if granularity == .shared {
+            // ResQ's U_C: one key basis per layer shared by its heads, from Σ_h H_key_pos[i, h]/(KV·N).
+            var Ck = Matrix<Double>(zeros: hd, hd)
+            for h in 0..<KV { for i in Ck.data.indices { Ck.data[i] += stats.keys[l][h].data[i] / (Double(KV) * N) } }
+            let P = try dampedEigenbasis(Ck).P
+            kl = Array(repeating: P, count: KV)
+        }
+        values.append(vl); keys.append(kl)
+    }
+
+    var rng = SeededGenerator(seed: seed)
+    let R1 = blockDiagonal(randomOrthogonalMatrix(d - r, generator: &rng), randomOrthogonalMatrix(r, generator: &rng))
+    let R2 = blockDiagonal(randomOrthogonalMatrix(hd - rh, generator: &rng), randomOrthogonalMatrix(rh, generator: &rng))
+    return SubspaceBases(objective: objective, granularity: granularity, high: r, headHigh: rh, attention: attention,
+                         mlp: mlp, values: values, keys: keys, R1: R1, R2: R2,
+                         attentionEnergy: attentionEnergy, mlpEnergy: mlpEnergy)
+}
+
+func blockDiagonal(_ A: Matrix<Double>, _ B: Matrix<Double>) -> Matrix<Double> {
+    let n = A.rows + B.rows
+    var M = Matrix<Double>(zeros: n, n)
+    for i in 0..<A.rows { for j in 0..<A.cols { M[i, j] = A[i, j] } }
+    for i in 0..<B.rows { for j in 0..<B.cols { M[A.rows + i, A.cols + j] = B[i, j] } }
+    return M
+}
