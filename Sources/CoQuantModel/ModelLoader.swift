@@ -33,7 +33,8 @@ public enum ModelLoader {
         let config = try ModelConfiguration.load(folder + "/config.json")
         let ckpt = try SafeTensorsCheckpoint(folder: folder)
         let quantization = try quantizationConfig(folder + "/config.json")
-        let weightBits = (quantization?["weights"] as? [String: Any])?["bits"] as? Int
+        let weights = quantization?["weights"] as? [String: Any]
+        let weightBits = weights?["storage_bits"] as? Int ?? weights?["bits"] as? Int
         func tensor(_ name: String, _ shape: [Int]) throws -> [Float] {
             guard let info = ckpt.info(name) else {
                 throw ModelFileError(ckpt.files.first!.path, "missing tensor '\(name)' (config.json expects \(shape))")
@@ -49,6 +50,14 @@ public enum ModelLoader {
                 return packed.dequantized()
             }
             return required || ckpt.info(name) != nil ? try tensor(name, shape) : nil
+        }
+        // ResQ / CoQuant per-layer bases: the online residual basis changes, when the folder has them.
+        let d = config.hiddenSize
+        for i in model.layers.indices {
+            for (k, name) in ["basis_change_1", "basis_change_2"].enumerated() where ckpt.info("model.layers.\(i).\(name).weight") != nil {
+                let b = Linear(weight: try tensor("model.layers.\(i).\(name).weight", [d, d]), inFeatures: d, outFeatures: d)
+                if k == 0 { model.layers[i].basisChange1 = b } else { model.layers[i].basisChange2 = b }
+            }
         }
         let tokenizerPath = folder + "/tokenizer.json"
         var tokenizer: Tokenizer?

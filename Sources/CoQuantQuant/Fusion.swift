@@ -83,19 +83,21 @@ public func rotateValueHeads(_ model: LlamaModel, layer i: Int, _ Qv: [Matrix<Do
             v.bias!.replaceSubrange((h * hd)..<((h + 1) * hd), with: (Qt * bh).data.map { Float($0) })
         }
     }
-    let inCols = o.inFeatures
-    for r in 0..<o.outFeatures {
-        for j in 0..<c.numAttentionHeads {
-            let Q = Qv[j / group]
-            let base = r * inCols + j * hd
-            let x = (0..<hd).map { Double(o.weight[base + $0]) }
-            for col in 0..<hd {
-                var s = 0.0
-                for t in 0..<hd { s += x[t] * Q[t, col] }
-                o.weight[base + col] = Float(s)
+    // o_proj columns of query head j: W_o[:, j] ← W_o[:, j]·Q_v, one GEMM per head on the strided column block.
+    let inCols = o.inFeatures, outRows = o.outFeatures
+    let Wo = o.weight.map(Double.init)
+    var rotated = Wo
+    Wo.withUnsafeBufferPointer { pw in
+        rotated.withUnsafeMutableBufferPointer { pr in
+            for j in 0..<c.numAttentionHeads {
+                Qv[j / group].data.withUnsafeBufferPointer { q in
+                    Double.gemm(false, false, outRows, hd, hd, 1, pw.baseAddress! + j * hd, inCols, q.baseAddress!, hd,
+                                0, pr.baseAddress! + j * hd, inCols)
+                }
             }
         }
     }
+    o.weight = rotated.map { Float($0) }
     model.layers[i].selfAttn.vProj = v
     model.layers[i].selfAttn.oProj = o
 }

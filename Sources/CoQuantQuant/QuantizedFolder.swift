@@ -33,6 +33,15 @@ public func writeQuantizedFolder(_ out: String, loaded: LoadedModel, result: Qua
                 }
                 if let b = linear.bias { w.add(p + name + ".bias", b, shape: [b.count]) }
             }
+            // ResQ / CoQuant: the online residual basis changes (fp32, inputs quantized to 8 bits at inference) and
+            // the per-KV-head key rotation applied after RoPE.
+            for (name, b) in [("basis_change_1", layer.basisChange1), ("basis_change_2", layer.basisChange2)] {
+                if let b { w.add(p + name + ".weight", b.weight, shape: [b.outFeatures, b.inFeatures]) }
+            }
+            if let online = result.subspace {
+                w.add(p + "self_attn.key_rotation", online.keyRotations[i].flatMap { $0 },
+                      shape: [c.numKeyValueHeads, c.headDim, c.headDim])
+            }
         }
         try w.write(to: dir + "/model.safetensors")
         bytes = (try? FileManager.default.attributesOfItem(atPath: dir + "/model.safetensors")[.size] as? Int) ?? 0
@@ -45,7 +54,8 @@ public func writeQuantizedFolder(_ out: String, loaded: LoadedModel, result: Qua
         var q: [String: Any] = [
             "quant_method": "coquant", "format": "coquant-packed-v1",
             "method": options.method.rawValue, "solver": options.solver.rawValue, "scheme": s.name,
-            "weights": ["bits": s.weightBits, "group_size": s.weightGroupSize ?? -1, "symmetric": options.weightSymmetric,
+            "weights": ["bits": s.weightBits, "storage_bits": result.packed.values.first?.bits ?? s.weightBits,
+                        "group_size": s.weightGroupSize ?? -1, "symmetric": options.weightSymmetric,
                         "mse_clip": options.weightClip, "act_order": options.actOrder, "percdamp": options.percdamp,
                         "targets": DecoderLayer.linearNames] as [String: Any],
             "modules_not_quantized": ["model.embed_tokens", "lm_head"],
@@ -66,6 +76,19 @@ public func writeQuantizedFolder(_ out: String, loaded: LoadedModel, result: Qua
                "value_heads": "hadamard(head_dim), fused", "online": ["down_proj_input": "hadamard(intermediate_size)",
                                                                      "queries_keys": "hadamard(head_dim) per head after RoPE"]] as [String: Any]
             : NSNull()
+        if let sub = options.subspace, let bases = result.bases {
+            q["subspace"] = [
+                "objective": bases.objective.rawValue, "granularity": bases.granularity.rawValue,
+                "high_fraction": sub.highFraction, "high_bits": sub.highBits, "high_channels": bases.high,
+                "high_channels_per_head": bases.headHigh, "kv_weight_aware": sub.kvWeightAware,
+                "norms_fused": true, "embeddings_centered": options.centerEmbeddings,
+                "high_block": "the last high_channels input columns of q/k/v/gate/up, the last high_channels_per_head of every head for o_proj; down_proj uniform",
+                "storage": "codes of every linear in storage_bits containers (the low block's codes use only its own bits)",
+                "online": ["basis_change": bases.granularity == .perLayer ? "basis_change_1/2, inputs int8 per token" : "none",
+                           "keys_queries": "self_attn.key_rotation per KV head after RoPE" + (s.kvBits < 16 ? " (int8 per tensor)" : ""),
+                           "down_proj_input": "hadamard(intermediate_size)"],
+            ] as [String: Any]
+        }
         config["quantization_config"] = q
         let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
         try data.write(to: URL(fileURLWithPath: dir + "/config.json"))
@@ -83,7 +106,27 @@ public func prepareForInference(_ loaded: LoadedModel) throws {
           let options = try? JSONDecoder().decode(QuantizeOptions.self, from: JSONSerialization.data(withJSONObject: raw)) else {
         throw ModelFileError(loaded.path + "/config.json", "quantization_config.coquant_options is missing or malformed")
     }
-    try installFakeQuantization(loaded.model, scheme: options.scheme, options: options)
+    var subspace: SubspaceOnline?
+    if options.method.usesSubspace {
+        let c = loaded.model.config, hd = c.headDim, KV = c.numKeyValueHeads
+        let sub = q["subspace"] as? [String: Any]
+        guard let high = sub?["high_channels"] as? Int, let headHigh = sub?["high_channels_per_head"] as? Int else {
+            throw ModelFileError(loaded.path + "/config.json", "quantization_config.subspace is missing or malformed")
+        }
+        let ckpt = try SafeTensorsCheckpoint(folder: loaded.path)
+        let rotations: [[[Float]]] = try (0..<c.numHiddenLayers).map { l in
+            let name = "model.layers.\(l).self_attn.key_rotation"
+            guard ckpt.info(name)?.shape == [KV, hd, hd] else {
+                throw ModelFileError(loaded.path, "missing tensor '\(name)' [\(KV), \(hd), \(hd)]")
+            }
+            let all = try ckpt.floats(name)
+            return (0..<KV).map { Array(all[($0 * hd * hd)..<(($0 + 1) * hd * hd)]) }
+        }
+        subspace = SubspaceOnline(config: c, keyRotations: rotations, high: high, headHigh: headHigh)
+    }
+    // The saved key rotation is already int8 where the KV cache is quantized; quantizing it again is a no-op
+    // (an int8 grid point stays put), so installFakeQuantization can treat it like a fresh run's.
+    try installFakeQuantization(loaded.model, scheme: options.scheme, options: options, subspace: subspace)
 }
 
 /// Per-layer checkpoints of a run in progress (`OUT.partial/`), so `--resume` continues after the last finished

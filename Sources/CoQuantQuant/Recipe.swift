@@ -60,6 +60,23 @@ public struct QuantScheme: Codable, Sendable, Equatable {
 
 public enum Method: String, Codable, Sendable, CaseIterable {
     case rtn, gptq, cdquant, quarot
+    case resq       // mixed-precision subspace from the activation second moment (COQUANT_RESQ.md §1.3, a_cov)
+    case coquant    // mixed-precision subspace from activation and weight second moments (wa_cov)
+
+    /// Whether the method keeps a high-precision subspace (ResQ / CoQuant).
+    public var usesSubspace: Bool { self == .resq || self == .coquant }
+}
+
+/// ResQ / CoQuant settings (COQUANT_RESQ.md §1.5, §2.1). Defaults are the reference scripts'.
+public struct SubspaceOptions: Codable, Sendable, Equatable {
+    public var granularity: BasisGranularity = .perLayer
+    /// r = ⌊f·d⌋ hidden channels (and ⌊f·head_dim⌋ per head) kept at `highBits`.
+    public var highFraction = 0.125
+    public var highBits = 8
+    /// The reference's `use_kv_wa_cov`: V and K bases weighted by o_proj's columns and the queries (off by default).
+    public var kvWeightAware = false
+
+    public init() {}
 }
 
 public enum SolverKind: String, Codable, Sendable, CaseIterable {
@@ -81,16 +98,22 @@ public struct QuantizeOptions: Codable, Sendable {
     public var percdamp = 0.01
     public var actOrder = false
     public var centerEmbeddings = true       // the reference's embedding mean-centring when norms are fused
+    /// ResQ / CoQuant only (nil otherwise; optional so folders written before it existed still decode).
+    public var subspace: SubspaceOptions?
 
     public init(method: Method, scheme: QuantScheme, solver: SolverKind? = nil) {
         self.method = method
         self.scheme = scheme
         self.solver = solver ?? (method == .rtn ? .rtn : method == .cdquant ? .cdquant : .gptq)
+        if method.usesSubspace { subspace = SubspaceOptions() }
     }
 
-    public func weightGrid() throws -> QuantGrid {
-        try .weight(bits: scheme.weightBits, scheme: weightSymmetric ? .symmetric : .asymmetric,
-                    groupSize: scheme.weightGroupSize, mse: weightClip ? .reference : nil)
+    /// Symmetric weights are GPTQ's `quant.py` grid, except for ResQ/CoQuant, whose reference quantizer is
+    /// QuaRot's `WeightQuantizer` (signed codes, s = max|w|/(2^(b−1) − 1)).
+    public func weightGrid(bits: Int? = nil) throws -> QuantGrid {
+        let symmetric: GridScheme = method.usesSubspace ? .signedSymmetric : .symmetric
+        return try .weight(bits: bits ?? scheme.weightBits, scheme: weightSymmetric ? symmetric : .asymmetric,
+                           groupSize: scheme.weightGroupSize, mse: weightClip ? .reference : nil)
     }
 }
 
@@ -100,6 +123,12 @@ public struct QuantizationResult {
     public var reports: [LinearReport] = []
     public var calibrationSeconds = 0.0
     public var warnings: [String] = []
+    /// ResQ / CoQuant: what runs online at inference, the bases, and the seconds of the statistics pass and of the
+    /// eigendecompositions.
+    public var subspace: SubspaceOnline?
+    public var bases: SubspaceBases?
+    public var statisticsSeconds = 0.0
+    public var basesSeconds = 0.0
 }
 
 /// Quantizes `model` in place: rotations (QuaRot), layer-wise weight solving on the calibration windows, and the
@@ -120,7 +149,8 @@ public struct FinishedLayer {
 public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], options: QuantizeOptions,
                           resume: [FinishedLayer] = [],
                           onLayer: (Int, FinishedLayer) throws -> Void = { _, _ in },
-                          onLinear: (LinearReport) -> Void = { _ in }) throws -> QuantizationResult {
+                          onLinear: (LinearReport) -> Void = { _ in },
+                          onStatistics: (Int) -> Void = { _ in }) throws -> QuantizationResult {
     let grid = try options.weightGrid()
     if let g = options.scheme.weightGroupSize {
         let c = model.config
@@ -134,12 +164,54 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
         result.warnings += online.notes
         installHooks(model, online: online, activations: nil, kv: nil)     // calibrate with the online rotations, no fake quant
     }
-    let solver: WeightSolver
-    switch options.solver {
-    case .rtn: solver = RTN()
-    case .gptq: solver = GPTQ(percDamp: options.percdamp, actOrder: options.actOrder)
-    case .cdquant: solver = CDQuant(gptq: GPTQ(percDamp: options.percdamp, actOrder: options.actOrder))
+    var columnGrids: (String) throws -> ColumnGrids? = { _ in nil }
+    if options.method.usesSubspace {
+        let sub = options.subspace ?? SubspaceOptions()
+        guard options.scheme.weightGroupSize == nil else {
+            throw QuantError.invalidParameter("\(options.method.rawValue) quantizes weights per output row: drop the group size")
+        }
+        var t = ContinuousClock.now
+        fuseNorms(model, centerEmbeddings: options.centerEmbeddings)
+        let stats = SubspaceStatistics.collect(model, windows: windows, withQueries: sub.kvWeightAware, progress: onStatistics)
+        result.statisticsSeconds = seconds(since: t)
+        t = ContinuousClock.now
+        let bases = try buildBases(stats, model: model, objective: options.method == .resq ? .activation : .weightActivation,
+                                   granularity: sub.granularity, highFraction: sub.highFraction,
+                                   kvWeightAware: sub.kvWeightAware, seed: UInt64(options.seed))
+        result.basesSeconds = seconds(since: t)
+        let online = fuseSubspaceBases(model, bases, centerEmbeddings: options.centerEmbeddings, normsFused: true)
+        result.warnings += online.notes
+        // Hessians from unquantized activations with the online Hadamard active, as the reference's GPTQ pass.
+        installSubspaceHooks(model, online: online, quantizers: nil)
+        result.bases = bases
+        result.subspace = online
+        let c = model.config, hd = c.headDim
+        let low = try options.weightGrid(), high = try options.weightGrid(bits: sub.highBits)
+        columnGrids = { name in
+            switch name {
+            case "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj":
+                return try ColumnGrids(columns: c.hiddenSize, high: Array((c.hiddenSize - bases.high)..<c.hiddenSize), low: low, highGrid: high)
+            case "self_attn.o_proj":
+                // The last r_h channels of every head (the reference permutes them to the end; the solvers process
+                // high columns last, which is the same thing).
+                let highColumns = (0..<c.numAttentionHeads).flatMap { j in ((j + 1) * hd - bases.headHigh)..<((j + 1) * hd) }
+                return try ColumnGrids(columns: c.numAttentionHeads * hd, high: highColumns, low: low, highGrid: high)
+            default:
+                return nil      // down_proj: Hadamard and uniform low bits
+            }
+        }
     }
+    func solver(_ cg: ColumnGrids?) -> WeightSolver {
+        var gptq = GPTQ(percDamp: options.percdamp, actOrder: options.actOrder)
+        gptq.columnGrids = cg
+        switch options.solver {
+        case .rtn: return RTN(columnGrids: cg)
+        case .gptq: return gptq
+        case .cdquant: return CDQuant(gptq: gptq)
+        }
+    }
+    // Mixed-precision linears keep all codes in containers of the high bit width (see `packedBits`).
+    let packedBits = options.method.usesSubspace ? max(grid.bits, options.subspace?.highBits ?? 8) : grid.bits
     let start = ContinuousClock.now
     let calibration = try LayerwiseCalibration(model: model, windows: windows)
     for (l, done) in resume.enumerated() {
@@ -157,8 +229,8 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
     while calibration.nextLayer < model.layers.count {
         let l = calibration.nextLayer
         let reports = try calibration.quantizeNextLayer(solve: { layer, name, W, H in
-            var q = try solver.solve(W: W, H: options.solver == .rtn ? nil : H, grid: grid)
-            let packed = PackedLinear(bits: grid.bits, rows: W.rows, cols: W.cols, codes: q.codes,
+            var q = try solver(try columnGrids(name)).solve(W: W, H: options.solver == .rtn ? nil : H, grid: grid)
+            let packed = PackedLinear(bits: packedBits, rows: W.rows, cols: W.cols, codes: q.codes,
                                       scales: q.scales.data.map { Float($0) }, zeros: q.zeros.data.map { Float($0) },
                                       groupIndex: q.groupIndex.map { Int32($0) })
             // The model computes with exactly what the saved folder will decode to.
@@ -213,8 +285,22 @@ public func applyQuaRotRotations(_ model: LlamaModel, options: QuantizeOptions) 
 
 /// Fake quantization at inference through the forward hooks: per-token activations at the inputs of every
 /// linear of the decoder layers (not the LM head, as the reference), and the K/V cache per (token, head); with
-/// QuaRot's online rotations applied first.
-public func installFakeQuantization(_ model: LlamaModel, scheme: QuantScheme, options: QuantizeOptions) throws {
+/// QuaRot's online rotations applied first. ResQ / CoQuant pass the online state of their fused bases: their
+/// quantizers keep the high subspace at `highBits`, and the key rotation becomes INT8 when the KV cache is quantized.
+public func installFakeQuantization(_ model: LlamaModel, scheme: QuantScheme, options: QuantizeOptions,
+                                    subspace: SubspaceOnline? = nil) throws {
+    if options.method.usesSubspace {
+        guard var online = subspace else {
+            throw QuantError.invalidParameter("\(options.method.rawValue) needs the online state of its fused bases")
+        }
+        if scheme.kvBits < 16 { online.quantizeKeyRotationsToInt8() }
+        let quantizers = try SubspaceQuantizers(activationBits: scheme.activationBits, kvBits: scheme.kvBits,
+                                                highBits: options.subspace?.highBits ?? 8,
+                                                activationClipRatio: Float(options.activationClipRatio),
+                                                kvClipRatio: Float(options.kvClipRatio))
+        installSubspaceHooks(model, online: online, quantizers: quantizers)
+        return
+    }
     let hd = model.config.headDim
     let activations = scheme.activationBits < 16
         ? try ActivationQuantizer(bits: scheme.activationBits, clipRatio: Float(options.activationClipRatio)) : nil

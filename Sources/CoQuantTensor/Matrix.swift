@@ -42,11 +42,14 @@ extension Double: BLASScalar {
 }
 
 /// A dense row-major matrix: element (i, j) is `data[i * cols + j]`.
+/// The element accessors are @inlinable so other modules get them specialised (an unspecialised generic subscript
+/// in a hot loop costs tens of nanoseconds per element).
 public struct Matrix<T: BLASScalar>: Equatable, Sendable {
     public let rows: Int
     public let cols: Int
     public var data: [T]
 
+    @inlinable
     public init(rows: Int, cols: Int, data: [T]) {
         precondition(data.count == rows * cols, "Matrix data has \(data.count) elements, expected \(rows)×\(cols)")
         self.rows = rows
@@ -54,27 +57,32 @@ public struct Matrix<T: BLASScalar>: Equatable, Sendable {
         self.data = data
     }
 
+    @inlinable
     public init(zeros rows: Int, _ cols: Int) {
         self.init(rows: rows, cols: cols, data: [T](repeating: 0, count: rows * cols))
     }
 
+    @inlinable
     public static func identity(_ n: Int) -> Matrix {
         var m = Matrix(zeros: n, n)
         for i in 0..<n { m.data[i * n + i] = 1 }
         return m
     }
 
+    @inlinable
     public subscript(i: Int, j: Int) -> T {
         get { data[i * cols + j] }
         set { data[i * cols + j] = newValue }
     }
 
+    @inlinable
     public var transposed: Matrix {
         var t = Matrix(zeros: cols, rows)
         for i in 0..<rows { for j in 0..<cols { t.data[j * rows + i] = data[i * cols + j] } }
         return t
     }
 
+    @inlinable
     public func row(_ i: Int) -> ArraySlice<T> { data[(i * cols)..<((i + 1) * cols)] }
 }
 

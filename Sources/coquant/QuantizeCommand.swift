@@ -17,15 +17,21 @@ struct Quantize: ParsableCommand {
         Activations are fake-quantized per token (asymmetric) at the input of every decoder linear, the KV cache per
         (token, head); the LM head stays full precision, as in QuaRot/ResQ/CoQuant.
 
-        Example:
+        ResQ and CoQuant (--method resq|coquant) first run the calibration windows through the norm-fused model to
+        collect second moments, then keep the top --high-fraction of every block input's channels (chosen by PCA of
+        the activations for ResQ, of activations and weights together for CoQuant) at --high-bits and the rest at
+        the scheme's bits, with bases fused into the weights and, per layer, two online basis changes.
+
+        Examples:
           coquant quantize models/SmolLM2-135M-Instruct.Q4_1.gguf --method gptq --scheme W4A16 --out out/smollm2-gptq-w4
           coquant ppl out/smollm2-gptq-w4
+          coquant quantize models/SmolLM2-135M-Instruct.Q4_1.gguf --method coquant --scheme W4A4KV4 --w-clip --out out/smollm2-coquant
         """)
 
     @Argument(help: "Model folder or GGUF file.")
     var model: String
 
-    @Option(help: "rtn | gptq | cdquant | quarot")
+    @Option(help: "rtn | gptq | cdquant | quarot | resq | coquant")
     var method: String
 
     @Option(help: "W4A16 | W3A16 | W4A16g128 | W8A8 | W4A8 | W4A4KV4 …")
@@ -69,6 +75,18 @@ struct Quantize: ParsableCommand {
     var calibFile: String?
     @Option(help: "Folder holding wikitext-2-raw-v1/ (default: ./data or the repository's data/).")
     var data: String?
+    @Option(help: "resq/coquant: per-layer (a basis per layer, online basis changes; the CoQuant reference) or shared (one basis; ResQ's official setting).")
+    var granularity = "per-layer"
+
+    @Option(name: [.customLong("high-fraction"), .customLong("high_fraction")], help: "resq/coquant: share of channels kept at --high-bits.")
+    var highFraction = 0.125
+
+    @Option(name: [.customLong("high-bits"), .customLong("high_bits")], help: "resq/coquant: bits of the high-precision subspace.")
+    var highBits = 8
+
+    @Flag(name: [.customLong("kv-weight-aware"), .customLong("use_kv_wa_cov")], help: "resq/coquant: weight-aware value/key bases (the reference's use_kv_wa_cov; off there by default).")
+    var kvWeightAware = false
+
     @Flag(help: "Replace --out if it exists.")
     var overwrite = false
     @Flag(help: "Continue an interrupted run from its last finished layer (checkpoints in OUT.partial/; same options).")
@@ -107,6 +125,19 @@ struct Quantize: ParsableCommand {
         o.percdamp = percdamp
         o.actOrder = actOrder
         o.centerEmbeddings = centerEmbeddings
+        if m.usesSubspace {
+            guard let g = BasisGranularity(rawValue: granularity) else {
+                throw ValidationError("unknown --granularity \(granularity) (choose from per-layer, shared)")
+            }
+            guard highFraction > 0 && highFraction < 1 else { throw ValidationError("--high-fraction \(highFraction) must be in (0, 1)") }
+            guard (2...8).contains(highBits) else { throw ValidationError("--high-bits \(highBits) must be 2–8") }
+            var sub = SubspaceOptions()
+            sub.granularity = g
+            sub.highFraction = highFraction
+            sub.highBits = highBits
+            sub.kvWeightAware = kvWeightAware
+            o.subspace = sub
+        }
         guard nsamples > 0 else { throw ValidationError("--nsamples must be positive") }
         guard percdamp >= 0 else { throw ValidationError("--percdamp must be ≥ 0") }
         return o
@@ -136,7 +167,11 @@ struct Quantize: ParsableCommand {
         if !output.quiet {
             printErr("calibration: \(calibPath), \(ids.count) tokens, \(opts.nsamples) windows × \(opts.seqlen) (seed \(opts.seed)); method \(opts.method.rawValue), solver \(opts.solver.rawValue), \(opts.scheme.name)")
         }
+        if let sub = opts.subspace {
+            _ = try highChannels(fraction: sub.highFraction, config: c)      // zero high channels: refuse before any work
+        }
         let progress = Progress(enabled: output.showProgress, label: "layer")
+        let statsProgress = Progress(enabled: output.showProgress, label: "statistics window")
         let start = ContinuousClock.now
         let store = LayerCheckpointStore(output: out, options: opts)
         var finished: [FinishedLayer] = []
@@ -159,11 +194,25 @@ struct Quantize: ParsableCommand {
                 printErr(String(format: "layer %d/%d: Σ loss %.4g, %.1f s — %@", l + 1, c.numHiddenLayers,
                                 reports.map(\.loss).reduce(0, +), reports.map(\.seconds).reduce(0, +), each))
             }
+        }, onStatistics: { i in
+            statsProgress.update(i, windows.count, seconds: seconds(since: start), unit: "window", perStep: 1)
         })
-        try installFakeQuantization(m, scheme: opts.scheme, options: opts)
+        if !output.quiet, let bases = result.bases {
+            printErr(String(format: "%@ bases (%@): r = %d of %d channels, %d of %d per head; statistics %.1f s, eigendecompositions %.1f s",
+                            opts.method.rawValue, bases.granularity.rawValue, bases.high, c.hiddenSize, bases.headHigh, c.headDim,
+                            result.statisticsSeconds, result.basesSeconds))
+        }
+        for w in result.warnings where !output.quiet { printErr("warning: " + w) }
+        try installFakeQuantization(m, scheme: opts.scheme, options: opts, subspace: result.subspace)
         let bytes = try writeQuantizedFolder(out, loaded: loaded, result: result, options: opts)
         let report = QuantizeReport(model: model, options: opts, seconds: seconds(since: start),
-                                    calibrationTokens: ids.count, linears: result.reports, outputBytes: bytes)
+                                    calibrationTokens: ids.count, linears: result.reports, outputBytes: bytes,
+                                    warnings: result.warnings,
+                                    subspace: result.bases.map { b in
+                                        SubspaceReport(high: b.high, headHigh: b.headHigh, statisticsSeconds: result.statisticsSeconds,
+                                                       basesSeconds: result.basesSeconds, attentionEnergy: b.attentionEnergy,
+                                                       mlpEnergy: b.mlpEnergy)
+                                    })
         try report.write(to: out)
         store.remove()
         if output.json { try printJSON(report) }
@@ -182,6 +231,8 @@ struct QuantizeReport: Codable {
     let calibrationTokens: Int
     let linears: [LinearReport]
     let outputBytes: Int
+    var warnings: [String]? = nil
+    var subspace: SubspaceReport? = nil
 
     func write(to folder: String) throws {
         let e = JSONEncoder()
@@ -192,6 +243,15 @@ struct QuantizeReport: Codable {
         md += "- weights: \(options.scheme.weightBits)-bit \(options.weightSymmetric ? "symmetric" : "asymmetric"), \(options.scheme.weightGroupSize.map { "groups of \($0)" } ?? "per channel")\(options.weightClip ? ", MSE clip" : "")\n"
         md += "- calibration: \(options.nsamples) × \(options.seqlen) tokens from \(calibrationTokens), seed \(options.seed); percdamp \(options.percdamp)\(options.actOrder ? ", act-order" : "")\n"
         md += String(format: "- wall time: %.1f s; output %.1f MB\n\n", seconds, Double(outputBytes) / 1e6)
+        for w in warnings ?? [] { md += "- warning: \(w)\n" }
+        if let s = subspace {
+            md += String(format: "- subspace: r = %d hidden channels, %d per head at %d bits; statistics %.1f s, eigendecompositions %.1f s\n\n",
+                         s.high, s.headHigh, options.subspace?.highBits ?? 8, s.statisticsSeconds, s.basesSeconds)
+            md += "Share of each block input's second moment (trace of C_x) captured by its high subspace:\n\n"
+            md += "| layer | attention input | MLP input |\n|---:|---:|---:|\n"
+            for (l, (a, m)) in zip(s.attentionEnergy, s.mlpEnergy).enumerated() { md += String(format: "| %d | %.4f | %.4f |\n", l, a, m) }
+            md += "\n"
+        }
         md += "| layer | linear | loss | seconds | damping |\n|---:|---|---:|---:|---|\n"
         for r in linears {
             md += String(format: "| %d | %@ | %.6g | %.2f | %@ |\n", r.layer, r.name, r.loss, r.seconds,
@@ -201,3 +261,13 @@ struct QuantizeReport: Codable {
     }
 }
 
+
+/// The ResQ / CoQuant part of a report: high-subspace sizes, stage timings and captured energy per layer.
+struct SubspaceReport: Codable {
+    let high: Int
+    let headHigh: Int
+    let statisticsSeconds: Double
+    let basesSeconds: Double
+    let attentionEnergy: [Double]
+    let mlpEnergy: [Double]
+}

@@ -1,0 +1,238 @@
+import CoQuantModel
+import CoQuantTensor
+import Foundation
+import XCTest
+@testable import CoQuantQuant
+
+/// ResQ / CoQuant bases and their fusion (COQUANT_RESQ.md §6).
+final class SubspaceTests: XCTestCase {
+    // MARK: the objective (§1.3, §6.2 (a), (b))
+
+    func testRelativeErrorCoefficients() {
+        let expected: [(Int, Double)] = [(1, 1), (2, 1), (3, 0.111111), (4, 1.0 / 49), (6, 1.0 / 961), (8, 6.20001e-5), (16, 0)]
+        for (b, v) in expected { XCTAssertEqual(quantRelativeErrorCoefficient(bits: b), v, accuracy: 1e-6, "b=\(b)") }
+    }
+
+    static let X = Matrix<Double>(rows: 6, cols: 4, data: [1, 0, 2, 0, 2, 1, 0, 1, 0, 1, 1, 0, 3, 0, 1, 1, 1, 2, 0, 0, 2, 1, 1, 0])
+    static let W = Matrix<Double>(rows: 3, cols: 4, data: [0, 1, 0, 2, 1, 0, 0, 3, 0, 2, 1, 1])
+
+    /// The spec's 4 × 4 worked example, to its printed precision.
+    func testWorkedExample() throws {
+        var Cx = matmul(Self.X, transA: true, Self.X)
+        for i in Cx.data.indices { Cx.data[i] /= 6 }
+        let Cw = matmul(Self.W, transA: true, Self.W)
+        let M = coquantObjective(Cx: Cx, Cw: Cw, high: 1, lowBits: 4)
+        let expectedM: [Double] = [0.984127, 0.285714, 0.333333, 0.476190, 0.285714, 0.730159, 0.253968, 0.365079,
+                                   0.333333, 0.253968, 0.412698, 0.126984, 0.476190, 0.365079, 0.126984, 1.206349]
+        assertClose(M.data, expectedM, atol: 1e-6, "M")
+        XCTAssertEqual(try symmetricEigen(M).values.last!, 1.889042, accuracy: 1e-6, "undamped top eigenvalue of M")
+
+        let a = try dampedEigenbasis(Cx), wa = try dampedEigenbasis(M)
+        assertClose(a.values, [0.076283, 0.681250, 0.860175, 4.273959], atol: 1e-6, "a_cov eigenvalues")
+        assertClose(wa.values, [0.208981, 0.552732, 0.707579, 1.897376], atol: 1e-6, "wa_cov eigenvalues")
+        func top(_ P: Matrix<Double>) -> [Double] {
+            var v = (0..<4).map { P[$0, 3] }
+            if let m = v.max(by: { abs($0) < abs($1) }), m < 0 { v = v.map { -$0 } }
+            return v
+        }
+        assertClose(top(a.P), [0.846895, 0.324519, 0.365718, 0.209062], atol: 1e-6, "a_cov top eigenvector")
+        assertClose(top(wa.P), [0.572389, 0.406579, 0.256320, 0.664352], atol: 1e-6, "wa_cov top eigenvector")
+        assertClose(top(a.P).map { $0 * $0 }, [0.717230, 0.105313, 0.133750, 0.043707], atol: 1e-6, "a_cov projector diagonal")
+        assertClose(top(wa.P).map { $0 * $0 }, [0.327629, 0.165307, 0.065700, 0.441364], atol: 1e-6, "wa_cov projector diagonal")
+        // The same vector from the trace-normalised sum C_x/tr C_x + C_w/tr C_w (§1.3 consequence 1).
+        var S = Cx
+        for i in S.data.indices { S.data[i] = Cx.data[i] / trace(Cx) + Cw.data[i] / trace(Cw) }
+        assertClose(top(try dampedEigenbasis(S).P), top(wa.P), atol: 1e-10, "trace-normalised sum")
+    }
+
+    /// P_H P_Hᵀ of the top-k columns: the subspace, independent of eigenvector signs.
+    func projector(_ P: Matrix<Double>, _ k: Int) -> [Double] {
+        let n = P.rows
+        return (0..<(n * n)).map { ij in (P.cols - k..<P.cols).reduce(0) { $0 + P[ij / n, $1] * P[ij % n, $1] } }
+    }
+
+    /// Bit widths, and rescaling X or W, leave CoQuant's basis unchanged; with WᵀW ∝ I it is ResQ's basis.
+    func testCoQuantBasisInvariances() throws {
+        var g = SeededGenerator(seed: 3)
+        var Xs = randomMatrix(200, 16, &g)
+        let W = randomMatrix(24, 16, &g)
+        for r in 0..<Xs.rows { Xs.data[r * 16 + 2] *= 6 }    // an outlier channel
+        let Cx = matmul(Xs, transA: true, Xs), Cw = matmul(W, transA: true, W)
+        let k = 2
+        let base = projector(try dampedEigenbasis(coquantObjective(Cx: Cx, Cw: Cw, high: k, lowBits: 4)).P, k)
+        for lowBits in [2, 3, 6, 8] {
+            let p = projector(try dampedEigenbasis(coquantObjective(Cx: Cx, Cw: Cw, high: k, lowBits: lowBits)).P, k)
+            assertClose(p, base, atol: 1e-10, "low bits \(lowBits)")
+        }
+        for (sx, sw) in [(7.0, 1.0), (1.0, 0.01), (1e3, 1e-3)] {
+            var Cx2 = Cx, Cw2 = Cw
+            for i in Cx2.data.indices { Cx2.data[i] *= sx * sx }
+            for i in Cw2.data.indices { Cw2.data[i] *= sw * sw }
+            let p = projector(try dampedEigenbasis(coquantObjective(Cx: Cx2, Cw: Cw2, high: k)).P, k)
+            assertClose(p, base, atol: 1e-9, "X scaled by \(sx), W by \(sw)")
+        }
+        var isotropic = Matrix<Double>(zeros: 16, 16)
+        for i in 0..<16 { isotropic[i, i] = 3.5 }
+        let wa = projector(try dampedEigenbasis(coquantObjective(Cx: Cx, Cw: isotropic, high: k)).P, k)
+        let a = projector(try dampedEigenbasis(Cx).P, k)
+        assertClose(wa, a, atol: 1e-10, "WᵀW ∝ I")
+        XCTAssertGreaterThan(zip(base, a).map { abs($0 - $1) }.max()!, 1e-3, "with this W the two bases must differ")
+    }
+
+    // MARK: the synthetic ordering oracle (§6.3)
+
+    /// identity ≫ random rotation ≫ ResQ > CoQuant in relative output error, on the spec's construction.
+    func testSyntheticOrderingOracle() throws {
+        var g = SeededGenerator(seed: 11)
+        let n = 4096, d = 64, m = 96, r = 8
+        // X: anisotropic Gaussian in a random basis, plus 3 outlier channels driven by one shared latent.
+        let basis = randomOrthogonalMatrix(d, generator: &g)
+        var Z = Matrix(rows: n, cols: d, data: g.nextGaussians(n * d))
+        for t in 0..<n { for j in 0..<d { Z[t, j] *= 0.3 + 0.7 * Double(j) / Double(d - 1) } }
+        var X = Z * basis
+        let latent = g.nextGaussians(n)
+        for t in 0..<n {
+            for (c, gain) in [(5, 12.0), (20, -9.0), (40, 7.0)] { X[t, c] += gain * latent[t] }
+        }
+        var W = Matrix(rows: m, cols: d, data: g.nextGaussians(m * d).map { 0.05 * $0 })
+        for i in 0..<m { for j in 10...15 { W[i, j] *= 8 } }
+        let Y = matmul(X, W, transB: true)
+        let normY = Y.data.reduce(0) { $0 + $1 * $1 }
+
+        func error(_ U: Matrix<Double>, high: Int) throws -> Double {
+            let XU = X * U, WU = W * U
+            var xq = XU.data.map { Float($0) }
+            let low = try ActivationQuantizer(bits: 4)
+            try xq.withUnsafeMutableBufferPointer { p in
+                try low.apply(p.baseAddress!, rows: n, cols: d - high, rowStride: d)
+                if high > 0 { try ActivationQuantizer(bits: 8).apply(p.baseAddress! + d - high, rows: n, cols: high, rowStride: d) }
+            }
+            let wGrid = try QuantGrid.weight(bits: 4, scheme: .signedSymmetric, mse: .reference)
+            let hGrid = try QuantGrid.weight(bits: 8, scheme: .signedSymmetric, mse: .reference)
+            let cg = try ColumnGrids(columns: d, high: Array((d - high)..<d), low: wGrid, highGrid: hGrid)
+            let wq = try RTN(columnGrids: cg).solve(W: WU, grid: wGrid).values
+            let Yq = matmul(Matrix(rows: n, cols: d, data: xq.map(Double.init)), wq, transB: true)
+            return zip(Yq.data, Y.data).reduce(0) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) } / normY
+        }
+        let Cx = matmul(X, transA: true, X), Cw = matmul(W, transA: true, W)
+        let resqP = try dampedEigenbasis(Cx).P
+        let coquantP = try dampedEigenbasis(coquantObjective(Cx: Cx, Cw: Cw, high: r)).P
+        var identity = 0.0, random = 0.0, resq = 0.0, coquant = 0.0
+        let draws = 5
+        for s in 0..<draws {
+            var rg = SeededGenerator(seed: UInt64(100 + s))
+            let R = blockDiagonal(randomOrthogonalMatrix(d - r, generator: &rg), randomOrthogonalMatrix(r, generator: &rg))
+            identity += try error(Matrix.identity(d), high: 0) / Double(draws)
+            random += try error(randomOrthogonalMatrix(d, generator: &rg), high: 0) / Double(draws)
+            resq += try error(resqP * R, high: r) / Double(draws)
+            coquant += try error(coquantP * R, high: r) / Double(draws)
+        }
+        print(String(format: "relative output error: identity %.4f, random rotation %.4f, ResQ %.4f, CoQuant %.4f (spec: 0.300, 0.082, 0.0058, 0.0016)",
+                     identity, random, resq, coquant))
+        XCTAssertGreaterThan(identity, 2 * random, "identity ≫ random rotation")
+        XCTAssertGreaterThan(random, 3 * resq, "random rotation ≫ ResQ")
+        XCTAssertGreaterThan(resq, coquant, "ResQ > CoQuant")
+    }
+
+    // MARK: bases and fusion on models
+
+    static let ids = [1, 17, 250, 3, 99, 299, 0, 42, 42, 7, 128]
+
+    func windows(_ count: Int, _ length: Int, vocab: Int, seed: UInt64) -> [[Int]] {
+        var g = SeededGenerator(seed: seed)
+        return (0..<count).map { _ in (0..<length).map { _ in Int(g.next() % UInt64(vocab)) } }
+    }
+
+    func assertOrthogonal(_ Q: Matrix<Double>, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+        let I = matmul(Q, transA: true, Q)
+        var worst = 0.0
+        for i in 0..<Q.cols { for j in 0..<Q.cols { worst = max(worst, abs(I[i, j] - (i == j ? 1 : 0))) } }
+        XCTAssertLessThan(worst, 1e-10, "\(what): max |QᵀQ − I| \(worst)", file: file, line: line)
+    }
+
+    /// Every basis, R, and fused Q = P·R is orthogonal to 1e-10; at full precision the fused model (centring off)
+    /// computes the original function, in both granularities and both objectives, with and without a KV cache.
+    func testTinyModelsFusedBasesPreserveFunction() throws {
+        for variant in FusionTests.variants {
+            let dir = fixturesDir + "/tiny-models/" + variant
+            let reference = try ModelLoader.load(dir).model.forward(Self.ids)
+            for granularity in BasisGranularity.allCases {
+                for objective in [BasisObjective.activation, .weightActivation] {
+                    let model = try ModelLoader.load(dir).model
+                    let c = model.config
+                    fuseNorms(model, centerEmbeddings: false)
+                    let stats = SubspaceStatistics.collect(model, windows: windows(4, 32, vocab: c.vocabSize, seed: 1),
+                                                           withQueries: true)
+                    let bases = try buildBases(stats, model: model, objective: objective, granularity: granularity,
+                                               highFraction: 0.125, kvWeightAware: objective == .weightActivation, seed: 7)
+                    let what = "\(variant) \(granularity.rawValue) \(objective.rawValue)"
+                    for P in bases.attention + bases.mlp { assertOrthogonal(P, what + " P") }
+                    for P in bases.values.flatMap({ $0 }) + bases.keys.flatMap({ $0 }) { assertOrthogonal(P, what + " head P") }
+                    assertOrthogonal(bases.R1, what + " R1"); assertOrthogonal(bases.R2, what + " R2")
+                    assertOrthogonal(bases.attentionRotation(0), what + " Q_a"); assertOrthogonal(bases.valueRotation(0, head: 0), what + " Q_v")
+                    XCTAssertTrue(bases.attentionEnergy.allSatisfy { $0 > 0.125 && $0 <= 1 }, "\(what): the top 1/8 captures more than 1/8 of the energy")
+
+                    let online = fuseSubspaceBases(model, bases, centerEmbeddings: false, normsFused: true)
+                    installSubspaceHooks(model, online: online, quantizers: nil)
+                    XCTAssertEqual(model.layers[0].basisChange1 != nil, granularity == .perLayer, what)
+                    XCTAssertLessThan(maxAbsDiff(model.forward(Self.ids), reference), 1e-4, what)
+                    let cache = KVCache(config: c, capacity: Self.ids.count)
+                    var last: [Float] = []
+                    for id in Self.ids { last = model.forward([id], cache: cache, logits: .last) }
+                    let V = c.vocabSize
+                    XCTAssertLessThan(maxAbsDiff(last, Array(reference[(reference.count - V)...])), 1e-4, what + " decode")
+                }
+            }
+        }
+    }
+
+    /// Mixed-precision quantizers leave the low block at 4 bits and the high block at 8: much closer to the fp
+    /// function than uniform 4-bit, and the INT8 key rotation is only approximately orthogonal.
+    func testTinyModelMixedPrecisionQuantizers() throws {
+        let dir = fixturesDir + "/tiny-models/a_llama_gqa_tied"
+        let reference = try ModelLoader.load(dir).model.forward(Self.ids)
+        let model = try ModelLoader.load(dir).model
+        fuseNorms(model, centerEmbeddings: false)
+        let stats = SubspaceStatistics.collect(model, windows: windows(4, 32, vocab: 300, seed: 1), withQueries: false)
+        let bases = try buildBases(stats, model: model, objective: .weightActivation, granularity: .perLayer,
+                                   highFraction: 0.125, kvWeightAware: false, seed: 7)
+        var online = fuseSubspaceBases(model, bases, centerEmbeddings: false, normsFused: true)
+        online.quantizeKeyRotationsToInt8()
+        let Qk = Matrix(rows: 8, cols: 8, data: online.keyRotations[0][0].map(Double.init))
+        let I = matmul(Qk, transA: true, Qk)
+        let off = (0..<64).map { abs(I.data[$0] - ($0 % 9 == 0 ? 1 : 0)) }.max()!
+        XCTAssertGreaterThan(off, 1e-6, "INT8 key rotation is not exactly orthogonal")
+        XCTAssertLessThan(off, 5e-2)
+        func meanSquaredError(_ a: [Float]) -> Double {
+            zip(a, reference).reduce(0) { $0 + Double(($1.0 - $1.1) * ($1.0 - $1.1)) } / Double(a.count)
+        }
+        installSubspaceHooks(model, online: online, quantizers: try SubspaceQuantizers(activationBits: 4, kvBits: 4))
+        let mixed = meanSquaredError(model.forward(Self.ids))
+        installSubspaceHooks(model, online: online, quantizers: try SubspaceQuantizers(activationBits: 4, kvBits: 4, highBits: 4))
+        let uniform = meanSquaredError(model.forward(Self.ids))
+        XCTAssertGreaterThan(mixed, 0, "quantization changes the logits")
+        XCTAssertLessThan(mixed, uniform, "8-bit high subspace beats uniform 4-bit")
+    }
+
+    /// SmolLM2: the fused model at 16 bits gives the original logits within 1e-3, in both granularities.
+    func testSmolLM2FusedBasesPreserveLogits() throws {
+        let path = modelsDir + "/SmolLM2-135M-Instruct.Q4_1.gguf"
+        try XCTSkipUnless(FileManager.default.fileExists(atPath: path), "run scripts/download-models.sh smollm2")
+        let ids = Array(windows(1, 64, vocab: 49152, seed: 5)[0])
+        let original = try ModelLoader.load(path).model
+        let reference = original.forward(ids)
+        let calibration = windows(3, 256, vocab: 49152, seed: 2)
+        for granularity in BasisGranularity.allCases {
+            let model = try ModelLoader.load(path).model
+            fuseNorms(model, centerEmbeddings: false)
+            let stats = SubspaceStatistics.collect(model, windows: calibration, withQueries: false)
+            let bases = try buildBases(stats, model: model, objective: .weightActivation, granularity: granularity,
+                                       highFraction: 0.125, kvWeightAware: false, seed: 0)
+            let online = fuseSubspaceBases(model, bases, centerEmbeddings: false, normsFused: true)
+            installSubspaceHooks(model, online: online, quantizers: nil)
+            let diff = maxAbsDiff(model.forward(ids), reference)
+            print("SmolLM2 \(granularity.rawValue) fused bases: max |Δlogit| \(diff)")
+            XCTAssertLessThan(diff, 1e-3, granularity.rawValue)
+        }
+    }
+}
