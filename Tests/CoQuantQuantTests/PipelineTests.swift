@@ -73,15 +73,20 @@ final class QuantizedFolderTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: out) }
         var g = SeededGenerator(seed: 9)
         let windows = (0..<4).map { _ in (0..<16).map { _ in Int(g.next() % 300) } }
-        for (method, scheme, group) in [(Method.gptq, "W4A8KV4", nil), (.quarot, "W4A4KV4", nil), (.rtn, "W3A16", 32 as Int?)] {
+        let runs: [(Method, String, Int?, SolverKind?, BasisGranularity?)] = [
+            (.gptq, "W4A8KV4", nil, nil, nil), (.quarot, "W4A4KV4", nil, nil, nil), (.rtn, "W3A16", 32, nil, nil),
+            (.resq, "W4A4KV4", nil, nil, .perLayer), (.coquant, "W4A4KV4", nil, .cdquant, .shared)]
+        for (method, scheme, group, solver, granularity) in runs {
             let loaded = try ModelLoader.load(dir)
             var s = try QuantScheme(parsing: scheme)
             s.weightGroupSize = group
-            var options = QuantizeOptions(method: method, scheme: s)
+            var options = QuantizeOptions(method: method, scheme: s, solver: solver)
             options.seqlen = 16
             options.nsamples = 4
+            if let granularity { options.subspace!.granularity = granularity }
             let result = try quantizeModel(loaded.model, calibration: windows, options: options)
-            try installFakeQuantization(loaded.model, scheme: s, options: options)
+            XCTAssertEqual(result.bases != nil, method.usesSubspace)
+            try installFakeQuantization(loaded.model, scheme: s, options: options, subspace: result.subspace)
             _ = try writeQuantizedFolder(out, loaded: loaded, result: result, options: options)
             let reloaded = try ModelLoader.load(out)
             XCTAssertEqual(reloaded.format, "coquant")

@@ -79,6 +79,44 @@ final class SubspaceTests: XCTestCase {
         XCTAssertGreaterThan(zip(base, a).map { abs($0 - $1) }.max()!, 1e-3, "with this W the two bases must differ")
     }
 
+    // MARK: mixed-precision weight solvers (§3.1)
+
+    /// GPTQ / CDQuant / RTN with column grids: the high columns land on the 8-bit grid, the rest on the 4-bit one;
+    /// an all-low column grid is plain per-channel GPTQ; CDQuant never ends above its GPTQ start.
+    func testMixedPrecisionSolvers() throws {
+        var g = SeededGenerator(seed: 21)
+        let R = 24, C = 48
+        let W = randomMatrix(R, C, &g), H = randomHessian(C, &g)
+        let low = try QuantGrid.weight(bits: 4, scheme: .signedSymmetric, mse: .reference)
+        let high = try QuantGrid.weight(bits: 8, scheme: .signedSymmetric, mse: .reference)
+        let highColumns = [3, 11, 19, 27, 35, 43, 44, 45]       // scattered, like o_proj's per-head blocks
+        let cg = try ColumnGrids(columns: C, high: highColumns, low: low, highGrid: high)
+
+        var gptq = GPTQ()
+        gptq.columnGrids = cg
+        let q = try gptq.solve(W: W, H: H, grid: low)
+        XCTAssertEqual(q.groupMaxq, [15, 255])
+        for r in 0..<R {
+            for c in 0..<C {
+                let k = cg.group[c]
+                XCTAssertLessThanOrEqual(Int(q.codes[r * C + c]), k == 0 ? 15 : 255)
+                XCTAssertEqual(q.values[r, c], q.scales[r, k] * (Double(q.codes[r * C + c]) - q.zeros[r, k]), accuracy: 1e-12)
+            }
+        }
+        let cd = try CDQuant(gptq: gptq).solve(W: W, H: H, grid: low)
+        XCTAssertLessThanOrEqual(cd.finalLoss!, cd.initialLoss! * (1 + 1e-12))
+        for c in highColumns { for r in 0..<R { XCTAssertLessThanOrEqual(Int(cd.codes[r * C + c]), 255) } }
+        let rtn = try RTN(columnGrids: cg).solve(W: W, grid: low)
+        XCTAssertLessThan(layerLoss(W, q.values, H), layerLoss(W, rtn.values, H), "GPTQ beats RTN on the same grids")
+        // The 8-bit columns are much closer to W than the 4-bit ones.
+        let err = { (cols: [Int]) in cols.reduce(0.0) { s, c in (0..<R).reduce(s) { $0 + abs(rtn.values[$1, c] - W[$1, c]) } } / Double(cols.count * R) }
+        XCTAssertLessThan(err(highColumns) * 8, err((0..<C).filter { !highColumns.contains($0) }))
+
+        var allLow = GPTQ()
+        allLow.columnGrids = try ColumnGrids(columns: C, high: [], low: low, highGrid: high)
+        XCTAssertEqual(try allLow.solve(W: W, H: H, grid: low).values, try GPTQ().solve(W: W, H: H, grid: low).values)
+    }
+
     // MARK: the synthetic ordering oracle (§6.3)
 
     /// identity ≫ random rotation ≫ ResQ > CoQuant in relative output error, on the spec's construction.
