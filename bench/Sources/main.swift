@@ -5,6 +5,9 @@ import Foundation
 // coquant-bench prefill --model PATH [--tokens 2048] [--repeats 3]
 // fp32 prefill (all logits, as perplexity needs) of one sequence; prints per-pass figures and a RESULT line that
 // bench/prefill.sh pairs with PyTorch's.
+//
+// coquant-bench forward --model PATH --windows N [--tokens 2048]
+// One fp32 forward pass (all logits) over N windows: the denominator of bench/pipeline.sh's ratio.
 
 func option(_ name: String, _ fallback: String?) -> String? {
     let args = CommandLine.arguments
@@ -13,8 +16,30 @@ func option(_ name: String, _ fallback: String?) -> String? {
 }
 
 let args = CommandLine.arguments
+if args.count >= 2, args[1] == "forward", let path = option("model", nil), let n = option("windows", nil).flatMap({ Int($0) }) {
+    let tokens = Int(option("tokens", "2048")!)!
+    do {
+        let model = try ModelLoader.load(path).model
+        var rng = SeededGenerator(seed: 0)
+        _ = model.forward([1, 2, 3])      // page in the weights
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        var checksum: Float = 0      // used below, so the passes cannot be optimised away (-Ounchecked drops preconditions)
+        for w in 0..<n {
+            let ids = (0..<tokens).map { _ in Int(rng.next() % UInt64(model.config.vocabSize)) }
+            checksum += model.forward(ids)[0]
+            FileHandle.standardError.write("\rwindow \(w + 1)/\(n)".data(using: .utf8)!)
+        }
+        let s = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
+        FileHandle.standardError.write("\n".data(using: .utf8)!)
+        print(String(format: "RESULT forward windows=%d tokens=%d seconds=%.2f tokens_per_s=%.1f checksum=%g", n, tokens, s, Double(n * tokens) / s, checksum))
+        exit(0)
+    } catch {
+        FileHandle.standardError.write("error: \(error)\n".data(using: .utf8)!)
+        exit(1)
+    }
+}
 guard args.count >= 2, args[1] == "prefill", let path = option("model", nil) else {
-    FileHandle.standardError.write("usage: coquant-bench prefill --model PATH [--tokens 2048] [--repeats 3]\n".data(using: .utf8)!)
+    FileHandle.standardError.write("usage: coquant-bench prefill --model PATH [--tokens 2048] [--repeats 3]\n       coquant-bench forward --model PATH --windows N [--tokens 2048]\n".data(using: .utf8)!)
     exit(2)
 }
 let tokens = Int(option("tokens", "2048")!)!

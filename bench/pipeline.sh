@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Whole-pipeline cost against one fp32 forward pass (DESIGN.md §5): on SmolLM2 with NSAMPLES × 2048 calibration
+# tokens, times (1) one fp32 forward pass over NSAMPLES windows of 2048 tokens, (2) `coquant quantize` end to end
+# for each of METHODS (default: GPTQ W4A16, CDQuant W4A16, CoQuant W4A4KV4), and prints each wall time divided by
+# (1), and CDQuant's extra time over GPTQ's. Run it on an otherwise idle machine: it is a timing.
+#
+#   bench/pipeline.sh                  # NSAMPLES=128: hours on 2 cores
+#   NSAMPLES=16 bench/pipeline.sh      # a quicker look (the solve share is then larger than at 128)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model=${MODEL:-${COQUANT_MODELS:-models}/SmolLM2-135M-Instruct.Q4_1.gguf}
+n=${NSAMPLES:-128}
+methods=${METHODS:-"gptq:W4A16 cdquant:W4A16 coquant:W4A4KV4"}
+out=${LOG_DIR:-$(mktemp -d /tmp/coquant-pipeline.XXXX)}
+[ "${SKIP_BUILD:-0}" = 1 ] || swift build -c release --product coquant --product coquant-bench >/dev/null
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "calibration: $n windows × 2048 tokens; logs in $out"
+forward=$(.build/release/coquant-bench forward --model "$model" --windows "$n" | awk '/^RESULT/ { for (i = 1; i <= NF; i++) if ($i ~ /^seconds=/) { sub("seconds=", "", $i); print $i } }')
+echo "fp32 forward over the calibration tokens: ${forward} s"
+declare -A wall
+for entry in $methods; do
+  method=${entry%%:*}; scheme=${entry##*:}
+  extra=(); [ "$method" = coquant ] || [ "$method" = resq ] && extra=(--w-clip)
+  t0=$(date +%s.%N)
+  .build/release/coquant quantize "$model" --method "$method" --scheme "$scheme" --nsamples "$n" "${extra[@]}" \
+      --out "$out/$method-$scheme" --overwrite --quiet > "$out/$method-$scheme.log" 2>&1
+  wall[$entry]=$(echo "$(date +%s.%N) - $t0" | bc -l)
+  printf '%-18s %8.1f s  = %.2f × forward\n' "$method $scheme" "${wall[$entry]}" "$(echo "${wall[$entry]} / $forward" | bc -l)"
+done
+if [ -n "${wall[gptq:W4A16]:-}" ] && [ -n "${wall[cdquant:W4A16]:-}" ]; then
+  python3 - "$out/gptq-W4A16/report.json" "$out/cdquant-W4A16/report.json" <<'PY'
+import json, sys
+g, c = (json.load(open(p)) for p in sys.argv[1:3])
+gs = sum(l["seconds"] for l in g["linears"]); cs = sum(l["seconds"] for l in c["linears"])
+gl = sum(l["loss"] for l in g["linears"]); cl = sum(l["loss"] for l in c["linears"])
+lower = sum(1 for a, b in zip(g["linears"], c["linears"]) if b["loss"] < a["loss"])
+print(f"solve time: GPTQ {gs:.1f} s, CDQuant {cs:.1f} s; CDQuant's extra time = {(cs - gs) / gs:.2f} × GPTQ's")
+print(f"summed layer loss: GPTQ {gl:.6g}, CDQuant {cl:.6g} ({100 * (cl - gl) / gl:+.1f} %); CDQuant lower in {lower}/{len(g['linears'])} linears")
+PY
+fi
+echo "load at end $(cut -d' ' -f1-3 /proc/loadavg)"
