@@ -96,6 +96,11 @@ public struct SafeTensorsWriter {
         entries.append((name, "F32", shape, values.withUnsafeBufferPointer { Data(buffer: $0) }))
     }
 
+    public mutating func add(_ name: String, _ values: [Double], shape: [Int]) {
+        precondition(values.count == shape.reduce(1, *))
+        entries.append((name, "F64", shape, values.withUnsafeBufferPointer { Data(buffer: $0) }))
+    }
+
     public mutating func add(_ name: String, _ values: [Int32], shape: [Int]) {
         precondition(values.count == shape.reduce(1, *))
         entries.append((name, "I32", shape, values.withUnsafeBufferPointer { Data(buffer: $0) }))

@@ -75,6 +75,8 @@ public struct SubspaceOptions: Codable, Sendable, Equatable {
     public var highBits = 8
     /// The reference's `use_kv_wa_cov`: V and K bases weighted by o_proj's columns and the queries (off by default).
     public var kvWeightAware = false
+    /// Bases file: read when it exists (no statistics pass), written after computing them otherwise.
+    public var basesFile: String?
 
     public init() {}
 }
@@ -170,15 +172,26 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
         guard options.scheme.weightGroupSize == nil else {
             throw QuantError.invalidParameter("\(options.method.rawValue) quantizes weights per output row: drop the group size")
         }
-        var t = ContinuousClock.now
         fuseNorms(model, centerEmbeddings: options.centerEmbeddings)
-        let stats = SubspaceStatistics.collect(model, windows: windows, withQueries: sub.kvWeightAware, progress: onStatistics)
-        result.statisticsSeconds = seconds(since: t)
-        t = ContinuousClock.now
-        let bases = try buildBases(stats, model: model, objective: options.method == .resq ? .activation : .weightActivation,
-                                   granularity: sub.granularity, highFraction: sub.highFraction,
-                                   kvWeightAware: sub.kvWeightAware, seed: UInt64(options.seed))
-        result.basesSeconds = seconds(since: t)
+        let objective: BasisObjective = options.method == .resq ? .activation : .weightActivation
+        let bases: SubspaceBases
+        if let file = sub.basesFile, FileManager.default.fileExists(atPath: file) {
+            bases = try SubspaceBases.read(file, config: model.config)
+            let (r, rh) = try highChannels(fraction: sub.highFraction, config: model.config)
+            guard bases.objective == objective, bases.granularity == sub.granularity, bases.high == r, bases.headHigh == rh else {
+                throw SubspaceError(description: "\(file): bases are \(bases.objective.rawValue) \(bases.granularity.rawValue) with r = \(bases.high)/\(bases.headHigh), this run needs \(objective.rawValue) \(sub.granularity.rawValue) with r = \(r)/\(rh)")
+            }
+            result.warnings.append("bases read from \(file) (no statistics pass)")
+        } else {
+            var t = ContinuousClock.now
+            let stats = SubspaceStatistics.collect(model, windows: windows, withQueries: sub.kvWeightAware, progress: onStatistics)
+            result.statisticsSeconds = seconds(since: t)
+            t = ContinuousClock.now
+            bases = try buildBases(stats, model: model, objective: objective, granularity: sub.granularity,
+                                   highFraction: sub.highFraction, kvWeightAware: sub.kvWeightAware, seed: UInt64(options.seed))
+            result.basesSeconds = seconds(since: t)
+            if let file = sub.basesFile { try bases.write(to: file, config: model.config) }
+        }
         let online = fuseSubspaceBases(model, bases, centerEmbeddings: options.centerEmbeddings, normsFused: true)
         result.warnings += online.notes
         // Hessians from unquantized activations with the online Hadamard active, as the reference's GPTQ pass.

@@ -273,3 +273,63 @@ func blockDiagonal(_ A: Matrix<Double>, _ B: Matrix<Double>) -> Matrix<Double> {
     for i in 0..<B.rows { for j in 0..<B.cols { M[A.rows + i, A.cols + j] = B[i, j] } }
     return M
 }
+
+// MARK: - The bases file (`--bases FILE`)
+
+// A run's bases in float64 safetensors, keyed as the reference's `U-*.bin` (`layer.{i}.self_attn`, `layer.{i}.mlp`,
+// `layer.{i}.self_attn.value`, `layer.{i}.self_attn.key_pos`) plus its `R-*.bin` (`R1`, `R2`), so a second run with
+// another solver skips the statistics pass and the eigendecompositions, and uses the same random rotations.
+
+extension SubspaceBases {
+    public func write(to path: String, config c: ModelConfiguration) throws {
+        let d = c.hiddenSize, hd = c.headDim, KV = c.numKeyValueHeads
+        var w = SafeTensorsWriter()
+        w.metadata = ["format": "coquant-bases-v1", "objective": objective.rawValue, "granularity": granularity.rawValue,
+                      "high": "\(high)", "head_high": "\(headHigh)",
+                      "attention_energy": attentionEnergy.map { "\($0)" }.joined(separator: ","),
+                      "mlp_energy": mlpEnergy.map { "\($0)" }.joined(separator: ",")]
+        for (l, P) in attention.enumerated() { w.add("layer.\(l).self_attn", P.data, shape: [d, d]) }
+        for (l, P) in mlp.enumerated() { w.add("layer.\(l).mlp", P.data, shape: [d, d]) }
+        for l in values.indices {
+            w.add("layer.\(l).self_attn.value", values[l].flatMap(\.data), shape: [KV, hd, hd])
+            w.add("layer.\(l).self_attn.key_pos", keys[l].flatMap(\.data), shape: [KV, hd, hd])
+        }
+        w.add("R1", R1.data, shape: [d, d])
+        w.add("R2", R2.data, shape: [hd, hd])
+        try w.write(to: path)
+    }
+
+    /// Reads a bases file written for a model of this configuration, checking every shape.
+    public static func read(_ path: String, config c: ModelConfiguration) throws -> SubspaceBases {
+        let f = try SafeTensorsFile(path: path)
+        let m = f.metadata
+        guard m["format"] == "coquant-bases-v1", let objective = m["objective"].flatMap(BasisObjective.init(rawValue:)),
+              let granularity = m["granularity"].flatMap(BasisGranularity.init(rawValue:)),
+              let high = m["high"].flatMap({ Int($0) }), let headHigh = m["head_high"].flatMap({ Int($0) }) else {
+            throw ModelFileError(path, "not a CoQuant bases file (metadata format coquant-bases-v1 with objective, granularity, high, head_high)")
+        }
+        let d = c.hiddenSize, hd = c.headDim, KV = c.numKeyValueHeads, L = c.numHiddenLayers
+        func tensor(_ name: String, _ shape: [Int]) throws -> [Double] {
+            guard let info = f.tensors[name] else { throw ModelFileError(path, "missing tensor '\(name)'") }
+            guard info.shape == shape else {
+                throw ModelFileError(path, "tensor '\(name)' is \(info.shape), this model needs \(shape)")
+            }
+            return try f.doubles(name)
+        }
+        func heads(_ name: String) throws -> [Matrix<Double>] {
+            let all = try tensor(name, [KV, hd, hd])
+            return (0..<KV).map { Matrix(rows: hd, cols: hd, data: Array(all[($0 * hd * hd)..<(($0 + 1) * hd * hd)])) }
+        }
+        let count = granularity == .shared ? 1 : L
+        let energies = { (key: String) in (m[key] ?? "").split(separator: ",").compactMap { Double($0) } }
+        return SubspaceBases(
+            objective: objective, granularity: granularity, high: high, headHigh: headHigh,
+            attention: try (0..<count).map { Matrix(rows: d, cols: d, data: try tensor("layer.\($0).self_attn", [d, d])) },
+            mlp: try (0..<count).map { Matrix(rows: d, cols: d, data: try tensor("layer.\($0).mlp", [d, d])) },
+            values: try (0..<L).map { try heads("layer.\($0).self_attn.value") },
+            keys: try (0..<L).map { try heads("layer.\($0).self_attn.key_pos") },
+            R1: Matrix(rows: d, cols: d, data: try tensor("R1", [d, d])),
+            R2: Matrix(rows: hd, cols: hd, data: try tensor("R2", [hd, hd])),
+            attentionEnergy: energies("attention_energy"), mlpEnergy: energies("mlp_energy"))
+    }
+}

@@ -87,6 +87,9 @@ struct Quantize: ParsableCommand {
     @Flag(name: [.customLong("kv-weight-aware"), .customLong("use_kv_wa_cov")], help: "resq/coquant: weight-aware value/key bases (the reference's use_kv_wa_cov; off there by default).")
     var kvWeightAware = false
 
+    @Option(help: "resq/coquant: bases file (float64 safetensors). Read if it exists, skipping the statistics pass; written otherwise, so a second run with another solver reuses the bases and rotations.")
+    var bases: String?
+
     @Flag(help: "Replace --out if it exists.")
     var overwrite = false
     @Flag(help: "Continue an interrupted run from its last finished layer (checkpoints in OUT.partial/; same options).")
@@ -136,6 +139,7 @@ struct Quantize: ParsableCommand {
             sub.highFraction = highFraction
             sub.highBits = highBits
             sub.kvWeightAware = kvWeightAware
+            sub.basesFile = bases
             o.subspace = sub
         }
         guard nsamples > 0 else { throw ValidationError("--nsamples must be positive") }

@@ -84,7 +84,18 @@ final class QuantizedFolderTests: XCTestCase {
             options.seqlen = 16
             options.nsamples = 4
             if let granularity { options.subspace!.granularity = granularity }
+            let basesFile = out + "-bases.safetensors"
+            defer { try? FileManager.default.removeItem(atPath: basesFile) }
+            if method.usesSubspace { options.subspace!.basesFile = basesFile }
             let result = try quantizeModel(loaded.model, calibration: windows, options: options)
+            if method.usesSubspace {
+                // A second run reads the saved bases, skips the statistics, and quantizes to the same weights.
+                let again = try ModelLoader.load(dir)
+                let second = try quantizeModel(again.model, calibration: windows, options: options)
+                XCTAssertTrue(second.warnings.contains { $0.hasPrefix("bases read from") })
+                XCTAssertEqual(again.model.layers[1].selfAttn.oProj.weight, loaded.model.layers[1].selfAttn.oProj.weight)
+                XCTAssertEqual(second.bases!.R1, result.bases!.R1)
+            }
             XCTAssertEqual(result.bases != nil, method.usesSubspace)
             try installFakeQuantization(loaded.model, scheme: s, options: options, subspace: result.subspace)
             _ = try writeQuantizedFolder(out, loaded: loaded, result: result, options: options)

@@ -252,6 +252,20 @@ final class SubspaceTests: XCTestCase {
         XCTAssertLessThan(mixed, uniform, "8-bit high subspace beats uniform 4-bit")
     }
 
+    /// Bad input: a high fraction outside (0, 1) or giving no channel, and calibration shorter than the hidden size.
+    func testBadSubspaceInput() throws {
+        let model = try ModelLoader.load(fixturesDir + "/tiny-models/a_llama_gqa_tied").model
+        for f in [0.0, 1.0, -0.5, 0.05] {      // 0.05·8 = 0.4 → no channel per head
+            XCTAssertThrowsError(try highChannels(fraction: f, config: model.config), "fraction \(f)")
+        }
+        fuseNorms(model, centerEmbeddings: true)
+        let short = SubspaceStatistics.collect(model, windows: windows(1, 16, vocab: 300, seed: 4), withQueries: false)
+        XCTAssertThrowsError(try buildBases(short, model: model, objective: .activation, granularity: .perLayer,
+                                            highFraction: 0.125, kvWeightAware: false, seed: 0)) {
+            XCTAssertTrue("\($0)".contains("fewer than the hidden size"), "\($0)")
+        }
+    }
+
     /// SmolLM2: the fused model at 16 bits gives the original logits within 1e-3, in both granularities.
     func testSmolLM2FusedBasesPreserveLogits() throws {
         let path = modelsDir + "/SmolLM2-135M-Instruct.Q4_1.gguf"
