@@ -5,6 +5,7 @@
 #
 #   nohup scripts/results-table.sh > /tmp/results.log 2>&1 &
 #   scripts/results-table.sh gptq-w4a16 rtn-w4a16      # only these configs
+#   scripts/results-table.sh subspace                   # the ResQ / CoQuant table (issue 4), 3 seeds
 #   python3 scripts/results-summary.py results/smollm2  # the Markdown table of what has finished
 #
 # Variables: MODEL (SmolLM2 GGUF), SET (smollm2), NSAMPLES (128), WINDOWS (all), RUNS (runs/, git-ignored).
@@ -35,7 +36,27 @@ declare -A config=(
   [fp]=""
 )
 order=(gptq-w4a16 cdquant-w4a16 rtn-w4a16 rtn-w3a16 rtn-w4a4kv4 gptq-w3a16 cdquant-w3a16 quarot-gptq-w4a4kv4 quarot-cdquant-w4a4kv4 fp)
+
+# The ResQ / CoQuant table (W4A4KV4, 1/8 of the channels at 8 bits): the reference scripts' settings — weights per
+# channel, symmetric, MSE clip; activations per token and K/V per (token, head), asymmetric, clip 1.0 — for seeds
+# 0–2 (calibration windows and random rotations). Both solvers of one (method, granularity, seed) share a bases file.
+# Named e.g. coquant-cdquant-per-layer-s1; QuaRot rows as quarot-gptq-w4a4kv4-s1 (QuaRot's own clip ratios).
+subspace_order=()
+for seed in 0 1 2; do
+  for solver in gptq cdquant; do
+    config[quarot-$solver-w4a4kv4-s$seed]="--method quarot --solver $solver $a4 --seed $seed"
+    subspace_order+=(quarot-$solver-w4a4kv4-s$seed)
+    for method in resq coquant; do
+      for granularity in per-layer shared; do
+        name=$method-$solver-$granularity-s$seed
+        config[$name]="--method $method --solver $solver --scheme W4A4KV4 --w-clip --granularity $granularity --seed $seed --bases $runs/bases-$method-$granularity-s$seed.safetensors"
+        subspace_order+=("$name")
+      done
+    done
+  done
+done
 [ $# -gt 0 ] && order=("$@")
+[ "${1:-}" = subspace ] && order=("${subspace_order[@]}")
 
 window_args=()
 [ -n "${WINDOWS:-}" ] && window_args=(--windows "$WINDOWS")

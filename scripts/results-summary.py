@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""Markdown table of the finished runs of scripts/results-table.sh: python3 scripts/results-summary.py results/smollm2
+
+One row per run (perplexity ± standard error, windows, summed layer loss, quantize and evaluation wall time), then
+GPTQ vs CDQuant for every pair of runs whose names differ only in the solver: summed layer loss and the share of
+linears where CDQuant's loss is lower. Seeded runs (…-s0, -s1, -s2) are also summarised as mean ± spread."""
+import json, os, re, statistics, sys
+
+folder = sys.argv[1] if len(sys.argv) > 1 else "results/smollm2"
+runs = {}
+for f in sorted(os.listdir(folder)):
+    if f.endswith(".json"):
+        runs[f[:-5]] = json.load(open(os.path.join(folder, f)))
+
+print("| run | WikiText-2 PPL | windows | Σ layer loss | quantize s | eval s |")
+print("|---|---:|---:|---:|---:|---:|")
+for name, r in runs.items():
+    p = r["ppl"]
+    loss = sum(l["loss"] for l in r.get("linears", []))
+    print(f"| {name} | {p['perplexity']:.4f} ± {p['perplexity_stderr']:.4f} | {p['windows']} | "
+          f"{loss:.4g} | {r.get('quantize_seconds', 0):.0f} | {r['eval_seconds']} |" if r.get("linears") else
+          f"| {name} | {p['perplexity']:.4f} ± {p['perplexity_stderr']:.4f} | {p['windows']} | — | — | {r['eval_seconds']} |")
+
+pairs = [(n, n.replace("gptq", "cdquant")) for n in runs if "gptq" in n and n.replace("gptq", "cdquant") in runs]
+if pairs:
+    print("\n| GPTQ run | Σ loss GPTQ | Σ loss CDQuant | change | CDQuant lower in |")
+    print("|---|---:|---:|---:|---:|")
+    for g, c in pairs:
+        lg, lc = runs[g]["linears"], runs[c]["linears"]
+        sg, sc = sum(l["loss"] for l in lg), sum(l["loss"] for l in lc)
+        lower = sum(1 for a, b in zip(lg, lc) if b["loss"] < a["loss"])
+        print(f"| {g} | {sg:.4g} | {sc:.4g} | {100 * (sc - sg) / sg:+.1f} % | {lower}/{len(lg)} |")
+
+seeded = {}
+for name, r in runs.items():
+    m = re.fullmatch(r"(.*)-s(\d+)", name)
+    if m:
+        seeded.setdefault(m.group(1), []).append(r["ppl"]["perplexity"])
+if seeded:
+    print("\n| config | seeds | PPL mean | spread (max − min) |")
+    print("|---|---:|---:|---:|")
+    for k, v in seeded.items():
+        print(f"| {k} | {len(v)} | {statistics.mean(v):.4f} | {max(v) - min(v):.4f} |")
