@@ -64,7 +64,8 @@ public func writeQuantizedFolder(_ out: String, loaded: LoadedModel, result: Qua
             "coquant_options": try JSONSerialization.jsonObject(with: JSONEncoder().encode(options)),
         ]
         q["activations"] = s.activationBits < 16
-            ? ["bits": s.activationBits, "symmetric": false, "granularity": "per-token", "clip_ratio": options.activationClipRatio,
+            ? ["bits": s.activationBits, "down_proj_bits": options.downProjActivationBits ?? s.activationBits,
+               "symmetric": false, "granularity": "per-token", "clip_ratio": options.activationClipRatio,
                "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]] as [String: Any]
             : NSNull()
         q["kv_cache"] = s.kvBits < 16

@@ -102,6 +102,8 @@ public struct QuantizeOptions: Codable, Sendable {
     public var centerEmbeddings = true       // the reference's embedding mean-centring when norms are fused
     /// ResQ / CoQuant only (nil otherwise; optional so folders written before it existed still decode).
     public var subspace: SubspaceOptions?
+    /// Activation bits at the down_proj input when they differ from the scheme's (QuaRot's `--int8_down_proj`: 8).
+    public var downProjActivationBits: Int?
 
     public init(method: Method, scheme: QuantScheme, solver: SolverKind? = nil) {
         self.method = method
@@ -307,10 +309,13 @@ public func installFakeQuantization(_ model: LlamaModel, scheme: QuantScheme, op
             throw QuantError.invalidParameter("\(options.method.rawValue) needs the online state of its fused bases")
         }
         if scheme.kvBits < 16 { online.quantizeKeyRotationsToInt8() }
-        let quantizers = try SubspaceQuantizers(activationBits: scheme.activationBits, kvBits: scheme.kvBits,
+        var quantizers = try SubspaceQuantizers(activationBits: scheme.activationBits, kvBits: scheme.kvBits,
                                                 highBits: options.subspace?.highBits ?? 8,
                                                 activationClipRatio: Float(options.activationClipRatio),
                                                 kvClipRatio: Float(options.kvClipRatio))
+        if let b = options.downProjActivationBits, scheme.activationBits < 16 {
+            quantizers.downProj = b < 16 ? try ActivationQuantizer(bits: b, clipRatio: Float(options.activationClipRatio)) : nil
+        }
         installSubspaceHooks(model, online: online, quantizers: quantizers)
         return
     }
@@ -319,11 +324,18 @@ public func installFakeQuantization(_ model: LlamaModel, scheme: QuantScheme, op
         ? try ActivationQuantizer(bits: scheme.activationBits, clipRatio: Float(options.activationClipRatio)) : nil
     let kv = scheme.kvBits < 16
         ? try ActivationQuantizer(bits: scheme.kvBits, groupSize: hd, clipRatio: Float(options.kvClipRatio)) : nil
+    var downProj = activations
+    if let b = options.downProjActivationBits, activations != nil {
+        downProj = b < 16 ? try ActivationQuantizer(bits: b, clipRatio: Float(options.activationClipRatio)) : nil
+    }
     installHooks(model, online: options.method == .quarot ? OnlineRotations(config: model.config) : nil,
-                 activations: activations, kv: kv)
+                 activations: activations, kv: kv, downProj: downProj)
 }
 
-func installHooks(_ model: LlamaModel, online: OnlineRotations?, activations: ActivationQuantizer?, kv: ActivationQuantizer?) {
+/// `downProj`: the down_proj input's quantizer (default: `activations`), so that layer type can differ.
+func installHooks(_ model: LlamaModel, online: OnlineRotations?, activations: ActivationQuantizer?, kv: ActivationQuantizer?,
+                  downProj: ActivationQuantizer?? = nil) {
+    let downProj = downProj ?? activations
     if online == nil && activations == nil && kv == nil { model.hook = nil; return }
     let hd = model.config.headDim
     model.hook = { _, site, x, rows, cols in
@@ -332,7 +344,7 @@ func installHooks(_ model: LlamaModel, online: OnlineRotations?, activations: Ac
             try? activations?.apply(x, rows: rows, cols: cols)
         case .downProjInput:
             online?.downProj.apply(x, rows: rows)
-            try? activations?.apply(x, rows: rows, cols: cols)
+            try? downProj?.apply(x, rows: rows, cols: cols)
         case .queries:
             online?.head.apply(x, rows: rows * cols / hd)
         case .keys:

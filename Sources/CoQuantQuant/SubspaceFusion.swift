@@ -107,6 +107,7 @@ public struct SubspaceQuantizers: Sendable {
     public var keyLow: ActivationQuantizer?                // K cache: per (token, head) with 0 in range
     public var keyHigh: ActivationQuantizer?
     public var int8: ActivationQuantizer?                  // residual basis changes; q, k before the key rotation
+    public var downProj: ActivationQuantizer?              // down_proj input (after its Hadamard), uniform
 
     public init(activationBits: Int, kvBits: Int, highBits: Int = 8, activationClipRatio: Float = 1, kvClipRatio: Float = 1) throws {
         if activationBits < 16 {
@@ -114,6 +115,7 @@ public struct SubspaceQuantizers: Sendable {
             activationHigh = try ActivationQuantizer(bits: highBits, clipRatio: activationClipRatio)
             headLow = try ActivationQuantizer(bits: activationBits, clipRatio: activationClipRatio, rangeRule: .minMax)
             headHigh = try ActivationQuantizer(bits: highBits, clipRatio: activationClipRatio, rangeRule: .minMax)
+            downProj = activationLow
         }
         if kvBits < 16 {
             kvLow = try ActivationQuantizer(bits: kvBits, clipRatio: kvClipRatio, rangeRule: .minMax)
@@ -156,7 +158,7 @@ public func installSubspaceHooks(_ model: LlamaModel, online: SubspaceOnline, qu
             mixed(x, rows: rows * H, cols: hd, split: lowH, q?.headLow, q?.headHigh)
         case .downProjInput:
             online.downProj.apply(x, rows: rows)
-            try? q?.activationLow?.apply(x, rows: rows, cols: cols)
+            try? q?.downProj?.apply(x, rows: rows, cols: cols)
         case .basisChangeInput:
             try? q?.int8?.apply(x, rows: rows, cols: cols)
         case .queries:

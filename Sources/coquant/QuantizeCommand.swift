@@ -59,6 +59,12 @@ struct Quantize: ParsableCommand {
     var aClipRatio = 1.0
     @Option(name: [.customLong("kv-clip-ratio"), .customLong("kv_clip_ratio")], help: "KV-cache range clip ratio.")
     var kvClipRatio = 1.0
+    @Option(name: [.customLong("down-proj-a-bits")], help: "Activation bits at the down_proj input when they should differ from the scheme's (16: not quantized).")
+    var downProjABits: Int?
+
+    @Flag(name: [.customLong("int8-down-proj"), .customLong("int8_down_proj")], help: "QuaRot's --int8_down_proj: the down_proj input at 8 bits (same as --down-proj-a-bits 8).")
+    var int8DownProj = false
+
     @Option(help: "Calibration windows.")
     var nsamples = 128
     @Option(help: "Tokens per calibration window.")
@@ -128,6 +134,11 @@ struct Quantize: ParsableCommand {
         o.percdamp = percdamp
         o.actOrder = actOrder
         o.centerEmbeddings = centerEmbeddings
+        if int8DownProj { o.downProjActivationBits = 8 }
+        if let b = downProjABits {
+            guard (2...8).contains(b) || b == 16 else { throw ValidationError("--down-proj-a-bits \(b) must be 2–8 or 16") }
+            o.downProjActivationBits = b
+        }
         if m.usesSubspace {
             guard let g = BasisGranularity(rawValue: granularity) else {
                 throw ValidationError("unknown --granularity \(granularity) (choose from per-layer, shared)")

@@ -113,6 +113,41 @@ final class QuantizedFolderTests: XCTestCase {
         XCTAssertThrowsError(try writeFolderAtomically(existing, overwrite: false) { _ in })
     }
 
+    /// Activation bits per layer type: the down_proj input can get its own width (QuaRot's --int8_down_proj).
+    func testDownProjActivationBits() throws {
+        let dir = fixturesDir + "/tiny-models/a_llama_gqa_tied"
+        for method in [Method.gptq, .coquant] {
+            for (downBits, maxLevels) in [(nil, 16), (8 as Int?, 256), (16, Int.max)] {
+                let model = try ModelLoader.load(dir).model
+                var options = QuantizeOptions(method: method, scheme: try QuantScheme(parsing: "W8A4"))
+                options.downProjActivationBits = downBits
+                var subspace: SubspaceOnline?
+                if method.usesSubspace {
+                    var g = SeededGenerator(seed: 1)
+                    fuseNorms(model, centerEmbeddings: false)
+                    let stats = SubspaceStatistics.collect(model, windows: (0..<4).map { _ in (0..<32).map { _ in Int(g.next() % 300) } }, withQueries: false)
+                    subspace = fuseSubspaceBases(model, try buildBases(stats, model: model, objective: .weightActivation, granularity: .shared,
+                                                                       highFraction: 0.125, kvWeightAware: false, seed: 0),
+                                                 centerEmbeddings: false, normsFused: true)
+                }
+                try installFakeQuantization(model, scheme: options.scheme, options: options, subspace: subspace)
+                let inner = model.hook
+                var levels = 0, mlpLevels = 0
+                model.hook = { l, site, x, rows, cols in
+                    inner?(l, site, x, rows, cols)
+                    let distinct = (0..<rows).map { r in Set((0..<cols).map { x[r * cols + $0] }).count }.max() ?? 0
+                    if site == .downProjInput { levels = max(levels, distinct) }
+                    if site == .mlpInput && !method.usesSubspace { mlpLevels = max(mlpLevels, distinct) }
+                }
+                _ = model.forward([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+                let what = "\(method) down_proj bits \(downBits.map(String.init) ?? "default")"
+                XCTAssertLessThanOrEqual(levels, maxLevels, what)
+                if downBits != nil { XCTAssertGreaterThan(levels, 16, what) }
+                if !method.usesSubspace { XCTAssertLessThanOrEqual(mlpLevels, 16, what + ": other inputs stay at 4 bits") }
+            }
+        }
+    }
+
     func testSchemeNames() throws {
         XCTAssertEqual(try QuantScheme(parsing: "W4A16"), QuantScheme(weightBits: 4))
         XCTAssertEqual(try QuantScheme(parsing: "w4a16g128"), QuantScheme(weightBits: 4, weightGroupSize: 128))
