@@ -75,7 +75,8 @@ public func writeQuantizedFolder(_ out: String, loaded: LoadedModel, result: Qua
         q["rotation"] = options.method == .quarot
             ? ["residual": "random-hadamard", "seed": options.seed, "norms_fused": true, "embeddings_centered": options.centerEmbeddings,
                "value_heads": "hadamard(head_dim), fused", "online": ["down_proj_input": "hadamard(intermediate_size)",
-                                                                     "queries_keys": "hadamard(head_dim) per head after RoPE"]] as [String: Any]
+                                                                     "queries_keys": "hadamard(head_dim) per head after RoPE",
+                                                                     "o_proj_input": options.headMixing == true ? "hadamard(num_attention_heads) across heads" : "none"]] as [String: Any]
             : NSNull()
         if let sub = options.subspace, let bases = result.bases {
             q["subspace"] = [

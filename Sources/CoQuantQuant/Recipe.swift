@@ -104,12 +104,16 @@ public struct QuantizeOptions: Codable, Sendable {
     public var subspace: SubspaceOptions?
     /// Activation bits at the down_proj input when they differ from the scheme's (QuaRot's `--int8_down_proj`: 8).
     public var downProjActivationBits: Int?
+    /// QuaRot: the online Hadamard across heads at the o_proj input (its fused half in o_proj). nil in folders
+    /// written before it existed, which were quantized without it.
+    public var headMixing: Bool?
 
     public init(method: Method, scheme: QuantScheme, solver: SolverKind? = nil) {
         self.method = method
         self.scheme = scheme
         self.solver = solver ?? (method == .rtn ? .rtn : method == .cdquant ? .cdquant : .gptq)
         if method.usesSubspace { subspace = SubspaceOptions() }
+        if method == .quarot { headMixing = true }
     }
 
     /// Symmetric weights are GPTQ's `quant.py` grid, except for ResQ/CoQuant, whose reference quantizer is
@@ -266,31 +270,55 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
 public struct OnlineRotations: Sendable {
     public let downProj: HadamardTransform
     public let head: HadamardTransform
+    /// Across the H heads of the o_proj input, per channel (QuaRot's online `had_K` of size num_heads).
+    public let acrossHeads: HadamardTransform?
+    let headDim: Int
     public var notes: [String] {
-        [downProj, head].filter { !$0.construction.isHadamard }.map {
+        ([downProj, head] + (acrossHeads.map { [$0] } ?? [])).filter { !$0.construction.isHadamard }.map {
             "no Hadamard matrix of size \($0.size) is known here: using \($0.construction) instead"
         }
     }
 
-    public init(config: ModelConfiguration) {
+    public init(config: ModelConfiguration, headMixing: Bool = true) {
         downProj = HadamardTransform(size: config.intermediateSize)
         head = HadamardTransform(size: config.headDim)
+        acrossHeads = headMixing && config.numAttentionHeads > 1 ? HadamardTransform(size: config.numAttentionHeads) : nil
+        headDim = config.headDim
+    }
+
+    /// x [rows, H·hd] viewed as [rows, H, hd]: every channel's H-vector ← M_H · it. Applied to the o_proj input
+    /// online and to o_proj's weight rows when fusing, so Σ_k x'_k w'_k = xᵀ M_Hᵀ M_H w = x·w.
+    func mixHeads(_ x: UnsafeMutablePointer<Float>, rows: Int) {
+        guard let t = acrossHeads else { return }
+        let H = t.size, hd = headDim
+        let buffer = UnsafeMutablePointer<Float>.allocate(capacity: hd * H)
+        defer { buffer.deallocate() }
+        for r in 0..<rows {
+            let row = x + r * H * hd
+            for j in 0..<H { for c in 0..<hd { buffer[c * H + j] = row[j * hd + c] } }
+            t.apply(buffer, rows: hd)
+            for j in 0..<H { for c in 0..<hd { row[j * hd + c] = buffer[c * H + j] } }
+        }
     }
 }
 
 /// QuaRot's fused rotations (COQUANT_RESQ.md §2.2, QuaRot `rotate_model`): norms fused (with the reference's
 /// embedding centring unless turned off), the residual stream rotated by a random Hadamard matrix R1 (seeded),
-/// every value head rotated by a Hadamard matrix of head_dim (fused into v_proj and o_proj — QuaRot additionally
-/// applies an online Hadamard across heads at the o_proj input; we do not), and down_proj's input side multiplied
-/// by the Hadamard transform that the forward pass applies online. At full precision the function is unchanged.
+/// every value head rotated by a Hadamard matrix of head_dim (fused into v_proj and o_proj), the o_proj input mixed
+/// across heads by a Hadamard matrix of size H online (its other half fused into o_proj), and down_proj's input
+/// side multiplied by the Hadamard transform that the forward pass applies online. At full precision the function
+/// is unchanged.
 public func applyQuaRotRotations(_ model: LlamaModel, options: QuantizeOptions) -> OnlineRotations {
     let c = model.config
     fuseNorms(model, centerEmbeddings: options.centerEmbeddings)
     rotateResidual(model, randomHadamardMatrix(c.hiddenSize, seed: UInt64(options.seed)))
-    let online = OnlineRotations(config: c)
+    let online = OnlineRotations(config: c, headMixing: options.headMixing ?? false)
     let Qv = online.head.matrix(transposed: true)
     for l in model.layers.indices {
         rotateValueHeads(model, layer: l, Array(repeating: Qv, count: c.numKeyValueHeads))
+        var o = model.layers[l].selfAttn.oProj
+        o.weight.withUnsafeMutableBufferPointer { online.mixHeads($0.baseAddress!, rows: o.outFeatures) }
+        model.layers[l].selfAttn.oProj = o
         var down = model.layers[l].mlp.downProj
         down.weight.withUnsafeMutableBufferPointer { online.downProj.apply($0.baseAddress!, rows: down.outFeatures) }
         model.layers[l].mlp.downProj = down
@@ -328,7 +356,7 @@ public func installFakeQuantization(_ model: LlamaModel, scheme: QuantScheme, op
     if let b = options.downProjActivationBits, activations != nil {
         downProj = b < 16 ? try ActivationQuantizer(bits: b, clipRatio: Float(options.activationClipRatio)) : nil
     }
-    installHooks(model, online: options.method == .quarot ? OnlineRotations(config: model.config) : nil,
+    installHooks(model, online: options.method == .quarot ? OnlineRotations(config: model.config, headMixing: options.headMixing ?? false) : nil,
                  activations: activations, kv: kv, downProj: downProj)
 }
 
@@ -340,7 +368,10 @@ func installHooks(_ model: LlamaModel, online: OnlineRotations?, activations: Ac
     let hd = model.config.headDim
     model.hook = { _, site, x, rows, cols in
         switch site {
-        case .attentionInput, .oProjInput, .mlpInput:
+        case .attentionInput, .mlpInput:
+            try? activations?.apply(x, rows: rows, cols: cols)
+        case .oProjInput:
+            online?.mixHeads(x, rows: rows)
             try? activations?.apply(x, rows: rows, cols: cols)
         case .downProjInput:
             online?.downProj.apply(x, rows: rows)

@@ -73,6 +73,12 @@ final class FusionTests: XCTestCase {
             let online = applyQuaRotRotations(model, options: options)
             installHooks(model, online: online, activations: nil, kv: nil)
             XCTAssertLessThan(maxAbsDiff(model.forward(ids), reference), 1e-4, variant)
+            // The across-heads mixing is really there: without it o_proj's fused weight differs.
+            XCTAssertNotNil(online.acrossHeads)
+            let unmixed = try ModelLoader.load(dir).model
+            options.headMixing = false
+            _ = applyQuaRotRotations(unmixed, options: options)
+            XCTAssertGreaterThan(maxAbsDiff(unmixed.layers[0].selfAttn.oProj.weight, model.layers[0].selfAttn.oProj.weight), 1e-3, variant)
             // The same with a KV cache, token by token: the rotated keys in the cache still give the same scores.
             let cache = KVCache(config: model.config, capacity: ids.count)
             var decoded: [Float] = []
