@@ -105,6 +105,13 @@ public final class KVCache {
     func advance(by n: Int) { length += n }
     public func reset() { length = 0 }
 
+    /// Forgets every position from `n` on, so a shared prefix can be continued several ways (zero-shot scoring
+    /// runs a context once and each choice's continuation from it).
+    public func truncate(to n: Int) {
+        precondition(n >= 0 && n <= length, "cannot truncate a KV cache of \(length) positions to \(n)")
+        length = n
+    }
+
     /// Layer `layer`'s cached keys or values as [length, KV·hd] (for tests and KV statistics).
     public func keys(layer: Int) -> [Float] { Array(keys[layer][0..<(length * width)]) }
     public func values(layer: Int) -> [Float] { Array(values[layer][0..<(length * width)]) }
