@@ -314,13 +314,31 @@ public final class LoglikelihoodScorer {
             logits.withUnsafeBufferPointer { p in
                 for (j, token) in continuation.enumerated() {
                     let row = p.baseAddress! + (rows - continuation.count + j) * V
-                    ll += Double(row[token]) - logSumExp(row, V)
+                    ll += Double(row[token]) - float32LogSumExp(row, V)
                     if argmax(row, V) != token { greedy = false }
                 }
             }
             return LoglikelihoodResult(loglikelihood: ll, isGreedy: greedy, continuationTokens: continuation.count, truncated: truncated[k])
         }
     }
+}
+
+/// log Σ exp(x) as lm-eval's float32 `log_softmax` computes it on CPU: torch's vectorized kernel sums the
+/// exponentials in float32 lanes of 8 across the whole row, which drops the smallest terms and makes the
+/// denominator ≈ 1.7e-5 nats too small over SmolLM2's 49k vocabulary (see the smollm2 fixture's fp32-vs-f64 NLLs).
+/// The exact `logSumExp` would be the better number, but over a 100-token continuation that bias adds up to
+/// 1.7e-3 nats, more than the 1e-3 within which a re-implementation should reproduce lm-eval's log-likelihoods.
+func float32LogSumExp(_ x: UnsafePointer<Float>, _ n: Int) -> Double {
+    let mx = maxElement(x, n)
+    var lanes = SIMD8<Float>()
+    var i = 0
+    while i + 8 <= n {
+        lanes += exp8(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self) - mx)
+        i += 8
+    }
+    var lane = 0
+    while i < n { lanes[lane] += expf(x[i] - mx); i += 1; lane += 1 }
+    return Double(mx) + Double(logf(lanes.sum()))
 }
 
 func commonPrefixLength(_ seqs: [[Int]]) -> Int {
@@ -425,11 +443,12 @@ public struct TaskResult: Codable, Sendable {
     public let truncatedRequests: Int
     public let requests: Int
     public let seconds: Double
-    public let samples: [DocResult]
+    /// Per-doc outcomes (lm-eval's logged samples); not part of the encoded summary, the CLI writes them as JSONL.
+    public var samples: [DocResult] = []
 
     enum CodingKeys: String, CodingKey {
         case task, outputType = "output_type", docs, acc, accNorm = "acc_norm", perplexity,
-             truncatedRequests = "truncated_requests", requests, seconds, samples
+             truncatedRequests = "truncated_requests", requests, seconds
     }
 
     /// The figure papers average: acc_norm where the task reports it, else acc (QuaRot/FlatQuant convention).
