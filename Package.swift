@@ -31,7 +31,7 @@ let package = Package(
         .testTarget(name: "CoQuantTensorTests", dependencies: ["CoQuantTensor", "CoQuantModel"]),
         .testTarget(name: "CoQuantModelTests", dependencies: ["CoQuantModel"]),
         .testTarget(name: "CoQuantQuantTests", dependencies: ["CoQuantQuant", "CoQuantModel", "CoQuantTensor"]),
-        .testTarget(name: "CoQuantEvalTests", dependencies: ["CoQuantEval", "CoQuantModel"]),
+        .testTarget(name: "CoQuantEvalTests", dependencies: ["CoQuantEval", "CoQuantModel", "CoQuantQuant", "CoQuantTensor"]),
     ],
     // Swift 5 mode: the numeric kernels hand raw pointers to concurrentPerform, which strict Sendable checking rejects.
     swiftLanguageModes: [.v5]

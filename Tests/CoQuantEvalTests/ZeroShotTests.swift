@@ -76,6 +76,49 @@ final class ZeroShotFixtureTests: XCTestCase {
         }
     }
 
+    /// Σ log p of `continuation` after `context` from one plain forward pass of (context + continuation)[:-1].
+    func directLoglikelihood(_ scorer: LoglikelihoodScorer, _ context: [Int], _ continuation: [Int]) -> Double {
+        let input = Array((context + continuation).dropLast()), V = scorer.model.config.vocabSize
+        let logits = scorer.model.forward(input)
+        return logits.withUnsafeBufferPointer { p in
+            continuation.enumerated().map { j, token in
+                let row = p.baseAddress! + (context.count - 1 + j) * V
+                return Double(row[token]) - float32LogSumExp(row, V)
+            }.reduce(0, +)
+        }
+    }
+
+    /// The shared-prefix KV-cache path gives what separate full passes give, for a doc whose choices share a
+    /// context (arc) and one whose contexts differ (winogrande).
+    func testSharedPrefixEqualsSeparatePasses() throws {
+        let scorer = try scorer()
+        for name in ["arc_easy", "winogrande"] {
+            let doc = try ZeroShotTask.named(name).docs(dataDir: packageRoot + "/data", limit: 1)[0]
+            let shared = try scorer.score(doc.requests)
+            for (r, s) in zip(doc.requests, shared) {
+                let (c, k) = scorer.encodePair(r)
+                XCTAssertEqual(s.loglikelihood, directLoglikelihood(scorer, c, k), accuracy: 1e-4, name)
+            }
+        }
+    }
+
+    /// Items longer than max_length + 1 tokens lose tokens on the left (lm-eval's rule) and are counted.
+    func testLeftTruncation() throws {
+        let full = try scorer()
+        let scorer = LoglikelihoodScorer(model: full.model, tokenizer: full.tokenizer, maxLength: 24)
+        let task = try ZeroShotTask.named("boolq")
+        let doc = try task.docs(dataDir: packageRoot + "/data", limit: 1)[0]
+        let results = try scorer.score(doc.requests)
+        XCTAssertEqual(results.map(\.truncated), [true, true])
+        for (r, s) in zip(doc.requests, results) {
+            let (c, k) = scorer.encodePair(r)
+            let kept = Array((c + k).suffix(25))
+            XCTAssertEqual(s.loglikelihood, directLoglikelihood(scorer, Array(kept.dropLast(k.count)), k), accuracy: 1e-4)
+        }
+        let result = TaskResult(task: task, samples: [DocResult(doc: doc, task: task, results: results)], seconds: 0)
+        XCTAssertEqual(result.truncatedRequests, 2)
+    }
+
     func testPIQA() throws { try checkTask("piqa") }
     func testARCEasy() throws { try checkTask("arc_easy") }
     func testARCChallenge() throws { try checkTask("arc_challenge") }
