@@ -248,8 +248,8 @@ public struct LoglikelihoodResult: Codable, Equatable, Sendable {
 }
 
 /// Answers `loglikelihood` requests with one model, the way lm-eval's HFLM does at batch size 1 but sharing work:
-/// the requests of one doc usually share their context, so that prefix runs once into a KV cache and each
-/// continuation continues from it.
+/// the requests of one doc usually share their context, so that prefix runs once into a KV cache and the other
+/// continuations continue from it.
 public final class LoglikelihoodScorer {
     public let model: LlamaModel
     public let tokenizer: Tokenizer
@@ -297,23 +297,24 @@ public final class LoglikelihoodScorer {
             continuations.append(continuation)
         }
         let firstScored = zip(inputs, continuations).map { $0.count - $1.count }
-        // The shared prefix runs once; it must end before the first position any request needs logits for.
+        // The first request runs whole into the KV cache; the others continue from the prefix all inputs share, cut
+        // back to before the first position any request needs logits for. k choices cost k passes, the context once.
         let shared = min(commonPrefixLength(inputs), firstScored.min()!)
         let cache = KVCache(config: model.config, capacity: inputs.map(\.count).max()!)
-        if shared > 0 { _ = model.forward(Array(inputs[0][0..<shared]), cache: cache, logits: .last) }
         let V = model.config.vocabSize
         return requests.indices.map { k in
             let continuation = continuations[k]
             guard !continuation.isEmpty else {
                 return LoglikelihoodResult(loglikelihood: 0, isGreedy: true, continuationTokens: 0, truncated: truncated[k])
             }
-            cache.truncate(to: shared)
-            let logits = model.forward(Array(inputs[k][shared...]), cache: cache)
-            let rows = inputs[k].count - shared
+            let from = min(cache.length, shared)     // 0 until a request has filled the cache
+            cache.truncate(to: from)
+            // Logits only for the rows that predict the continuation: the input's last len(continuation) positions.
+            let logits = model.forward(Array(inputs[k][from...]), cache: cache, logits: .lastRows(continuation.count))
             var ll = 0.0, greedy = true
             logits.withUnsafeBufferPointer { p in
                 for (j, token) in continuation.enumerated() {
-                    let row = p.baseAddress! + (rows - continuation.count + j) * V
+                    let row = p.baseAddress! + j * V
                     ll += Double(row[token]) - float32LogSumExp(row, V)
                     if argmax(row, V) != token { greedy = false }
                 }
@@ -324,10 +325,6 @@ public final class LoglikelihoodScorer {
 }
 
 /// log Σ exp(x) as lm-eval's float32 `log_softmax` computes it on CPU: torch's vectorized kernel sums the
-/// exponentials in float32 lanes of 8 across the whole row, which drops the smallest terms and makes the
-/// denominator ≈ 1.7e-5 nats too small over SmolLM2's 49k vocabulary (see the smollm2 fixture's fp32-vs-f64 NLLs).
-/// The exact `logSumExp` would be the better number, but over a 100-token continuation that bias adds up to
-/// 1.7e-3 nats, more than the 1e-3 within which a re-implementation should reproduce lm-eval's log-likelihoods.
 func float32LogSumExp(_ x: UnsafePointer<Float>, _ n: Int) -> Double {
     let mx = maxElement(x, n)
     var lanes = SIMD8<Float>()

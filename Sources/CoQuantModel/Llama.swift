@@ -117,7 +117,9 @@ public final class KVCache {
     public func values(layer: Int) -> [Float] { Array(values[layer][0..<(length * width)]) }
 }
 
-public enum LogitsRows: Sendable { case all, last }
+/// Which positions get logits: all, the last, or the last n (zero-shot scoring needs only the continuation's rows,
+/// and the LM head over a long context would cost as much as a few decoder layers).
+public enum LogitsRows: Sendable, Equatable { case all, last, lastRows(Int) }
 
 public final class LlamaModel: @unchecked Sendable {
     public let config: ModelConfiguration
@@ -237,7 +239,12 @@ public final class LlamaModel: @unchecked Sendable {
     /// Final norm and LM head over the residual stream x [T, d].
     public func head(_ x: inout [Float], rows T: Int, logits which: LogitsRows) -> [Float] {
         let d = config.hiddenSize, V = config.vocabSize
-        let first = which == .last ? T - 1 : 0
+        let first: Int
+        switch which {
+        case .all: first = 0
+        case .last: first = T - 1
+        case .lastRows(let n): first = T - min(max(n, 1), T)
+        }
         let n = T - first
         var h = [Float](repeating: 0, count: n * d)
         x.withUnsafeBufferPointer { px in
