@@ -48,7 +48,7 @@ public struct ZeroShotTask: Sendable {
         try makeDocs(files.map { dataDir + "/" + $0 }, limit)
     }
 
-    /// All nine tasks, in the order papers print them.
+    /// The nine tasks `--tasks all` runs.
     public static let all: [ZeroShotTask] = [piqa, arcEasy, arcChallenge, hellaswag, winogrande, boolq, lambadaOpenAI, socialIQA, openBookQA]
 
     /// The task called `name`, or an error listing the valid names.

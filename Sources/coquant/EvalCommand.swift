@@ -16,8 +16,9 @@ struct Eval: ParsableCommand {
         acc_norm where the task reports it, else acc (the QuaRot/FlatQuant convention).
 
         --ppl adds WikiText-2 perplexity (the `coquant ppl` protocol) over --windows windows of --seqlen tokens.
-        --kl-vs FP_MODEL adds llama.cpp-style KL divergence against FP_MODEL on the same windows; FP_MODEL's top-k
-        log-probabilities are cached (--kl-cache, default ~/.cache/coquant/) and reused by later runs.
+        --kl-vs FP_MODEL adds llama.cpp-style KL divergence against FP_MODEL (mean and percentiles of per-token KL,
+        same-top-1 rate, Δ perplexity) on the first --windows windows (default 16); FP_MODEL's top-k log-probabilities
+        and the rest's mass are cached (--kl-cache, default ~/.cache/coquant/) and reused by later runs.
 
         Examples:
           coquant eval models/SmolLM2-135M-Instruct.Q4_1.gguf --tasks piqa,arc_easy --limit 100 --out runs/fp
@@ -37,7 +38,7 @@ struct Eval: ParsableCommand {
     @Flag(help: "Also WikiText-2 test perplexity (GPTQ/QuaRot protocol).")
     var ppl = false
 
-    @Option(help: "Perplexity / KL windows (default: all of WikiText-2 test).")
+    @Option(help: "Perplexity / KL windows (default: all of WikiText-2 test for perplexity, the first 16 for KL, whose cache grows with them).")
     var windows: Int?
 
     @Option(help: "Tokens per perplexity / KL window.")
@@ -171,7 +172,8 @@ struct Eval: ParsableCommand {
     func klReference(fpPath: String, text: String) throws -> KLReference {
         let attributes = try? FileManager.default.attributesOfItem(atPath: fpPath)
         let stamp = "\(URL(fileURLWithPath: fpPath).resolvingSymlinksInPath().path)|\(attributes?[.size] ?? "")|\((attributes?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)"
-        let key = "\(stamp)|\(seqlen)|\(windows ?? -1)|\(klTopK)"
+        let klWindows = windows ?? 16
+        let key = "\(stamp)|\(seqlen)|\(klWindows)|\(klTopK)"
         let path = klCache ?? defaultCacheFolder() + "/kl-\(String(fnv1aString(key), radix: 16)).bin"
         if FileManager.default.fileExists(atPath: path) {
             let ref = try KLReference(contentsOf: path)
@@ -181,7 +183,7 @@ struct Eval: ParsableCommand {
         let fp = try loadModel(fpPath, quiet: output.quiet)
         let ids = fp.tokenizer!.encode(text)
         let progress = Progress(enabled: output.showProgress, label: "KL reference window")
-        let ref = try KLReference.compute(model: fp.model, ids: ids, seqlen: seqlen, windows: windows ?? ids.count / seqlen,
+        let ref = try KLReference.compute(model: fp.model, ids: ids, seqlen: seqlen, windows: klWindows,
                                           topK: klTopK) { done, total, s in
             progress.update(done, total, seconds: s, unit: "tok", perStep: Double(seqlen))
         }
@@ -226,6 +228,8 @@ struct EvalRun: Codable {
     /// Σ layer loss per decoder layer from the quantized folder's report.json, when it has one.
     let layerLoss: [Double]?
     let seconds: Double
+    /// Mean over tasks of acc_norm where reported, else acc (QuaRot/FlatQuant).
+    let average: Double?
 
     enum CodingKeys: String, CodingKey {
         case model, method, scheme, weightBits = "w_bits", activationBits = "a_bits", kvBits = "kv_bits", limit,
@@ -251,47 +255,8 @@ struct EvalRun: Codable {
         self.klReferenceModel = klReferenceModel
         layerLoss = readLayerLoss(modelPath + "/report.json")
         self.seconds = seconds
+        average = tasks.isEmpty ? nil : tasks.map(\.headline.value).reduce(0, +) / Double(tasks.count)
     }
-
-    init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        model = try c.decode(String.self, forKey: .model)
-        method = try c.decode(String.self, forKey: .method)
-        scheme = try c.decodeIfPresent(String.self, forKey: .scheme)
-        weightBits = try c.decode(Int.self, forKey: .weightBits)
-        activationBits = try c.decode(Int.self, forKey: .activationBits)
-        kvBits = try c.decode(Int.self, forKey: .kvBits)
-        limit = try c.decodeIfPresent(Int.self, forKey: .limit)
-        maxLength = try c.decode(Int.self, forKey: .maxLength)
-        tasks = try c.decode([TaskResult].self, forKey: .tasks)
-        wikitext2 = try c.decodeIfPresent(PerplexityResult.self, forKey: .wikitext2)
-        kl = try c.decodeIfPresent(KLDivergenceResult.self, forKey: .kl)
-        klReferenceModel = try c.decodeIfPresent(String.self, forKey: .klReferenceModel)
-        layerLoss = try c.decodeIfPresent([Double].self, forKey: .layerLoss)
-        seconds = try c.decode(Double.self, forKey: .seconds)
-    }
-
-    func encode(to encoder: Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(model, forKey: .model)
-        try c.encode(method, forKey: .method)
-        try c.encodeIfPresent(scheme, forKey: .scheme)
-        try c.encode(weightBits, forKey: .weightBits)
-        try c.encode(activationBits, forKey: .activationBits)
-        try c.encode(kvBits, forKey: .kvBits)
-        try c.encodeIfPresent(limit, forKey: .limit)
-        try c.encode(maxLength, forKey: .maxLength)
-        try c.encode(tasks, forKey: .tasks)
-        try c.encodeIfPresent(wikitext2, forKey: .wikitext2)
-        try c.encodeIfPresent(kl, forKey: .kl)
-        try c.encodeIfPresent(klReferenceModel, forKey: .klReferenceModel)
-        try c.encodeIfPresent(layerLoss, forKey: .layerLoss)
-        try c.encode(seconds, forKey: .seconds)
-        try c.encodeIfPresent(average, forKey: .average)
-    }
-
-    /// Mean over tasks of acc_norm where reported, else acc (QuaRot/FlatQuant).
-    var average: Double? { tasks.isEmpty ? nil : tasks.map(\.headline.value).reduce(0, +) / Double(tasks.count) }
 
     var bits: String { "\(weightBits)-\(activationBits)-\(kvBits)" }
 
