@@ -180,6 +180,9 @@ struct Eval: ParsableCommand {
         let path = klCache ?? defaultCacheFolder() + "/kl-\(String(fnv1aString(key), radix: 16)).bin"
         if FileManager.default.fileExists(atPath: path) {
             let ref = try KLReference(contentsOf: path)
+            guard ref.seqlen == seqlen, ref.windows == klWindows else {
+                throw ValidationError("\(path) holds \(ref.windows) windows × \(ref.seqlen) tokens, not \(klWindows) × \(seqlen): pass matching --windows/--seqlen or another --kl-cache")
+            }
             if !output.quiet { printErr("KL reference: \(path) (cached, \(ref.windows) windows × \(ref.seqlen), top-\(ref.topK))") }
             return ref
         }
