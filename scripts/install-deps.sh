@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build CoQuant: OpenBLAS + LAPACKE (the Tensor layer's BLAS/LAPACK)
-# and pkg-config (SwiftPM finds OpenBLAS through it). Works as root with no prior `apt-get update`; uses sudo
+# and pkg-config (SwiftPM finds OpenBLAS through it), and bzip2 (HellaSwag's task data is stored compressed). Works as root with no prior `apt-get update`; uses sudo
 # otherwise. Does nothing when everything is already there.
 set -euo pipefail
 
 need=()
-for pkg in libopenblas-dev liblapacke-dev pkg-config; do
+for pkg in libopenblas-dev liblapacke-dev pkg-config bzip2; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [[ ${#need[@]} -eq 0 ]]; then
-    echo "install-deps: OpenBLAS, LAPACKE and pkg-config are installed" >&2
+    echo "install-deps: OpenBLAS, LAPACKE, pkg-config and bzip2 are installed" >&2
     exit 0
 fi
 
