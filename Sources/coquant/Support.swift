@@ -43,11 +43,17 @@ func printJSON<T: Encodable>(_ value: T) throws {
     print(String(decoding: try e.encode(value), as: UTF8.self))
 }
 
-/// Finds the project's `data/` folder: `--data`, then `$COQUANT_DATA`, then `./data`, then next to the
-/// executable's build folder (`.build/<config>/coquant` → `data/`).
+/// Finds the project's `data/` folder: `--data` alone when given (a mistyped folder must not silently fall back to
+/// other files), else `$COQUANT_DATA`, then `./data`, then next to the executable's build folder
+/// (`.build/<config>/coquant` → `data/`).
 func locateData(_ explicit: String?, _ relative: String) throws -> String {
+    if let explicit {
+        guard FileManager.default.fileExists(atPath: explicit + "/" + relative) else {
+            throw ValidationError("--data \(explicit): no file \(relative) there")
+        }
+        return explicit + "/" + relative
+    }
     var candidates: [String] = []
-    if let explicit { candidates.append(explicit) }
     if let env = ProcessInfo.processInfo.environment["COQUANT_DATA"] { candidates.append(env) }
     candidates.append(FileManager.default.currentDirectoryPath + "/data")
     let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()

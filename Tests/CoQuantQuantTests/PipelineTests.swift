@@ -26,7 +26,7 @@ final class PipelineTests: XCTestCase {
         let calib = try LayerwiseCalibration(model: model, windows: windows)
         let siteOf = ["self_attn.q_proj": HookSite.attentionInput, "self_attn.o_proj": .oProjInput,
                       "mlp.gate_proj": .mlpInput, "mlp.down_proj": .downProjInput]
-        for l in 0..<model.config.numHiddenLayers {
+        for _ in 0..<model.config.numHiddenLayers {
             let reports = try calib.quantizeNextLayer { layer, name, W, H in
                 if let site = siteOf[name] {
                     let want = seen["\(layer).\(site)"]!
