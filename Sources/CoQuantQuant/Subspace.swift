@@ -114,11 +114,20 @@ public struct SubspaceStatistics {
     }
 }
 
-/// G += Xᵀ X for the column slice [offset, offset + width) of x [rows, cols], in float64.
+/// G += Xᵀ X for the column slice [offset, offset + width) of x [rows, cols], in float64. The hooks run inside the
+/// forward pass's single-threaded-BLAS scope, so the rows are split over the cores here, one partial sum each.
 func addGram(_ G: inout Matrix<Double>, _ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int, offset: Int, width: Int) {
-    var X = Matrix<Double>(zeros: rows, width)
-    for t in 0..<rows { for j in 0..<width { X.data[t * width + j] = Double(x[t * cols + offset + j]) } }
-    syrkAccumulate(X, into: &G)
+    let workers = rows * width * width >= 1 << 22 ? min(forwardWorkers, rows) : 1
+    var partials = [Matrix<Double>](repeating: Matrix(zeros: width, width), count: workers)
+    partials.withUnsafeMutableBufferPointer { parts in
+        parallelFor(workers) { w in
+            let r0 = rows * w / workers, r1 = rows * (w + 1) / workers
+            var X = Matrix<Double>(zeros: r1 - r0, width)
+            for t in r0..<r1 { for j in 0..<width { X.data[(t - r0) * width + j] = Double(x[t * cols + offset + j]) } }
+            syrkAccumulate(X, into: &parts[w])
+        }
+    }
+    for p in partials { for i in G.data.indices { G.data[i] += p.data[i] } }
 }
 
 /// The bases of one model: eigenvectors P (ascending) and the random in-subspace rotations R. Q = P·R is what
