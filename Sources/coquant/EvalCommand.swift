@@ -92,14 +92,11 @@ struct Eval: ParsableCommand {
     func run() throws {
         let start = ContinuousClock.now
         // Read every input before any model runs, so a bad data file fails at once and nothing is written.
-        // An explicit --data is the only place looked at, so a file missing there is an error, not a silent fallback
-        // to the repository's copy.
-        func dataFile(_ relative: String) throws -> String { try data.map { $0 + "/" + relative } ?? locateData(nil, relative) }
         let taskDocs = try taskList().map { task -> (ZeroShotTask, [Doc]) in
-            let path = try dataFile(task.files[0])
+            let path = try locateData(data, task.files[0])
             return (task, try task.docs(dataDir: String(path.dropLast(task.files[0].count + 1)), limit: limit))
         }
-        let wikiText: String? = ppl || klVs != nil ? try readTextFile(try dataFile("wikitext-2-raw-v1/test.gptq_join.txt")) : nil
+        let wikiText: String? = ppl || klVs != nil ? try readTextFile(try locateData(data, "wikitext-2-raw-v1/test.gptq_join.txt")) : nil
 
         var kl: KLDivergenceResult?
         var reference: (KLReference, String)?
