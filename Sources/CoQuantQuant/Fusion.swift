@@ -50,22 +50,34 @@ func scaleColumns(_ linear: inout Linear, _ g: [Float]) {
 /// residual (q/k/v, gate/up, lm_head) take W·Q, every writer (o_proj, down_proj, with biases) takes Qᵀ·W.
 /// At full precision the model computes the same function.
 public func rotateResidual(_ model: LlamaModel, _ Q: Matrix<Double>) {
-    let c = model.config, d = c.hiddenSize
-    precondition(Q.rows == d && Q.cols == d, "residual rotation must be \(d)×\(d)")
+    let L = model.layers.count
+    rotateResidual(model, attention: Array(repeating: Q, count: L + 1), mlp: Array(repeating: Q, count: L))
+}
+
+/// Per-block bases [d, d]: layer i's attention block reads the residual in basis Qa[i] (q/k/v take W·Qa[i]) and its
+/// MLP block in Qm[i] (gate/up take W·Qm[i]); each writer produces what the next reader expects (embeddings ·Qa[0],
+/// o_proj Qm[i]ᵀ·W, down_proj Qa[i+1]ᵀ·W), and lm_head reads Qa[L]. With all bases equal this is a plain rotation of
+/// the stream; otherwise the residual itself must change basis between blocks (ResQ/CoQuant's basis_change_1/2,
+/// which their fusion adds).
+public func rotateResidual(_ model: LlamaModel, attention Qa: [Matrix<Double>], mlp Qm: [Matrix<Double>]) {
+    let c = model.config, d = c.hiddenSize, L = model.layers.count
+    precondition(Qa.count == L + 1 && Qm.count == L, "need \(L + 1) attention-input and \(L) MLP-input bases")
+    precondition((Qa + Qm).allSatisfy { $0.rows == d && $0.cols == d }, "residual rotations must be \(d)×\(d)")
     precondition(model.layers.allSatisfy { $0.inputLayernorm.allSatisfy { $0 == 1 } } && model.lmHead != nil,
                  "fuse the norms before rotating the residual stream")
-    model.embedTokens = rightMultiply(model.embedTokens, rows: c.vocabSize, Q)
-    for i in model.layers.indices {
-        let l = model.layers[i]
-        model.layers[i].selfAttn.qProj.weight = rightMultiply(l.selfAttn.qProj.weight, rows: l.selfAttn.qProj.outFeatures, Q)
-        model.layers[i].selfAttn.kProj.weight = rightMultiply(l.selfAttn.kProj.weight, rows: l.selfAttn.kProj.outFeatures, Q)
-        model.layers[i].selfAttn.vProj.weight = rightMultiply(l.selfAttn.vProj.weight, rows: l.selfAttn.vProj.outFeatures, Q)
-        model.layers[i].mlp.gateProj.weight = rightMultiply(l.mlp.gateProj.weight, rows: l.mlp.gateProj.outFeatures, Q)
-        model.layers[i].mlp.upProj.weight = rightMultiply(l.mlp.upProj.weight, rows: l.mlp.upProj.outFeatures, Q)
-        rotateOutput(&model.layers[i].selfAttn.oProj, Q)
-        rotateOutput(&model.layers[i].mlp.downProj, Q)
+    model.embedTokens = rightMultiply(model.embedTokens, rows: c.vocabSize, Qa[0])
+    for i in 0..<L {
+        var layer = model.layers[i]
+        for (names, Q) in [(LinearGroup.qkv.names, Qa[i]), (LinearGroup.gateUp.names, Qm[i])] {
+            for name in names {
+                layer[linear: name].weight = rightMultiply(layer[linear: name].weight, rows: layer[linear: name].outFeatures, Q)
+            }
+        }
+        rotateOutput(&layer.selfAttn.oProj, Qm[i])
+        rotateOutput(&layer.mlp.downProj, Qa[i + 1])
+        model.layers[i] = layer
     }
-    model.lmHead!.weight = rightMultiply(model.lmHead!.weight, rows: c.vocabSize, Q)
+    model.lmHead!.weight = rightMultiply(model.lmHead!.weight, rows: c.vocabSize, Qa[L])
 }
 
 /// Rotates each KV head's value space by its own orthogonal Q_v [hd, hd]: v_proj rows (and bias) of head h take

@@ -63,28 +63,22 @@ public func fuseSubspaceBases(_ model: LlamaModel, _ bases: SubspaceBases, cente
         keyRotations: (0..<L).map { l in (0..<KV).map { h in bases.keyRotation(l, head: h).data.map { Float($0) } } },
         high: bases.high, headHigh: bases.headHigh)
 
+    let Qa: [Matrix<Double>], Qm: [Matrix<Double>]
     switch bases.granularity {
     case .shared:
-        rotateResidual(model, bases.attentionRotation(0))
+        let Q = bases.attentionRotation(0)      // every Q_a = Q_m: a plain rotation of the stream
+        Qa = Array(repeating: Q, count: L + 1)
+        Qm = Array(repeating: Q, count: L)
     case .perLayer:
-        let Qa = (0..<L).map { bases.attentionRotation($0) } + [bases.R1]
-        model.embedTokens = rightMultiply(model.embedTokens, rows: c.vocabSize, Qa[0])
+        Qa = (0..<L).map { bases.attentionRotation($0) } + [bases.R1]      // after the last layer: basis R1
+        Qm = (0..<L).map { bases.mlpRotation($0) }
+    }
+    rotateResidual(model, attention: Qa, mlp: Qm)
+    if bases.granularity == .perLayer {
         for i in 0..<L {
-            let Qm = bases.mlpRotation(i)
-            var layer = model.layers[i]
-            for name in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"] {
-                layer[linear: name].weight = rightMultiply(layer[linear: name].weight, rows: layer[linear: name].outFeatures, Qa[i])
-            }
-            rotateOutput(&layer.selfAttn.oProj, Qm)
-            for name in ["mlp.gate_proj", "mlp.up_proj"] {
-                layer[linear: name].weight = rightMultiply(layer[linear: name].weight, rows: layer[linear: name].outFeatures, Qm)
-            }
-            rotateOutput(&layer.mlp.downProj, Qa[i + 1])
-            layer.basisChange1 = Linear(weight: matmul(Qm, transA: true, Qa[i]).data.map { Float($0) }, inFeatures: d, outFeatures: d)
-            layer.basisChange2 = Linear(weight: matmul(Qa[i + 1], transA: true, Qm).data.map { Float($0) }, inFeatures: d, outFeatures: d)
-            model.layers[i] = layer
+            model.layers[i].basisChange1 = Linear(weight: matmul(Qm[i], transA: true, Qa[i]).data.map { Float($0) }, inFeatures: d, outFeatures: d)
+            model.layers[i].basisChange2 = Linear(weight: matmul(Qa[i + 1], transA: true, Qm[i]).data.map { Float($0) }, inFeatures: d, outFeatures: d)
         }
-        model.lmHead!.weight = rightMultiply(model.lmHead!.weight, rows: c.vocabSize, bases.R1)
     }
     for i in 0..<L {
         rotateValueHeads(model, layer: i, (0..<KV).map { bases.valueRotation(i, head: $0) })
