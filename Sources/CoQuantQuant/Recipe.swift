@@ -75,6 +75,9 @@ public struct SubspaceOptions: Codable, Sendable, Equatable {
     public var highBits = 8
     /// The reference's `use_kv_wa_cov`: V and K bases weighted by o_proj's columns and the queries (off by default).
     public var kvWeightAware = false
+    /// The reference's `use_pre_fuse_lambda_compensation` (CoQuant per-layer; off by default). Optional so
+    /// reports written before it existed still decode.
+    public var preFuseLambdaCompensation: Bool?
     /// Bases file: read when it exists (no statistics pass), written after computing them otherwise.
     public var basesFile: String?
 
@@ -125,6 +128,31 @@ public struct QuantizeOptions: Codable, Sendable {
     }
 }
 
+/// The error model of the bases (SubspaceErrorModel.swift) on the statistics' token sample, before the bases are
+/// fused (the model is norm-fused, its linears still in the original basis).
+func checkOutputErrorModel(_ model: LlamaModel, _ stats: SubspaceStatistics, _ bases: SubspaceBases,
+                           options: QuantizeOptions) throws -> [OutputErrorCheck] {
+    let highBits = options.subspace?.highBits ?? 8
+    let q = try SubspaceQuantizers(activationBits: options.scheme.activationBits, kvBits: 16, highBits: highBits,
+                                   activationClipRatio: Float(options.activationClipRatio))
+    let low = try options.weightGrid(), high = try options.weightGrid(bits: highBits)
+    func stacked(_ linears: [Linear]) -> Matrix<Double> {
+        Matrix(rows: linears.map(\.outFeatures).reduce(0, +), cols: linears[0].inFeatures,
+               data: linears.flatMap { $0.weight.map(Double.init) })
+    }
+    var checks: [OutputErrorCheck] = []
+    for l in stats.attentionSample.indices where l < stats.mlpSample.count {
+        let a = model.layers[l].selfAttn, m = model.layers[l].mlp
+        for (input, X, W, U) in [("attention", stats.attentionSample[l], stacked([a.qProj, a.kProj, a.vProj]), bases.attentionRotation(l)),
+                                 ("mlp", stats.mlpSample[l], stacked([m.gateProj, m.upProj]), bases.mlpRotation(l))] {
+            let e = try outputErrorCheck(X: X, W: W, U: U, high: bases.high, activationLow: q.activationLow,
+                                         activationHigh: q.activationHigh, weightLow: low, weightHigh: high)
+            checks.append(OutputErrorCheck(layer: l, input: input, predicted: e.predicted, measured: e.measured))
+        }
+    }
+    return checks
+}
+
 /// Everything a quantization run produced, for the folder and the report.
 public struct QuantizationResult {
     public var packed: [String: PackedLinear] = [:]     // "model.layers.i.self_attn.q_proj" → codes and grid
@@ -137,6 +165,8 @@ public struct QuantizationResult {
     public var bases: SubspaceBases?
     public var statisticsSeconds = 0.0
     public var basesSeconds = 0.0
+    /// ResQ / CoQuant with a statistics pass: the output-error model against measurement per layer and block input.
+    public var errorChecks: [OutputErrorCheck] = []
 }
 
 /// Quantizes `model` in place: rotations (QuaRot), layer-wise weight solving on the calibration windows, and the
@@ -178,25 +208,36 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
         guard options.scheme.weightGroupSize == nil else {
             throw QuantError.invalidParameter("\(options.method.rawValue) quantizes weights per output row: drop the group size")
         }
+        let compensate = sub.preFuseLambdaCompensation ?? false
+        let preFusionNorms = compensate ? model.layers.map {
+            (attention: $0.inputLayernorm.map(Double.init), mlp: $0.postAttentionLayernorm.map(Double.init))
+        } : nil
         fuseNorms(model, centerEmbeddings: options.centerEmbeddings)
         let objective: BasisObjective = options.method == .resq ? .activation : .weightActivation
         let bases: SubspaceBases
         if let file = sub.basesFile, FileManager.default.fileExists(atPath: file) {
             bases = try SubspaceBases.read(file, config: model.config)
             let (r, rh) = try highChannels(fraction: sub.highFraction, config: model.config)
-            guard bases.objective == objective, bases.granularity == sub.granularity, bases.high == r, bases.headHigh == rh else {
-                throw SubspaceError(description: "\(file): bases are \(bases.objective.rawValue) \(bases.granularity.rawValue) with r = \(bases.high)/\(bases.headHigh), this run needs \(objective.rawValue) \(sub.granularity.rawValue) with r = \(r)/\(rh)")
+            guard bases.objective == objective, bases.granularity == sub.granularity, bases.high == r, bases.headHigh == rh,
+                  bases.preFusionCompensation == compensate else {
+                func describe(_ o: BasisObjective, _ g: BasisGranularity, _ r: Int, _ rh: Int, _ comp: Bool) -> String {
+                    "\(o.rawValue) \(g.rawValue) with r = \(r)/\(rh)\(comp ? ", pre-fusion λ compensation" : "")"
+                }
+                throw SubspaceError(description: "\(file): bases are \(describe(bases.objective, bases.granularity, bases.high, bases.headHigh, bases.preFusionCompensation)), this run needs \(describe(objective, sub.granularity, r, rh, compensate))")
             }
             result.warnings.append("bases read from \(file) (no statistics pass)")
         } else {
             var t = ContinuousClock.now
-            let stats = SubspaceStatistics.collect(model, windows: windows, withQueries: sub.kvWeightAware, progress: onStatistics)
+            let stats = SubspaceStatistics.collect(model, windows: windows, withQueries: sub.kvWeightAware,
+                                                   sampleTokens: 256, progress: onStatistics)
             result.statisticsSeconds = seconds(since: t)
             t = ContinuousClock.now
             bases = try buildBases(stats, model: model, objective: objective, granularity: sub.granularity,
-                                   highFraction: sub.highFraction, kvWeightAware: sub.kvWeightAware, seed: UInt64(options.seed))
+                                   highFraction: sub.highFraction, kvWeightAware: sub.kvWeightAware,
+                                   preFusionNorms: preFusionNorms, seed: UInt64(options.seed))
             result.basesSeconds = seconds(since: t)
             if let file = sub.basesFile { try bases.write(to: file, config: model.config) }
+            result.errorChecks = try checkOutputErrorModel(model, stats, bases, options: options)
         }
         let online = fuseSubspaceBases(model, bases, centerEmbeddings: options.centerEmbeddings, normsFused: true)
         result.warnings += online.notes

@@ -60,6 +60,28 @@ public func dampedEigenbasis(_ M: Matrix<Double>) throws -> (values: [Double], P
     return (e.values, e.vectors)
 }
 
+/// `use_pre_fuse_lambda_compensation` (COQUANT_RESQ.md §1.5): CoQuant's objective formed in pre-norm-fusion space,
+/// where x = x̂·D and W = W̄·D⁻¹ (D = diag(g), the RMSNorm weight), and its eigenvectors V mapped back to the fused
+/// space as the orthonormal Q of D·V = QR (diag R ≥ 0). QR keeps the spans of leading columns, so the low block
+/// spans D·V_L and the high block the orthogonal complement, D⁻¹·V_H.
+public func preFusionCompensatedBasis(Cx: Matrix<Double>, Cw: Matrix<Double>, normWeight g: [Double],
+                                      high r: Int, lowBits: Int = 4) throws -> Matrix<Double> {
+    precondition(g.count == Cx.rows && Cx.rows == Cw.rows)
+    // |g_j| < 1e-6 becomes ±1e-6 (sign(0) = +), as the reference guards its division.
+    let s = g.map { abs($0) < 1e-6 ? ($0 < 0 ? -1e-6 : 1e-6) : $0 }
+    var CxPhysical = Cx, CwPhysical = Cw
+    let n = Cx.rows
+    for i in 0..<n {
+        for j in 0..<n {
+            CxPhysical[i, j] *= s[i] * s[j]
+            CwPhysical[i, j] /= s[i] * s[j]
+        }
+    }
+    var V = try dampedEigenbasis(coquantObjective(Cx: CxPhysical, Cw: CwPhysical, high: r, lowBits: lowBits)).P
+    for i in 0..<n { for j in 0..<n { V[i, j] *= s[i] } }
+    return try orthogonalFactor(V)
+}
+
 /// Second moments of one calibration pass over the norm-fused full-precision model, summed in float64.
 public struct SubspaceStatistics {
     public let config: ModelConfiguration
@@ -72,6 +94,10 @@ public struct SubspaceStatistics {
     /// Σ q qᵀ of the post-RoPE queries, the g heads of a group stacked as extra samples (only for kv-weight-aware).
     public var queries: [[Matrix<Double>]]?
     public var tokens = 0
+    /// Evenly spaced tokens of the first window's attention and MLP inputs per layer, [s, d] (empty unless asked
+    /// for): the sample on which the report measures the output-error model.
+    public var attentionSample: [Matrix<Double>] = []
+    public var mlpSample: [Matrix<Double>] = []
 
     public init(config c: ModelConfiguration, withQueries: Bool) {
         config = c
@@ -85,16 +111,25 @@ public struct SubspaceStatistics {
 
     /// Runs every window through the model (which must already be norm-fused) layer by layer and accumulates.
     /// Memory: the accumulators and one window's activations.
-    public static func collect(_ model: LlamaModel, windows: [[Int]], withQueries: Bool,
+    public static func collect(_ model: LlamaModel, windows: [[Int]], withQueries: Bool, sampleTokens: Int = 0,
                                progress: (Int) -> Void = { _ in }) -> SubspaceStatistics {
         var stats = SubspaceStatistics(config: model.config, withQueries: withQueries)
+        var window = 0
+        func sample(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int) -> Matrix<Double> {
+            let s = min(sampleTokens, rows)
+            return Matrix(rows: s, cols: cols, data: (0..<s).flatMap { i in (0..<cols).map { Double(x[(i * rows / s) * cols + $0]) } })
+        }
         let saved = model.hook
         defer { model.hook = saved }
         let c = model.config, hd = c.headDim, KV = c.numKeyValueHeads, g = c.numAttentionHeads / KV
         model.hook = { l, site, x, rows, cols in
             switch site {
-            case .attentionInput: addGram(&stats.attention[l], x, rows: rows, cols: cols, offset: 0, width: cols)
-            case .mlpInput: addGram(&stats.mlp[l], x, rows: rows, cols: cols, offset: 0, width: cols)
+            case .attentionInput:
+                addGram(&stats.attention[l], x, rows: rows, cols: cols, offset: 0, width: cols)
+                if window == 0 && sampleTokens > 0 { stats.attentionSample.append(sample(x, rows: rows, cols: cols)) }
+            case .mlpInput:
+                addGram(&stats.mlp[l], x, rows: rows, cols: cols, offset: 0, width: cols)
+                if window == 0 && sampleTokens > 0 { stats.mlpSample.append(sample(x, rows: rows, cols: cols)) }
             case .values:
                 for h in 0..<KV { addGram(&stats.values[l][h], x, rows: rows, cols: cols, offset: h * hd, width: hd) }
             case .keys:
@@ -105,6 +140,7 @@ public struct SubspaceStatistics {
             }
         }
         for (i, ids) in windows.enumerated() {
+            window = i
             var x = model.embed(ids)
             for l in model.layers.indices { model.decoderLayer(l, &x, rows: ids.count, cache: nil) }
             stats.tokens += ids.count
@@ -147,6 +183,8 @@ public struct SubspaceBases: Sendable {
     /// the report's "energy captured".
     public var attentionEnergy: [Double]
     public var mlpEnergy: [Double]
+    /// Attention and MLP bases from the pre-fusion λ compensation (`use_pre_fuse_lambda_compensation`).
+    public var preFusionCompensation = false
 
     /// Q_a^(i) = P_attn^(i)·R1, Q_m^(i) = P_mlp^(i)·R1 (for `shared`, every layer's is the one basis).
     public func attentionRotation(_ l: Int) -> Matrix<Double> { attention[granularity == .shared ? 0 : l] * R1 }
@@ -171,11 +209,23 @@ public func highChannels(fraction f: Double, config c: ModelConfiguration) throw
 
 /// Builds the bases from the statistics (COQUANT_RESQ.md §1.4, §2.6). `model` must be norm-fused (C_w uses the
 /// fused weights W̄ = W·diag(g)). R1, R2 are drawn from `seed` in the reference's order (R1_1, R1_2, R2_1, R2_2).
+///
+/// `preFusionNorms` (per layer: input_layernorm and post_attention_layernorm weights before fusion) turns on the
+/// pre-fusion λ compensation of the attention and MLP bases; CoQuant per-layer only, as in the reference.
 public func buildBases(_ stats: SubspaceStatistics, model: LlamaModel, objective: BasisObjective,
                        granularity: BasisGranularity, highFraction: Double, kvWeightAware: Bool,
+                       preFusionNorms: [(attention: [Double], mlp: [Double])]? = nil,
                        seed: UInt64) throws -> SubspaceBases {
     let c = model.config, d = c.hiddenSize, hd = c.headDim, L = c.numHiddenLayers, KV = c.numKeyValueHeads
     let (r, rh) = try highChannels(fraction: highFraction, config: c)
+    if preFusionNorms != nil {
+        guard objective == .weightActivation, granularity == .perLayer else {
+            throw SubspaceError(description: "the pre-fusion λ compensation applies to CoQuant's per-layer bases only (method coquant, granularity per-layer)")
+        }
+        guard preFusionNorms!.count == L, preFusionNorms!.allSatisfy({ $0.attention.count == d && $0.mlp.count == d }) else {
+            throw SubspaceError(description: "pre-fusion norm weights: need \(L) layers of two [\(d)] vectors")
+        }
+    }
     guard stats.tokens >= d else {
         throw SubspaceError(description: "the statistics saw \(stats.tokens) calibration tokens, fewer than the hidden size \(d): C_x would be rank-deficient")
     }
@@ -205,8 +255,14 @@ public func buildBases(_ stats: SubspaceStatistics, model: LlamaModel, objective
         for l in 0..<L {
             let a = model.layers[l].selfAttn, m = model.layers[l].mlp
             let Ca = scaled(stats.attention[l], 1 / N), Cm = scaled(stats.mlp[l], 1 / N)
-            let Pa = try dampedEigenbasis(objectiveMatrix(Ca, [a.qProj, a.kProj, a.vProj])).P
-            let Pm = try dampedEigenbasis(objectiveMatrix(Cm, [m.gateProj, m.upProj])).P
+            let Pa: Matrix<Double>, Pm: Matrix<Double>
+            if let g = preFusionNorms?[l] {
+                Pa = try preFusionCompensatedBasis(Cx: Ca, Cw: gram([a.qProj, a.kProj, a.vProj]), normWeight: g.attention, high: r)
+                Pm = try preFusionCompensatedBasis(Cx: Cm, Cw: gram([m.gateProj, m.upProj]), normWeight: g.mlp, high: r)
+            } else {
+                Pa = try dampedEigenbasis(objectiveMatrix(Ca, [a.qProj, a.kProj, a.vProj])).P
+                Pm = try dampedEigenbasis(objectiveMatrix(Cm, [m.gateProj, m.upProj])).P
+            }
             attention.append(Pa); mlp.append(Pm)
             attentionEnergy.append(topEnergy(Pa, Ca, r)); mlpEnergy.append(topEnergy(Pm, Cm, r))
         }
@@ -272,7 +328,8 @@ public func buildBases(_ stats: SubspaceStatistics, model: LlamaModel, objective
     let R2 = blockDiagonal(randomOrthogonalMatrix(hd - rh, generator: &rng), randomOrthogonalMatrix(rh, generator: &rng))
     return SubspaceBases(objective: objective, granularity: granularity, high: r, headHigh: rh, attention: attention,
                          mlp: mlp, values: values, keys: keys, R1: R1, R2: R2,
-                         attentionEnergy: attentionEnergy, mlpEnergy: mlpEnergy)
+                         attentionEnergy: attentionEnergy, mlpEnergy: mlpEnergy,
+                         preFusionCompensation: preFusionNorms != nil)
 }
 
 func blockDiagonal(_ A: Matrix<Double>, _ B: Matrix<Double>) -> Matrix<Double> {
@@ -295,6 +352,7 @@ extension SubspaceBases {
         var w = SafeTensorsWriter()
         w.metadata = ["format": "coquant-bases-v1", "objective": objective.rawValue, "granularity": granularity.rawValue,
                       "high": "\(high)", "head_high": "\(headHigh)",
+                      "pre_fuse_lambda_compensation": preFusionCompensation ? "1" : "0",
                       "attention_energy": attentionEnergy.map { "\($0)" }.joined(separator: ","),
                       "mlp_energy": mlpEnergy.map { "\($0)" }.joined(separator: ",")]
         for (l, P) in attention.enumerated() { w.add("layer.\(l).self_attn", P.data, shape: [d, d]) }
@@ -339,6 +397,7 @@ extension SubspaceBases {
             keys: try (0..<L).map { try heads("layer.\($0).self_attn.key_pos") },
             R1: Matrix(rows: d, cols: d, data: try tensor("R1", [d, d])),
             R2: Matrix(rows: hd, cols: hd, data: try tensor("R2", [hd, hd])),
-            attentionEnergy: energies("attention_energy"), mlpEnergy: energies("mlp_energy"))
+            attentionEnergy: energies("attention_energy"), mlpEnergy: energies("mlp_energy"),
+            preFusionCompensation: m["pre_fuse_lambda_compensation"] == "1")
     }
 }

@@ -93,6 +93,9 @@ struct Quantize: ParsableCommand {
     @Flag(name: [.customLong("kv-weight-aware"), .customLong("use_kv_wa_cov")], help: "resq/coquant: weight-aware value/key bases (the reference's use_kv_wa_cov; off there by default).")
     var kvWeightAware = false
 
+    @Flag(name: [.customLong("pre-fuse-lambda-compensation"), .customLong("use_pre_fuse_lambda_compensation")], help: "coquant per-layer: form the objective before norm fusion and map the basis back by QR (the reference's use_pre_fuse_lambda_compensation; off there by default).")
+    var preFuseLambdaCompensation = false
+
     @Option(help: "resq/coquant: bases file (float64 safetensors). Read if it exists, skipping the statistics pass; written otherwise, so a second run with another solver reuses the bases and rotations.")
     var bases: String?
 
@@ -150,6 +153,12 @@ struct Quantize: ParsableCommand {
             sub.highFraction = highFraction
             sub.highBits = highBits
             sub.kvWeightAware = kvWeightAware
+            if preFuseLambdaCompensation {
+                guard m == .coquant, g == .perLayer else {
+                    throw ValidationError("--pre-fuse-lambda-compensation needs --method coquant --granularity per-layer (the reference applies it to wa_cov per-layer bases only)")
+                }
+                sub.preFuseLambdaCompensation = true
+            }
             sub.basesFile = bases
             o.subspace = sub
         }
@@ -216,6 +225,13 @@ struct Quantize: ParsableCommand {
             printErr(String(format: "%@ bases (%@): r = %d of %d channels, %d of %d per head; statistics %.1f s, eigendecompositions %.1f s",
                             opts.method.rawValue, bases.granularity.rawValue, bases.high, c.hiddenSize, bases.headHigh, c.headDim,
                             result.statisticsSeconds, result.basesSeconds))
+            let checks = result.errorChecks
+            if checks.count > 1 {
+                printErr(String(format: "output-error model vs measured (RTN weights, %d block inputs): mean predicted %.4g, measured %.4g, rank correlation %.3f",
+                                checks.count, checks.map(\.predicted).reduce(0, +) / Double(checks.count),
+                                checks.map(\.measured).reduce(0, +) / Double(checks.count),
+                                rankCorrelation(checks.map(\.predicted), checks.map(\.measured))))
+            }
         }
         for w in result.warnings where !output.quiet { printErr("warning: " + w) }
         try installFakeQuantization(m, scheme: opts.scheme, options: opts, subspace: result.subspace)
@@ -226,7 +242,8 @@ struct Quantize: ParsableCommand {
                                     subspace: result.bases.map { b in
                                         SubspaceReport(high: b.high, headHigh: b.headHigh, statisticsSeconds: result.statisticsSeconds,
                                                        basesSeconds: result.basesSeconds, attentionEnergy: b.attentionEnergy,
-                                                       mlpEnergy: b.mlpEnergy)
+                                                       mlpEnergy: b.mlpEnergy,
+                                                       errorModel: result.errorChecks.isEmpty ? nil : result.errorChecks)
                                     })
         try report.write(to: out)
         store.remove()
@@ -266,6 +283,20 @@ struct QuantizeReport: Codable {
             md += "| layer | attention input | MLP input |\n|---:|---:|---:|\n"
             for (l, (a, m)) in zip(s.attentionEnergy, s.mlpEnergy).enumerated() { md += String(format: "| %d | %.4f | %.4f |\n", l, a, m) }
             md += "\n"
+            if let checks = s.errorModel, checks.count > 1 {
+                md += "Output-error model (COQUANT_RESQ.md §1.3) against measurement: relative error ‖XWᵀ − Q(XU)Q(WU)ᵀ‖²/‖XWᵀ‖² of each "
+                md += "block input and its q/k/v or gate/up weights, on 256 tokens of the first calibration window, activations on "
+                md += "the run's quantizers and weights rounded to nearest on the mixed grids (no GPTQ). "
+                md += String(format: "Spearman rank correlation of predicted and measured over the %d inputs: %.3f.\n\n",
+                             checks.count, rankCorrelation(checks.map(\.predicted), checks.map(\.measured)))
+                md += "| layer | input | predicted | measured | measured / predicted |\n|---:|---|---:|---:|---:|\n"
+                for e in checks {
+                    md += String(format: "| %d | %@ | %.4g | %.4g | %.2f |\n", e.layer, e.input, e.predicted, e.measured, e.measured / e.predicted)
+                }
+                md += "\n"
+            } else {
+                md += "Output-error model: not measured (the bases were read from a file, so no statistics pass ran).\n\n"
+            }
         }
         md += "| layer | linear | loss | seconds | damping |\n|---:|---|---:|---:|---|\n"
         for r in linears {
@@ -285,4 +316,6 @@ struct SubspaceReport: Codable {
     let basesSeconds: Double
     let attentionEnergy: [Double]
     let mlpEnergy: [Double]
+    /// Predicted vs measured relative output error per layer and block input; nil when the bases came from a file.
+    var errorModel: [OutputErrorCheck]? = nil
 }

@@ -89,10 +89,14 @@ final class QuantizedFolderTests: XCTestCase {
             if method.usesSubspace { options.subspace!.basesFile = basesFile }
             let result = try quantizeModel(loaded.model, calibration: windows, options: options)
             if method.usesSubspace {
+                // The error model was checked on every layer's two block inputs.
+                XCTAssertEqual(result.errorChecks.count, 2 * loaded.model.config.numHiddenLayers)
+                XCTAssertTrue(result.errorChecks.allSatisfy { $0.predicted > 0 && $0.measured > 0 && $0.measured.isFinite })
                 // A second run reads the saved bases, skips the statistics, and quantizes to the same weights.
                 let again = try ModelLoader.load(dir)
                 let second = try quantizeModel(again.model, calibration: windows, options: options)
                 XCTAssertTrue(second.warnings.contains { $0.hasPrefix("bases read from") })
+                XCTAssertTrue(second.errorChecks.isEmpty, "no statistics pass, no error-model sample")
                 XCTAssertEqual(again.model.layers[1].selfAttn.oProj.weight, loaded.model.layers[1].selfAttn.oProj.weight)
                 XCTAssertEqual(second.bases!.R1, result.bases!.R1)
             }
@@ -107,6 +111,20 @@ final class QuantizedFolderTests: XCTestCase {
             // And the quantization really happened: differs from the fp32 model.
             XCTAssertGreaterThan(maxAbsDiff(reloaded.model.forward(ids), try ModelLoader.load(dir).model.forward(ids)), 1e-3)
         }
+        // Bases computed with the pre-fusion λ compensation are not reused by a run without it.
+        let basesFile = out + "-compensated.safetensors"
+        defer { try? FileManager.default.removeItem(atPath: basesFile) }
+        var options = QuantizeOptions(method: .coquant, scheme: try QuantScheme(parsing: "W4A4KV4"))
+        options.seqlen = 16
+        options.nsamples = 4
+        options.subspace!.basesFile = basesFile
+        options.subspace!.preFuseLambdaCompensation = true
+        XCTAssertTrue(try quantizeModel(try ModelLoader.load(dir).model, calibration: windows, options: options).bases!.preFusionCompensation)
+        options.subspace!.preFuseLambdaCompensation = nil
+        XCTAssertThrowsError(try quantizeModel(try ModelLoader.load(dir).model, calibration: windows, options: options)) {
+            XCTAssertTrue("\($0)".contains("pre-fusion λ compensation, this run needs wa_cov per-layer"), "\($0)")
+        }
+
         let existing = NSTemporaryDirectory() + "coquant-qfolder-exists-\(getpid())"
         try FileManager.default.createDirectory(atPath: existing, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: existing) }

@@ -79,6 +79,45 @@ final class SubspaceTests: XCTestCase {
         XCTAssertGreaterThan(zip(base, a).map { abs($0 - $1) }.max()!, 1e-3, "with this W the two bases must differ")
     }
 
+    /// The pre-fusion λ compensation (§1.5): with unit norm weights it is plain CoQuant; otherwise U is orthogonal,
+    /// its low block spans D·V_L and its high block D⁻¹·V_H, V the CoQuant basis of the unfused statistics
+    /// (x = x̂·D, W = W̄·D⁻¹); a zero norm weight is guarded (±1e-6) instead of dividing by zero.
+    func testPreFusionLambdaCompensation() throws {
+        var gen = SeededGenerator(seed: 5)
+        var Xs = randomMatrix(300, 12, &gen)
+        let W = randomMatrix(20, 12, &gen)
+        for r in 0..<Xs.rows { Xs.data[r * 12 + 4] *= 5 }
+        let Cx = matmul(Xs, transA: true, Xs), Cw = matmul(W, transA: true, W)
+        let k = 3, n = 12
+        let plain = try dampedEigenbasis(coquantObjective(Cx: Cx, Cw: Cw, high: k)).P
+        let unit = try preFusionCompensatedBasis(Cx: Cx, Cw: Cw, normWeight: Array(repeating: 1, count: n), high: k)
+        assertClose(projector(unit, k), projector(plain, k), atol: 1e-10, "unit norm weights")
+
+        let increasing: [Double] = (0..<n).map { 0.3 + 0.25 * Double($0) }
+        let mixedSigns: [Double] = (0..<n).map { j -> Double in j == 7 ? 0 : (j % 2 == 0 ? 1.5 : -0.4) }
+        for g in [increasing, mixedSigns] {
+            let U = try preFusionCompensatedBasis(Cx: Cx, Cw: Cw, normWeight: g, high: k)
+            assertOrthogonal(U, "compensated basis")
+            let s = g.map { abs($0) < 1e-6 ? 1e-6 : $0 }
+            var CxPhysical = Cx, CwPhysical = Cw
+            for i in 0..<n { for j in 0..<n { CxPhysical[i, j] *= s[i] * s[j]; CwPhysical[i, j] /= s[i] * s[j] } }
+            let V = try dampedEigenbasis(coquantObjective(Cx: CxPhysical, Cw: CwPhysical, high: k)).P
+            // U_Hᵀ·(D·V_L) = 0 and U_Lᵀ·(D⁻¹·V_H) = 0, relative to the columns' norms.
+            var worst = 0.0
+            for a in 0..<n {
+                for b in 0..<n where (a >= n - k) != (b >= n - k) {
+                    let lowSide = b < n - k
+                    let column = (0..<n).map { lowSide ? s[$0] * V[$0, b] : V[$0, b] / s[$0] }
+                    let norm = column.reduce(0) { $0 + $1 * $1 }.squareRoot()
+                    worst = max(worst, abs((0..<n).reduce(0) { $0 + U[$1, a] * column[$1] }) / norm)
+                }
+            }
+            XCTAssertLessThan(worst, 1e-9, "spans of the compensated blocks, g = \(g)")
+            XCTAssertGreaterThan(zip(projector(U, k), projector(plain, k)).map { abs($0 - $1) }.max()!, 1e-3,
+                                 "non-unit norm weights change the basis")
+        }
+    }
+
     // MARK: mixed-precision weight solvers (§3.1)
 
     /// GPTQ / CDQuant / RTN with column grids: the high columns land on the 8-bit grid, the rest on the 4-bit one;
@@ -137,21 +176,13 @@ final class SubspaceTests: XCTestCase {
         let Y = matmul(X, W, transB: true)
         let normY = Y.data.reduce(0) { $0 + $1 * $1 }
 
-        func error(_ U: Matrix<Double>, high: Int) throws -> Double {
-            let XU = X * U, WU = W * U
-            var xq = XU.data.map { Float($0) }
-            let low = try ActivationQuantizer(bits: 4)
-            try xq.withUnsafeMutableBufferPointer { p in
-                try low.apply(p.baseAddress!, rows: n, cols: d - high, rowStride: d)
-                if high > 0 { try ActivationQuantizer(bits: 8).apply(p.baseAddress! + d - high, rows: n, cols: high, rowStride: d) }
-            }
-            let wGrid = try QuantGrid.weight(bits: 4, scheme: .signedSymmetric, mse: .reference)
-            let hGrid = try QuantGrid.weight(bits: 8, scheme: .signedSymmetric, mse: .reference)
-            let cg = try ColumnGrids(columns: d, high: Array((d - high)..<d), low: wGrid, highGrid: hGrid)
-            let wq = try RTN(columnGrids: cg).solve(W: WU, grid: wGrid).values
-            let Yq = matmul(Matrix(rows: n, cols: d, data: xq.map(Double.init)), wq, transB: true)
-            return zip(Yq.data, Y.data).reduce(0) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) } / normY
+        let low = try ActivationQuantizer(bits: 4), high = try ActivationQuantizer(bits: 8)
+        let wGrid = try QuantGrid.weight(bits: 4, scheme: .signedSymmetric, mse: .reference)
+        let hGrid = try QuantGrid.weight(bits: 8, scheme: .signedSymmetric, mse: .reference)
+        func check(_ U: Matrix<Double>, high r: Int) throws -> (predicted: Double, measured: Double) {
+            try outputErrorCheck(X: X, W: W, U: U, high: r, activationLow: low, activationHigh: high, weightLow: wGrid, weightHigh: hGrid)
         }
+        func error(_ U: Matrix<Double>, high r: Int) throws -> Double { try check(U, high: r).measured }
         let Cx = matmul(X, transA: true, X), Cw = matmul(W, transA: true, W)
         let resqP = try dampedEigenbasis(Cx).P
         let coquantP = try dampedEigenbasis(coquantObjective(Cx: Cx, Cw: Cw, high: r)).P
@@ -170,6 +201,35 @@ final class SubspaceTests: XCTestCase {
         XCTAssertGreaterThan(identity, 2 * random, "identity ≫ random rotation")
         XCTAssertGreaterThan(random, 3 * resq, "random rotation ≫ ResQ")
         XCTAssertGreaterThan(resq, coquant, "ResQ > CoQuant")
+
+        // The error model is blind to rotations without a subspace (traces are invariant; it has no notion of
+        // outliers), ranks random > ResQ > CoQuant as measured, and its J obeys the spec's exact identity
+        // J = γ_L·T_x·T_w − tr(U_Hᵀ M U_H) + (γ_L + γ_H)·a_H·b_H, M = γ_L·T_w·C_x + γ_L·T_x·C_w.
+        var rg = SeededGenerator(seed: 100)
+        let R = blockDiagonal(randomOrthogonalMatrix(d - r, generator: &rg), randomOrthogonalMatrix(r, generator: &rg))
+        let predicted = try [(Matrix.identity(d), 0), (randomOrthogonalMatrix(d, generator: &rg), 0), (resqP * R, r), (coquantP * R, r)]
+            .map { try check($0.0, high: $0.1).predicted }
+        XCTAssertEqual(predicted[0], predicted[1], accuracy: 1e-9 * predicted[0], "predicted: identity = random rotation")
+        XCTAssertGreaterThan(predicted[1], predicted[2], "predicted: random rotation > ResQ")
+        XCTAssertGreaterThan(predicted[2], predicted[3], "predicted: ResQ > CoQuant")
+        let U = coquantP * R
+        let XU = X * U, WU = W * U
+        func energy(_ A: Matrix<Double>, _ cols: Range<Int>) -> Double { (0..<A.rows).reduce(0) { s, i in cols.reduce(s) { $0 + A[i, $1] * A[i, $1] } } }
+        let Tx = energy(XU, 0..<d), Tw = energy(WU, 0..<d), aH = energy(XU, (d - r)..<d), bH = energy(WU, (d - r)..<d)
+        let gammaL = 2 * quantRelativeErrorCoefficient(bits: 4) / Double(d - r), gammaH = 2 * quantRelativeErrorCoefficient(bits: 8) / Double(r)
+        let M = coquantObjective(Cx: Cx, Cw: Cw, high: r)      // λx·C_x + λw·C_w with λx = γ_L·T_w, λw = γ_L·T_x
+        let MU = matmul(U, transA: true, matmul(M, U))
+        let captured = ((d - r)..<d).reduce(0) { $0 + MU[$1, $1] }
+        let J = gammaL * Tx * Tw - captured + (gammaL + gammaH) * aH * bH
+        XCTAssertEqual(predicted[3], J / normY, accuracy: 1e-9 * J / normY, "the spec's exact identity for J")
+    }
+
+    /// Spearman's rank correlation: ±1 for monotone series, average ranks for ties.
+    func testRankCorrelation() {
+        XCTAssertEqual(rankCorrelation([1, 2, 3, 4], [10, 20, 30, 400]), 1, accuracy: 1e-12)
+        XCTAssertEqual(rankCorrelation([1, 2, 3, 4], [4, 3, 2, 1]), -1, accuracy: 1e-12)
+        // ranks (0.5, 0.5, 2) vs (0, 1, 2): ρ = 0.866025
+        XCTAssertEqual(rankCorrelation([5, 5, 9], [1, 2, 3]), 0.8660254, accuracy: 1e-6)
     }
 
     // MARK: bases and fusion on models
@@ -224,6 +284,29 @@ final class SubspaceTests: XCTestCase {
         }
     }
 
+    /// CoQuant per-layer with the pre-fusion λ compensation: orthogonal bases that differ from the uncompensated
+    /// ones (the tiny models' norm weights are not 1), and the fused model still computes the original function.
+    func testTinyModelPreFusionCompensation() throws {
+        let dir = fixturesDir + "/tiny-models/a_llama_gqa_tied"
+        let reference = try ModelLoader.load(dir).model.forward(Self.ids)
+        let model = try ModelLoader.load(dir).model
+        let norms = model.layers.map { (attention: $0.inputLayernorm.map(Double.init), mlp: $0.postAttentionLayernorm.map(Double.init)) }
+        XCTAssertTrue(norms.contains { $0.attention.contains { abs($0 - 1) > 1e-3 } }, "the fixture's norm weights are not all 1")
+        fuseNorms(model, centerEmbeddings: false)
+        let stats = SubspaceStatistics.collect(model, windows: windows(4, 32, vocab: 300, seed: 1), withQueries: false)
+        let plain = try buildBases(stats, model: model, objective: .weightActivation, granularity: .perLayer,
+                                   highFraction: 0.125, kvWeightAware: false, seed: 7)
+        let bases = try buildBases(stats, model: model, objective: .weightActivation, granularity: .perLayer,
+                                   highFraction: 0.125, kvWeightAware: false, preFusionNorms: norms, seed: 7)
+        XCTAssertTrue(bases.preFusionCompensation)
+        for P in bases.attention + bases.mlp { assertOrthogonal(P, "compensated P") }
+        let r = bases.high
+        XCTAssertGreaterThan(zip(projector(bases.attention[0], r), projector(plain.attention[0], r)).map { abs($0 - $1) }.max()!, 1e-4)
+        let online = fuseSubspaceBases(model, bases, centerEmbeddings: false, normsFused: true)
+        installSubspaceHooks(model, online: online, quantizers: nil)
+        XCTAssertLessThan(maxAbsDiff(model.forward(Self.ids), reference), 1e-4)
+    }
+
     /// Mixed-precision quantizers leave the low block at 4 bits and the high block at 8: much closer to the fp
     /// function than uniform 4-bit, and the INT8 key rotation is only approximately orthogonal.
     func testTinyModelMixedPrecisionQuantizers() throws {
@@ -263,6 +346,14 @@ final class SubspaceTests: XCTestCase {
         XCTAssertThrowsError(try buildBases(short, model: model, objective: .activation, granularity: .perLayer,
                                             highFraction: 0.125, kvWeightAware: false, seed: 0)) {
             XCTAssertTrue("\($0)".contains("fewer than the hidden size"), "\($0)")
+        }
+        let d = model.config.hiddenSize
+        let norms = model.layers.map { _ in (attention: [Double](repeating: 1, count: d), mlp: [Double](repeating: 1, count: d)) }
+        for (objective, granularity) in [(BasisObjective.activation, BasisGranularity.perLayer), (.weightActivation, .shared)] {
+            XCTAssertThrowsError(try buildBases(short, model: model, objective: objective, granularity: granularity, highFraction: 0.125,
+                                                kvWeightAware: false, preFusionNorms: norms, seed: 0)) {
+                XCTAssertTrue("\($0)".contains("CoQuant's per-layer bases only"), "\($0)")
+            }
         }
     }
 
