@@ -125,10 +125,19 @@ public struct ColumnGrids: Sendable {
         let R = W.rows, C = W.cols, G = grids.count
         var scales = Matrix<Double>(zeros: R, G), zeros = Matrix<Double>(zeros: R, G)
         let members = (0..<G).map { k in (0..<C).filter { group[$0] == k } }
-        for r in 0..<R {
-            for k in 0..<G where !members[k].isEmpty {
-                let slice = members[k].map { W[r, $0] }
-                (scales[r, k], zeros[r, k]) = slice.withUnsafeBufferPointer { grids[k].parameters(of: $0) }
+        // Rows are independent, and with the MSE clip search (80 candidates, a pow per weight) this is a large
+        // share of a ResQ/CoQuant solve: split the rows over the cores.
+        let workers = R >= 2 && R * C * (grids.contains { $0.mse != nil } ? 80 : 1) >= 1 << 16 ? min(forwardWorkers, R) : 1
+        scales.data.withUnsafeMutableBufferPointer { ps in
+            zeros.data.withUnsafeMutableBufferPointer { pz in
+                parallelFor(workers) { w in
+                    for r in (R * w / workers)..<(R * (w + 1) / workers) {
+                        for k in 0..<G where !members[k].isEmpty {
+                            let slice = members[k].map { W[r, $0] }
+                            (ps[r * G + k], pz[r * G + k]) = slice.withUnsafeBufferPointer { grids[k].parameters(of: $0) }
+                        }
+                    }
+                }
             }
         }
         return (scales, zeros)
