@@ -32,6 +32,8 @@ let package = Package(
         .testTarget(name: "CoQuantModelTests", dependencies: ["CoQuantModel"]),
         .testTarget(name: "CoQuantQuantTests", dependencies: ["CoQuantQuant", "CoQuantModel", "CoQuantTensor"]),
         .testTarget(name: "CoQuantEvalTests", dependencies: ["CoQuantEval", "CoQuantModel", "CoQuantQuant", "CoQuantTensor"]),
+        // Runs the built `coquant` executable as a subprocess (found next to the test bundle), so it links no module.
+        .testTarget(name: "CoQuantCLITests"),
     ],
     // Swift 5 mode: the numeric kernels hand raw pointers to concurrentPerform, which strict Sendable checking rejects.
     swiftLanguageModes: [.v5]

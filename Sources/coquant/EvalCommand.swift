@@ -106,7 +106,7 @@ struct Eval: ParsableCommand {
 
         let loaded = try loadModel(model, quiet: output.quiet)
         if seqlen > loaded.model.config.maxPositionEmbeddings && wikiText != nil {
-            throw ValidationError("--seqlen \(seqlen) is longer than the model's context (\(loaded.model.config.maxPositionEmbeddings))")
+            throw RunError("--seqlen \(seqlen) is longer than the model's context (\(loaded.model.config.maxPositionEmbeddings))")
         }
         let scorer = LoglikelihoodScorer(model: loaded.model, tokenizer: loaded.tokenizer!, maxLength: maxLength)
         var results: [TaskResult] = []
@@ -178,7 +178,7 @@ struct Eval: ParsableCommand {
         if FileManager.default.fileExists(atPath: path) {
             let ref = try KLReference(contentsOf: path)
             guard ref.seqlen == seqlen, ref.windows == klWindows else {
-                throw ValidationError("\(path) holds \(ref.windows) windows × \(ref.seqlen) tokens, not \(klWindows) × \(seqlen): pass matching --windows/--seqlen or another --kl-cache")
+                throw RunError("\(path) holds \(ref.windows) windows × \(ref.seqlen) tokens, not \(klWindows) × \(seqlen): pass matching --windows/--seqlen or another --kl-cache")
             }
             if !output.quiet { printErr("KL reference: \(path) (cached, \(ref.windows) windows × \(ref.seqlen), top-\(ref.topK))") }
             return ref

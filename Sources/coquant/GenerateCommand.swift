@@ -50,11 +50,11 @@ struct Generate: ParsableCommand {
         let tokenizer = loaded.tokenizer!
         let text = chat ? "<|im_start|>user\n\(prompt)<|im_end|>\n<|im_start|>assistant\n" : prompt
         if chat && tokenizer.encode("<|im_start|>", addSpecialTokens: false).count != 1 {
-            throw ValidationError("--chat: this tokenizer has no <|im_start|> token (not a ChatML model)")
+            throw RunError("--chat: this tokenizer has no <|im_start|> token (not a ChatML model)")
         }
         let ids = tokenizer.encode(text)
         guard ids.count + maxTokens <= loaded.model.config.maxPositionEmbeddings else {
-            throw ValidationError("prompt (\(ids.count) tokens) + --max-tokens exceeds the context (\(loaded.model.config.maxPositionEmbeddings))")
+            throw RunError("prompt (\(ids.count) tokens) + --max-tokens exceeds the context (\(loaded.model.config.maxPositionEmbeddings))")
         }
         var printed = ""
         var out: [Int] = []

@@ -41,11 +41,11 @@ struct Perplexity: ParsableCommand {
         let loaded = try loadModel(model, quiet: output.quiet)
         let c = loaded.model.config
         if seqlen > c.maxPositionEmbeddings {
-            throw ValidationError("--seqlen \(seqlen) is longer than the model's context (\(c.maxPositionEmbeddings))")
+            throw RunError("--seqlen \(seqlen) is longer than the model's context (\(c.maxPositionEmbeddings))")
         }
         let path = try text ?? locateData(data, "wikitext-2-raw-v1/test.gptq_join.txt")
         guard let raw = FileManager.default.contents(atPath: path), let string = String(data: raw, encoding: .utf8) else {
-            throw ValidationError("\(path): cannot read as UTF-8 text")
+            throw RunError("\(path): cannot read as UTF-8 text")
         }
         let ids = loaded.tokenizer!.encode(string)
         if !output.quiet { printErr("\(path): \(ids.count) tokens, \(ids.count / seqlen) windows of \(seqlen)") }

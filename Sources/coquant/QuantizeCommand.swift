@@ -161,10 +161,22 @@ struct Quantize: ParsableCommand {
             }
             sub.basesFile = bases
             o.subspace = sub
+            // The library refuses this too, but only once the run has started and left OUT.partial/ behind.
+            if let g = s.weightGroupSize {
+                throw ValidationError("--method \(m.rawValue) quantizes weights per output row: drop the group size \(g) from --scheme \(s.name)")
+            }
         }
         guard nsamples > 0 else { throw ValidationError("--nsamples must be positive") }
         guard percdamp >= 0 else { throw ValidationError("--percdamp must be ≥ 0") }
         return o
+    }
+
+    /// Every check that needs only the command line, so a mistyped option fails before a model is loaded.
+    func validate() throws {
+        _ = try options()
+        if FileManager.default.fileExists(atPath: out) && !overwrite {
+            throw ValidationError("\(out) already exists (pass --overwrite to replace it)")
+        }
     }
 
     func run() throws {
@@ -172,21 +184,26 @@ struct Quantize: ParsableCommand {
         let loaded = try loadModel(model, quiet: output.quiet)
         let m = loaded.model, c = m.config
         if opts.seqlen > c.maxPositionEmbeddings {
-            throw ValidationError("--seqlen \(opts.seqlen) is longer than the model's context (\(c.maxPositionEmbeddings))")
+            throw RunError("--seqlen \(opts.seqlen) is longer than the model's context (\(c.maxPositionEmbeddings))")
         }
-        if FileManager.default.fileExists(atPath: out) && !overwrite {
-            throw ValidationError("\(out) already exists (pass --overwrite to replace it)")
+        // quantizeModel refuses this too, but only after OUT.partial/ exists; here nothing has been written yet.
+        if let g = opts.scheme.weightGroupSize {
+            let dimensions = [("hidden_size", c.hiddenSize), ("num_attention_heads × head_dim", c.numAttentionHeads * c.headDim),
+                              ("intermediate_size", c.intermediateSize)]
+            for (name, dim) in dimensions where dim % g != 0 {
+                throw RunError("--scheme \(opts.scheme.name)\(wGroupsize == nil ? "" : " (--w-groupsize)"): group size \(g) does not divide the model's \(name) \(dim)")
+            }
         }
         let calibPath = try calibFile ?? locateData(data, "wikitext-2-raw-v1/train.first1MB_nonempty_rows.txt")
         guard let raw = FileManager.default.contents(atPath: calibPath), let text = String(data: raw, encoding: .utf8) else {
-            throw ValidationError("\(calibPath): cannot read as UTF-8 text")
+            throw RunError("\(calibPath): cannot read as UTF-8 text")
         }
         // The reference joins the non-empty train rows with "\n\n" and tokenizes once, without BOS.
         let joined = text.split(separator: "\n", omittingEmptySubsequences: true).joined(separator: "\n\n")
         let ids = loaded.tokenizer!.encode(joined, addSpecialTokens: false)
         let windows: [[Int]]
         do { windows = try calibrationWindows(ids: ids, nsamples: opts.nsamples, seqlen: opts.seqlen, seed: opts.seed) } catch {
-            throw ValidationError("\(calibPath): \(error)")
+            throw RunError("\(calibPath): \(error)")
         }
         if !output.quiet {
             printErr("calibration: \(calibPath), \(ids.count) tokens, \(opts.nsamples) windows × \(opts.seqlen) (seed \(opts.seed)); method \(opts.method.rawValue), solver \(opts.solver.rawValue), \(opts.scheme.name)")

@@ -36,9 +36,9 @@ struct Report: ParsableCommand {
     func run() throws {
         let loaded = try runs.map { path -> (String, EvalRun) in
             let file = path.hasSuffix(".json") ? path : path + "/results.json"
-            guard let data = FileManager.default.contents(atPath: file) else { throw ValidationError("\(file): no such file (is \(path) an eval --out folder?)") }
+            guard let data = FileManager.default.contents(atPath: file) else { throw RunError("\(file): no such file (is \(path) an eval --out folder?)") }
             do { return (runName(path), try JSONDecoder().decode(EvalRun.self, from: data)) } catch {
-                throw ValidationError("\(file): not a coquant eval results.json (\(error))")
+                throw RunError("\(file): not a coquant eval results.json (\(error))")
             }
         }
         let table = comparisonTable(loaded)

@@ -34,6 +34,16 @@ func formatDuration(_ s: Double) -> String {
     return t >= 3600 ? String(format: "%dh%02dm", t / 3600, t / 60 % 60) : String(format: "%dm%02ds", t / 60, t % 60)
 }
 
+/// A command that cannot go on for a reason found while it runs (a model too short for --seqlen, a data file that
+/// is missing, a group size the model's dimensions do not allow). ArgumentParser prints a `ValidationError` thrown
+/// from `run()` with the root command's usage (`Usage: coquant <subcommand>`), which reads as if the command line
+/// could not be parsed; this error prints as `Error: <message>` alone, with exit status 1. Problems with an
+/// option's value alone belong in `validate()` as `ValidationError`s, reported with the subcommand's usage.
+struct RunError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
 func printErr(_ s: String) { FileHandle.standardError.write((s + "\n").data(using: .utf8)!) }
 
 /// Prints `value` as pretty JSON on stdout.
@@ -49,7 +59,7 @@ func printJSON<T: Encodable>(_ value: T) throws {
 func locateData(_ explicit: String?, _ relative: String) throws -> String {
     if let explicit {
         guard FileManager.default.fileExists(atPath: explicit + "/" + relative) else {
-            throw ValidationError("--data \(explicit): no file \(relative) there")
+            throw RunError("--data \(explicit): no file \(relative) there")
         }
         return explicit + "/" + relative
     }
@@ -65,7 +75,7 @@ func locateData(_ explicit: String?, _ relative: String) throws -> String {
     for dir in candidates where FileManager.default.fileExists(atPath: dir + "/" + relative) {
         return dir + "/" + relative
     }
-    throw ValidationError("cannot find data file \(relative); looked in \(candidates.joined(separator: ", ")) (pass --data DIR or set COQUANT_DATA)")
+    throw RunError("cannot find data file \(relative); looked in \(candidates.joined(separator: ", ")) (pass --data DIR or set COQUANT_DATA)")
 }
 
 func loadModel(_ path: String, quiet: Bool) throws -> LoadedModel {
