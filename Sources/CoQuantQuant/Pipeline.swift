@@ -8,7 +8,8 @@ import Foundation
 // it already quantized, and propagate the quantized layer's outputs to the next layer.
 //
 // Shapes: n windows of T tokens; residual stream X[w] [T, d]; attention context [T, H·hd]; SwiGLU product [T, F].
-// Memory: the residual of every window plus one stage's intermediate (n·T·max(d, H·hd) floats), one layer's weights.
+// Memory: the residual of every window plus one stage's intermediate (n·T·max(d, H·hd) floats, n·T·F for the
+// down_proj inputs when they fit `downProjInputBudget`), one layer's weights.
 
 /// One linear's outcome, for the report.
 public struct LinearReport: Codable, Sendable {
@@ -78,6 +79,8 @@ public final class LayerwiseCalibration {
     public private(set) var inputs: [[Float]]
     public private(set) var nextLayer = 0
     let T: Int
+    /// Bytes the down_proj inputs of all windows may take to be kept between its Hessian and the output pass.
+    public var downProjInputBudget = 4 << 30
 
     /// Captures the layer-0 inputs (the embeddings) of every window.
     public init(model: LlamaModel, windows: [[Int]]) throws {
@@ -149,14 +152,23 @@ public final class LayerwiseCalibration {
             contexts = []
             try run(.gateUp, H.H)
 
-            // down_proj reads silu(gate) ⊙ up with the quantized gate/up (recomputed rather than stored: n·T·F
-            // floats would dominate memory for the larger models).
+            // down_proj reads silu(gate) ⊙ up with the quantized gate/up. Kept for the output pass when n·T·F
+            // floats fit `downProjInputBudget` (SmolLM2 at 128 × 2048: 1.6 GB, saving a quarter of the layer's
+            // matmuls); recomputed otherwise — the same values either way, gate/up do not change in between.
             H = HessianAccumulator(columns: c.intermediateSize)
-            for x in inputs { try accumulate(&H, model.downProjInput(l, model.mlpInput(l, x, rows: T), rows: T), layer: l, "down_proj input") }
+            let keep = inputs.count * T * c.intermediateSize * MemoryLayout<Float>.size <= downProjInputBudget
+            var downInputs: [[Float]] = []
+            for x in inputs {
+                let g = model.downProjInput(l, model.mlpInput(l, x, rows: T), rows: T)
+                try accumulate(&H, g, layer: l, "down_proj input")
+                if keep { downInputs.append(g) }
+            }
             try run(.down, H.H)
 
             for w in inputs.indices {
-                model.addMLPOutput(l, &inputs[w], model.downProjInput(l, model.mlpInput(l, inputs[w], rows: T), rows: T), rows: T)
+                let g = keep ? downInputs[w] : model.downProjInput(l, model.mlpInput(l, inputs[w], rows: T), rows: T)
+                if keep { downInputs[w] = [] }
+                model.addMLPOutput(l, &inputs[w], g, rows: T)
                 guard inputs[w].allSatisfy(\.isFinite) else {
                     throw PipelineError(description: "layer \(l): output contains NaN/Inf")
                 }

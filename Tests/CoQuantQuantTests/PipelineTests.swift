@@ -63,6 +63,25 @@ final class PipelineTests: XCTestCase {
         for r in 0..<q.outFeatures { XCTAssertLessThanOrEqual(Set(q.weight[(r * q.inFeatures)..<((r + 1) * q.inFeatures)]).count, 16) }
         XCTAssertThrowsError(try LayerwiseCalibration(model: model, windows: []))
     }
+
+    /// The down_proj inputs kept between its Hessian and the output pass (the default) or recomputed (budget 0):
+    /// the same propagated inputs and the same weights, bit for bit.
+    func testKeptAndRecomputedDownProjInputsAgree() throws {
+        var results: [([[Float]], [Float])] = []
+        for budget in [0, 1 << 30] {
+            let model = try ModelLoader.load(dir).model
+            let calib = try LayerwiseCalibration(model: model, windows: windows)
+            calib.downProjInputBudget = budget
+            while calib.nextLayer < model.config.numHiddenLayers {
+                _ = try calib.quantizeNextLayer { _, _, W, H in
+                    try GPTQ().solve(W: W, H: H, grid: .weight(bits: 4, scheme: .symmetric))
+                }
+            }
+            results.append((calib.inputs, model.layers.flatMap { $0.mlp.downProj.weight + $0.selfAttn.qProj.weight }))
+        }
+        XCTAssertEqual(results[0].0, results[1].0, "propagated inputs")
+        XCTAssertEqual(results[0].1, results[1].1, "quantized weights")
+    }
 }
 
 /// A quantized folder evaluates to exactly what the in-memory quantized model computes.
