@@ -29,6 +29,42 @@ public func exp8(_ x: SIMD8<Float>) -> SIMD8<Float> {
     return p * unsafeBitCast(bits, to: SIMD8<Float>.self)
 }
 
+/// ln x for 8 lanes of positive x: x = m·2^e with m ∈ [√½, √2), then a degree-9 polynomial in m − 1 (Cephes logf
+/// coefficients); relative error ≈ 1 ulp. 0 gives ≈ −87.3 (the float minimum's log), not −∞, which is what the
+/// callers want: pow8 of 0 is then 0 to within 1e-38.
+@inline(__always)
+public func log8(_ x: SIMD8<Float>) -> SIMD8<Float> {
+    let bits = unsafeBitCast(x, to: SIMD8<Int32>.self)
+    var e = SIMD8<Float>((bits &>> 23) & 0xff &- 126)
+    var m = unsafeBitCast((bits & 0x007f_ffff) | 0x3f00_0000, to: SIMD8<Float>.self)     // [0.5, 1), x > 0
+    let small = m .< 0.707106781186547524
+    e.replace(with: e - 1, where: small)
+    m.replace(with: m + m, where: small)
+    m = m - 1
+    let z = m * m
+    var p = SIMD8<Float>(repeating: 7.0376836292e-2)
+    p = p * m - 1.1514610310e-1
+    p = p * m + 1.1676998740e-1
+    p = p * m - 1.2420140846e-1
+    p = p * m + 1.4249322787e-1
+    p = p * m - 1.6668057665e-1
+    p = p * m + 2.0000714765e-1
+    p = p * m - 2.4999993993e-1
+    p = p * m + 3.3333331174e-1
+    var y = p * m * z
+    y = y + e * -2.12194440e-4
+    y = y - z * 0.5
+    return m + y + e * 0.693359375
+}
+
+/// |x|^a for 8 lanes as e^(a·ln|x|): relative error ≈ a few ulp of float, which is the precision the reference's
+/// float32 torch computes the same powers in (GPTQ's MSE clip search, |q − w|^2.4).
+@inline(__always)
+public func powAbs8(_ x: SIMD8<Float>, _ a: Float) -> SIMD8<Float> {
+    let magnitude = unsafeBitCast(unsafeBitCast(x, to: SIMD8<UInt32>.self) & 0x7fff_ffff, to: SIMD8<Float>.self)
+    return exp8(log8(magnitude) * a)
+}
+
 /// Largest of x[0..<n].
 @inline(__always)
 public func maxElement(_ x: UnsafePointer<Float>, _ n: Int) -> Float {

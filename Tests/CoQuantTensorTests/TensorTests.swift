@@ -81,6 +81,21 @@ final class KernelTests: XCTestCase {
         XCTAssertEqual(exp8(SIMD8(repeating: 0))[0], 1)
     }
 
+    func testLog8AndPowAbs8Accuracy() {
+        for x0 in stride(from: -30.0, through: 30.0, by: 0.173) {
+            let x = SIMD8<Float>((0..<8).map { Float(exp(x0 + Double($0) * 0.0137)) })
+            let l = log8(x), p = powAbs8(-x, 2.4)
+            for i in 0..<8 {
+                XCTAssertEqual(Double(l[i]), log(Double(x[i])), accuracy: 2e-7 * max(1, abs(log(Double(x[i])))), "log(\(x[i]))")
+                let ref = pow(Double(x[i]), 2.4)
+                // e^y amplifies y's rounding: the relative error grows with |y| = |2.4·ln x|.
+                XCTAssertEqual(Double(p[i]), ref, accuracy: 4e-7 * max(1, abs(2.4 * log(Double(x[i])))) * ref, "|−\(x[i])|^2.4")
+            }
+        }
+        XCTAssertEqual(powAbs8(SIMD8(repeating: 0), 2.4)[0], 0, accuracy: 1e-37)
+        XCTAssertEqual(log8(SIMD8(repeating: 1))[0], 0)
+    }
+
     func testSoftmaxAndRMSNorm() {
         var x: [Float] = (0..<37).map { Float($0 % 7) - 2.5 }
         let ref = x.map { Double($0) }
