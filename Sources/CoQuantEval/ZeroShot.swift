@@ -364,7 +364,7 @@ func argmax(_ x: [Double]) -> Int {
 // MARK: - Metrics (lm-eval's process_results and aggregation)
 
 /// One doc's outcome, as lm-eval logs a sample.
-public struct DocResult: Codable, Sendable {
+public struct DocResult: Codable, Equatable, Sendable {
     public let docId: Int
     public let gold: Int?
     public let loglikelihoods: [Double]
@@ -481,14 +481,29 @@ public struct TaskResult: Codable, Sendable {
     }
 }
 
-/// Scores every doc of `docs`. `progress(done, total, secondsSoFar)` runs after each doc.
-public func evaluate(task: ZeroShotTask, docs: [Doc], scorer: LoglikelihoodScorer,
-                     progress: ((Int, Int, Double) -> Void)? = nil) throws -> TaskResult {
+/// Scores every doc of `docs` that `done` does not already hold. `done` is what an interrupted run of the same task
+/// finished (the first `done.count` docs, as `onDoc` reported them); a doc's result depends on that doc alone, so the
+/// resumed result equals an uninterrupted run's. `onDoc` runs after each newly scored doc, so a caller can checkpoint
+/// it (an error it throws ends the run); then `progress(done, total, secondsSoFar)`, `done` counting `done`'s docs.
+/// `seconds` in the result is this call's time only.
+public func evaluate(task: ZeroShotTask, docs: [Doc], scorer: LoglikelihoodScorer, done: [DocResult] = [],
+                     progress: ((Int, Int, Double) -> Void)? = nil,
+                     onDoc: ((DocResult) throws -> Void)? = nil) throws -> TaskResult {
     guard !docs.isEmpty else { throw EvalError("\(task.name): no docs to evaluate") }
+    guard done.count <= docs.count else {
+        throw EvalError("\(task.name): \(done.count) finished docs, but the task has only \(docs.count)")
+    }
+    // Results of another data file or --limit would mix silently into the metrics; a doc's id and number of
+    // requests catch that cheaply.
+    for (r, doc) in zip(done, docs) where r.docId != doc.id || r.loglikelihoods.count != doc.requests.count {
+        throw EvalError("\(task.name): finished result of doc \(r.docId) (\(r.loglikelihoods.count) requests) does not fit doc \(doc.id) (\(doc.requests.count) requests) of this run")
+    }
     let clock = ContinuousClock.now
-    var samples: [DocResult] = []
-    for doc in docs {
-        samples.append(DocResult(doc: doc, task: task, results: try scorer.score(doc.requests)))
+    var samples = done
+    for doc in docs.dropFirst(done.count) {
+        let sample = DocResult(doc: doc, task: task, results: try scorer.score(doc.requests))
+        try onDoc?(sample)
+        samples.append(sample)
         progress?(samples.count, docs.count, seconds(since: clock))
     }
     return TaskResult(task: task, samples: samples, seconds: seconds(since: clock))

@@ -20,9 +20,15 @@ struct Eval: ParsableCommand {
         same-top-1 rate, Δ perplexity) on the first --windows windows (default 16); FP_MODEL's top-k log-probabilities
         and the rest's mass are cached (--kl-cache, default ~/.cache/coquant/) and reused by later runs.
 
+        With --out, every scored doc is saved at once in OUT.partial/ (samples/<task>.jsonl, plus state.json with the
+        settings), and --resume continues an interrupted run after its last saved doc with the same settings; its
+        results equal an uninterrupted run's (timings apart: they count this run only). Perplexity and KL are not
+        checkpointed: a resumed run computes them again. Without a terminal, progress is logged once a minute.
+
         Examples:
           coquant eval models/SmolLM2-135M-Instruct.Q4_1.gguf --tasks piqa,arc_easy --limit 100 --out runs/fp
           coquant eval out/smollm2-rtn-w4 --tasks all --ppl --windows 16 --kl-vs models/SmolLM2-135M-Instruct.Q4_1.gguf --out runs/rtn
+          coquant eval out/smollm2-rtn-w4 --tasks all --ppl --windows 16 --kl-vs models/SmolLM2-135M-Instruct.Q4_1.gguf --out runs/rtn --resume
           coquant report runs/fp runs/rtn
         """)
 
@@ -62,8 +68,11 @@ struct Eval: ParsableCommand {
     @Option(name: [.customLong("out"), .customShort("o")], help: "Write results.json, results.md and samples/<task>.jsonl into this folder.")
     var out: String?
 
-    @Flag(help: "Replace --out if it exists.")
+    @Flag(help: "Replace --out if it exists; without --resume, also discard an interrupted run's OUT.partial/.")
     var overwrite = false
+
+    @Flag(help: "Continue an interrupted run after its last finished doc (checkpoint in OUT.partial/; same settings).")
+    var resume = false
 
     @OptionGroup var output: OutputOptions
 
@@ -87,16 +96,47 @@ struct Eval: ParsableCommand {
         if let out, FileManager.default.fileExists(atPath: out), !overwrite {
             throw ValidationError("\(out) already exists (pass --overwrite to replace it)")
         }
+        if resume {
+            guard let out else { throw ValidationError("--resume needs --out (an interrupted run's checkpoint is OUT.partial/)") }
+            if !FileManager.default.fileExists(atPath: out + ".partial") {
+                throw ValidationError("\(out).partial: no checkpoint to resume from (run without --resume first)")
+            }
+        } else if let out, FileManager.default.fileExists(atPath: out + ".partial"), !overwrite {
+            throw ValidationError("\(out).partial already exists, left by an interrupted run (pass --resume to continue it, or --overwrite to start over)")
+        }
+    }
+
+    /// Without a terminal (a background run's log), the progress line is printed this often.
+    static let progressLogInterval = Duration.seconds(60)
+
+    func makeProgress(_ label: String, resumedAt: Int = 0) -> Progress {
+        Progress(enabled: output.showProgress, label: label, logEvery: output.quiet ? nil : Self.progressLogInterval,
+                 resumedAt: resumedAt)
     }
 
     func run() throws {
         let start = ContinuousClock.now
         // Read every input before any model runs, so a bad data file fails at once and nothing is written.
+        var dataDirs: [String] = []
         let taskDocs = try taskList().map { task -> (ZeroShotTask, [Doc]) in
             let path = try locateData(data, task.files[0])
-            return (task, try task.docs(dataDir: String(path.dropLast(task.files[0].count + 1)), limit: limit))
+            dataDirs.append(String(path.dropLast(task.files[0].count + 1)))
+            return (task, try task.docs(dataDir: dataDirs.last!, limit: limit))
         }
         let wikiText: String? = ppl || klVs != nil ? try readTextFile(try locateData(data, "wikitext-2-raw-v1/test.gptq_join.txt")) : nil
+        let settings = EvalSettings(model: absolutePath(model), tasks: taskDocs.map(\.0.name), data: dataDirs.map(absolutePath),
+                                    limit: limit, maxLength: maxLength, ppl: ppl, windows: windows, seqlen: seqlen,
+                                    klVs: klVs.map(absolutePath), klTopK: klTopK)
+        let checkpoint = out.map { EvalCheckpointStore(output: $0) }
+        // A checkpoint of other settings is refused before any model is loaded.
+        var finished = Array(repeating: [DocResult](), count: taskDocs.count)
+        if resume, let checkpoint {
+            finished = try checkpoint.load(settings, tasks: settings.tasks)
+            if !output.quiet {
+                let done = zip(taskDocs, finished).map { "\($0.0.name) \($1.count)/\($0.1.count)" }
+                printErr("resuming from \(checkpoint.folder)\(done.isEmpty ? "" : ": docs done " + done.joined(separator: ", "))")
+            }
+        }
 
         var kl: KLDivergenceResult?
         var reference: (KLReference, String)?
@@ -109,12 +149,20 @@ struct Eval: ParsableCommand {
             throw RunError("--seqlen \(seqlen) is longer than the model's context (\(loaded.model.config.maxPositionEmbeddings))")
         }
         let scorer = LoglikelihoodScorer(model: loaded.model, tokenizer: loaded.tokenizer!, maxLength: maxLength)
+        // Started only now, so that a model or option the run cannot use leaves nothing to resume.
+        if !resume { try checkpoint?.start(settings) }
         var results: [TaskResult] = []
-        for (task, docs) in taskDocs {
-            let progress = Progress(enabled: output.showProgress, label: task.name)
-            let r = try evaluate(task: task, docs: docs, scorer: scorer) { done, total, s in
-                progress.update(done, total, seconds: s, unit: "doc", perStep: 1)
-            }
+        for ((task, docs), done) in zip(taskDocs, finished) {
+            let progress = makeProgress(task.name, resumedAt: done.count)
+            // A finished task needs no file: evaluate scores nothing and calls no onDoc.
+            let samples = try checkpoint.flatMap { done.count < docs.count ? try $0.samplesWriter(task: task.name, done: done) : nil }
+            let r = try evaluate(task: task, docs: docs, scorer: scorer, done: done, progress: { n, total, s in
+                progress.update(n, total, seconds: s, unit: "doc", perStep: 1)
+            }, onDoc: { sample in
+                // One write per line (FileHandle does not buffer): a kill leaves at most this line cut short.
+                try samples?.write(contentsOf: try sampleLines([sample]))
+            })
+            try samples?.close()
             if !output.quiet { printErr(r.summary) }
             results.append(r)
         }
@@ -123,14 +171,14 @@ struct Eval: ParsableCommand {
         if let wikiText {
             let ids = loaded.tokenizer!.encode(wikiText)
             if ppl {
-                let progress = Progress(enabled: output.showProgress, label: "ppl window")
+                let progress = makeProgress("ppl window")
                 perplexityResult = try perplexity(model: loaded.model, ids: ids, seqlen: seqlen, windows: windows) { done, total, s in
                     progress.update(done, total, seconds: s, unit: "tok", perStep: Double(seqlen))
                 }
                 if !output.quiet { printErr(perplexityResult!.summary) }
             }
             if let (ref, _) = reference {
-                let progress = Progress(enabled: output.showProgress, label: "KL window")
+                let progress = makeProgress("KL window")
                 kl = try klDivergence(model: loaded.model, reference: ref, ids: ids) { done, total, s in
                     progress.update(done, total, seconds: s, unit: "tok", perStep: Double(seqlen))
                 }
@@ -146,15 +194,13 @@ struct Eval: ParsableCommand {
                 try run.markdown.write(toFile: dir + "/results.md", atomically: false, encoding: .utf8)
                 if !results.isEmpty {
                     try FileManager.default.createDirectory(atPath: dir + "/samples", withIntermediateDirectories: true)
-                    let e = JSONEncoder()
-                    e.outputFormatting = [.sortedKeys]
                     for r in results {
-                        var lines = Data()
-                        for s in r.samples { lines.append(try e.encode(s)); lines.append(0x0A) }
-                        try lines.write(to: URL(fileURLWithPath: dir + "/samples/\(r.task).jsonl"))
+                        try sampleLines(r.samples).write(to: URL(fileURLWithPath: dir + "/samples/\(r.task).jsonl"))
                     }
                 }
             }
+            // Only once OUT is complete: a run that fails before keeps its checkpoint for --resume.
+            checkpoint?.remove()
             if !output.quiet { printErr("wrote \(out)/results.json, results.md\(results.isEmpty ? "" : ", samples/")") }
         }
         if output.json {
@@ -185,7 +231,7 @@ struct Eval: ParsableCommand {
         }
         let fp = try loadModel(fpPath, quiet: output.quiet)
         let ids = fp.tokenizer!.encode(text)
-        let progress = Progress(enabled: output.showProgress, label: "KL reference window")
+        let progress = makeProgress("KL reference window")
         let ref = try KLReference.compute(model: fp.model, ids: ids, seqlen: seqlen, windows: klWindows,
                                           topK: klTopK) { done, total, s in
             progress.update(done, total, seconds: s, unit: "tok", perStep: Double(seqlen))
@@ -195,6 +241,9 @@ struct Eval: ParsableCommand {
         return ref
     }
 }
+
+/// `path` made absolute (from the current folder) with symlinks resolved.
+func absolutePath(_ path: String) -> String { URL(fileURLWithPath: path).resolvingSymlinksInPath().path }
 
 func defaultCacheFolder() -> String {
     let env = ProcessInfo.processInfo.environment

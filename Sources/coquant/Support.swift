@@ -14,18 +14,37 @@ struct OutputOptions: ParsableArguments {
     var showProgress: Bool { !quiet && isatty(2) == 1 }
 }
 
-/// One-line progress on stderr, redrawn in place: `label i/N, rate, ETA`.
-struct Progress {
+/// Progress on stderr as `label i/N, rate, ETA`: on a terminal (`enabled`) one line redrawn in place; otherwise
+/// (a background run's log) nothing, or with `logEvery` that line at most that often, so a log of a run that takes
+/// hours shows it is alive and when it should end.
+final class Progress {
     let enabled: Bool
     let label: String
+    let logEvery: Duration?
+    /// Steps a resumed run found done: counted in i/N, left out of the rate and the ETA, which this run measures.
+    let resumedAt: Int
+    private var lastLogged = ContinuousClock.now
 
+    init(enabled: Bool, label: String, logEvery: Duration? = nil, resumedAt: Int = 0) {
+        self.enabled = enabled
+        self.label = label
+        self.logEvery = logEvery
+        self.resumedAt = resumedAt
+    }
+
+    /// `seconds`: time since this run started its first step.
     func update(_ done: Int, _ total: Int, seconds: Double, unit: String, perStep: Double) {
-        guard enabled else { return }
-        let rate = Double(done) * perStep / max(seconds, 1e-9)
-        let eta = seconds / Double(done) * Double(total - done)
-        let line = String(format: "\r%@ %d/%d  %.1f %@/s  ETA %@   ", label, done, total, rate, unit, formatDuration(eta))
-        FileHandle.standardError.write(line.data(using: .utf8)!)
-        if done == total { FileHandle.standardError.write("\n".data(using: .utf8)!) }
+        let fresh = done - resumedAt
+        let rate = Double(fresh) * perStep / max(seconds, 1e-9)
+        let eta = fresh > 0 ? formatDuration(seconds / Double(fresh) * Double(total - done)) : "?"
+        let line = String(format: "%@ %d/%d  %.1f %@/s  ETA %@", label, done, total, rate, unit, eta)
+        if enabled {
+            FileHandle.standardError.write("\r\(line)   ".data(using: .utf8)!)
+            if done == total { FileHandle.standardError.write("\n".data(using: .utf8)!) }
+        } else if let logEvery, ContinuousClock.now - lastLogged >= logEvery, done < total {
+            printErr(line)
+            lastLogged = .now
+        }
     }
 }
 

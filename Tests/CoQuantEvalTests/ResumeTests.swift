@@ -1,0 +1,98 @@
+import CoQuantModel
+import Foundation
+import XCTest
+@testable import CoQuantEval
+
+/// `evaluate(…, done:)` as `coquant eval --resume` uses it: a task interrupted after some docs and resumed from
+/// their saved results ends exactly as an uninterrupted run, on the tiny fixture model.
+final class ResumeEvaluationTests: XCTestCase {
+    struct Interrupt: Error {}
+
+    /// `tiny-models/a_llama_gqa_tied` (vocab 300) with a byte-level tokenizer of 256 byte tokens and no merges, so
+    /// every id it produces is a row of the embedding.
+    static let scorer = Result { () throws -> LoglikelihoodScorer in
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("coquant-resume-tokenizer-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        // GPT-2's byte → printable character map: printable bytes stand for themselves, the others get 256, 257, ….
+        let printable = Set(Array(33...126) + Array(161...172) + Array(174...255))
+        var next = 256, vocab: [String: Int] = [:]
+        for b in 0..<256 {
+            let scalar = printable.contains(b) ? b : next
+            if !printable.contains(b) { next += 1 }
+            vocab[String(Character(Unicode.Scalar(UInt32(scalar))!))] = b
+        }
+        let byteLevel: [String: Any] = ["type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true]
+        let json: [String: Any] = [
+            "version": "1.0", "added_tokens": [], "normalizer": NSNull(), "pre_tokenizer": byteLevel,
+            "post_processor": NSNull(), "decoder": byteLevel,
+            "model": ["type": "BPE", "dropout": NSNull(), "unk_token": NSNull(), "continuing_subword_prefix": "",
+                      "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                      "vocab": vocab, "merges": []] as [String: Any],
+        ]
+        try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: folder + "/tokenizer.json"))
+        let model = try ModelLoader.load(packageRoot + "/Tests/Fixtures/tiny-models/a_llama_gqa_tied").model
+        return LoglikelihoodScorer(model: model, tokenizer: try Tokenizer(tokenizerJSON: folder + "/tokenizer.json"))
+    }
+
+    /// For a multiple-choice task with acc_norm (arc_easy) and LAMBADA (acc from is_greedy, perplexity): interrupted
+    /// after 4 of 10 docs, the saved results round-tripped through the samples JSON, resumed: the same per-doc
+    /// results and metrics, bit for bit, and only the missing docs scored.
+    func testResumedTaskEqualsUninterruptedRun() throws {
+        let scorer = try Self.scorer.get()
+        for name in ["arc_easy", "lambada_openai"] {
+            let task = try ZeroShotTask.named(name)
+            let docs = try task.docs(dataDir: packageRoot + "/data", limit: 10)
+            var reported: [Int] = []
+            let full = try evaluate(task: task, docs: docs, scorer: scorer, onDoc: { reported.append($0.docId) })
+            XCTAssertEqual(reported, Array(0..<10), name)
+
+            var saved: [DocResult] = []
+            XCTAssertThrowsError(try evaluate(task: task, docs: docs, scorer: scorer, onDoc: { sample in
+                if saved.count == 4 { throw Interrupt() }
+                saved.append(sample)
+            }), name) { XCTAssertTrue($0 is Interrupt, "\($0)") }
+            let restored = try saved.map { try JSONDecoder().decode(DocResult.self, from: JSONEncoder().encode($0)) }
+            XCTAssertEqual(restored, Array(full.samples.prefix(4)), "\(name): the JSON round trip is exact")
+
+            var progress: [Int] = []
+            reported = []
+            let resumed = try evaluate(task: task, docs: docs, scorer: scorer, done: restored,
+                                       progress: { n, total, _ in progress.append(n); XCTAssertEqual(total, 10) },
+                                       onDoc: { reported.append($0.docId) })
+            XCTAssertEqual(reported, Array(4..<10), "\(name): only the missing docs are scored")
+            XCTAssertEqual(progress, Array(5...10), "\(name): progress counts the resumed docs")
+            XCTAssertEqual(resumed.samples.map(\.loglikelihoods), full.samples.map(\.loglikelihoods), name)
+            XCTAssertEqual(resumed.samples, full.samples, name)
+            for (metric, a, b) in [("acc", resumed.acc, full.acc), ("acc_norm", resumed.accNorm, full.accNorm),
+                                   ("perplexity", resumed.perplexity, full.perplexity)] {
+                XCTAssertEqual(a?.value, b?.value, "\(name) \(metric)")
+                XCTAssertEqual(a?.stderr, b?.stderr, "\(name) \(metric) stderr")
+            }
+            XCTAssertEqual(resumed.docs, 10)
+            XCTAssertEqual(resumed.requests, full.requests)
+            XCTAssertEqual(resumed.truncatedRequests, full.truncatedRequests)
+            print("\(name): resumed after 4 of 10 docs: log-likelihoods of \(resumed.requests) requests identical; acc "
+                  + "\(resumed.acc.value), acc_norm \(resumed.accNorm?.value ?? .nan), perplexity \(resumed.perplexity?.value ?? .nan) as uninterrupted")
+
+            // A finished task is not scored again.
+            let again = try evaluate(task: task, docs: docs, scorer: scorer, done: full.samples,
+                                     onDoc: { _ in XCTFail("\(name): a finished doc was scored again") })
+            XCTAssertEqual(again.samples, full.samples)
+        }
+    }
+
+    /// Saved results that are not the first docs of this run (another --limit or data file) are refused.
+    func testDoneMustBeTheFirstDocs() throws {
+        let scorer = try Self.scorer.get()
+        let task = try ZeroShotTask.named("arc_easy")
+        let docs = try task.docs(dataDir: packageRoot + "/data", limit: 3)
+        let full = try evaluate(task: task, docs: docs, scorer: scorer)
+        XCTAssertThrowsError(try evaluate(task: task, docs: docs, scorer: scorer, done: Array(full.samples[1...]))) {
+            XCTAssertTrue("\($0)".contains("doc 1"), "\($0)")
+        }
+        XCTAssertThrowsError(try evaluate(task: task, docs: Array(docs.prefix(2)), scorer: scorer, done: full.samples)) {
+            XCTAssertTrue("\($0)".contains("3 finished docs"), "\($0)")
+        }
+    }
+}
