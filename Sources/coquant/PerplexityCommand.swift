@@ -49,7 +49,7 @@ struct Perplexity: ParsableCommand {
         }
         let ids = loaded.tokenizer!.encode(string)
         if !output.quiet { printErr("\(path): \(ids.count) tokens, \(ids.count / seqlen) windows of \(seqlen)") }
-        let progress = Progress(enabled: output.showProgress, label: "window")
+        let progress = Progress(enabled: output.showProgress, label: "window", logEvery: output.quiet ? nil : Eval.progressLogInterval)
         let result = try CoQuantEval.perplexity(model: loaded.model, ids: ids, seqlen: seqlen, windows: windows) { done, total, s in
             progress.update(done, total, seconds: s, unit: "tok", perStep: Double(seqlen))
         }

@@ -212,7 +212,7 @@ struct Quantize: ParsableCommand {
             _ = try highChannels(fraction: sub.highFraction, config: c)      // zero high channels: refuse before any work
         }
         let progress = Progress(enabled: output.showProgress, label: "layer")
-        let statsProgress = Progress(enabled: output.showProgress, label: "statistics window")
+        let statsProgress = Progress(enabled: output.showProgress, label: "statistics window", logEvery: output.quiet ? nil : Eval.progressLogInterval)
         let start = ContinuousClock.now
         let store = LayerCheckpointStore(output: out, options: opts)
         var finished: [FinishedLayer] = []
