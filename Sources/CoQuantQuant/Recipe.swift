@@ -135,7 +135,11 @@ func checkOutputErrorModel(_ model: LlamaModel, _ stats: SubspaceStatistics, _ b
     let highBits = options.subspace?.highBits ?? 8
     let q = try SubspaceQuantizers(activationBits: options.scheme.activationBits, kvBits: 16, highBits: highBits,
                                    activationClipRatio: Float(options.activationClipRatio))
-    let low = try options.weightGrid(), high = try options.weightGrid(bits: highBits)
+    // The model's β² = 1/(2^(N−1) − 1)² is that of a plain max-range grid, so the check rounds on one (no MSE clip
+    // search, whatever the run uses: that search over 80 ranges per row would cost more than the check is worth).
+    var plain = options
+    plain.weightClip = false
+    let low = try plain.weightGrid(), high = try plain.weightGrid(bits: highBits)
     func stacked(_ linears: [Linear]) -> Matrix<Double> {
         Matrix(rows: linears.map(\.outFeatures).reduce(0, +), cols: linears[0].inFeatures,
                data: linears.flatMap { $0.weight.map(Double.init) })

@@ -11,7 +11,7 @@ import CoQuantTensor
 //                 weight bit widths of block k (the reference takes both from one N_k),
 //                 a_k = tr(U_kᵀ XᵀX U_k),  b_k = tr(U_kᵀ WᵀW U_k)
 //   measured    = ‖X Wᵀ − Q(X U)·Q(W U)ᵀ‖²,  Q(XU) the run's per-token activation quantizers (4/8-bit blocks),
-//                 Q(WU) round-to-nearest on the run's per-channel mixed grids (the model's assumption: no GPTQ)
+//                 Q(WU) round-to-nearest on per-channel max-range mixed grids (the model's assumption: no GPTQ)
 //
 // Both are divided by ‖X Wᵀ‖² = tr(XᵀX·WᵀW). The model is a first-order proxy with isotropic noise, so its
 // absolute level need not match; what it must get right is which layers and inputs hurt most — the report gives

@@ -6,7 +6,7 @@ import Foundation
 
 /// e^x for 8 lanes: Cody–Waite range reduction to r ∈ [−ln2/2, ln2/2] and a degree-6 polynomial (Cephes expf
 /// coefficients); relative error ≈ 2 ulp over the float range, exact 0 below −87.3.
-@inline(__always)
+@inlinable @inline(__always)
 public func exp8(_ x: SIMD8<Float>) -> SIMD8<Float> {
     // Clamp with compare + blend: the generic pointwiseMin/Max are not inlined and cost as much as the polynomial.
     var x = x
@@ -32,7 +32,7 @@ public func exp8(_ x: SIMD8<Float>) -> SIMD8<Float> {
 /// ln x for 8 lanes of positive x: x = m·2^e with m ∈ [√½, √2), then a degree-9 polynomial in m − 1 (Cephes logf
 /// coefficients); relative error ≈ 1 ulp. 0 gives ≈ −87.3 (the float minimum's log), not −∞, which is what the
 /// callers want: pow8 of 0 is then 0 to within 1e-38.
-@inline(__always)
+@inlinable @inline(__always)
 public func log8(_ x: SIMD8<Float>) -> SIMD8<Float> {
     let bits = unsafeBitCast(x, to: SIMD8<Int32>.self)
     var e = SIMD8<Float>((bits &>> 23) & 0xff &- 126)
@@ -59,7 +59,7 @@ public func log8(_ x: SIMD8<Float>) -> SIMD8<Float> {
 
 /// |x|^a for 8 lanes as e^(a·ln|x|): relative error ≈ a few ulp of float, which is the precision the reference's
 /// float32 torch computes the same powers in (GPTQ's MSE clip search, |q − w|^2.4).
-@inline(__always)
+@inlinable @inline(__always)
 public func powAbs8(_ x: SIMD8<Float>, _ a: Float) -> SIMD8<Float> {
     let magnitude = unsafeBitCast(unsafeBitCast(x, to: SIMD8<UInt32>.self) & 0x7fff_ffff, to: SIMD8<Float>.self)
     return exp8(log8(magnitude) * a)

@@ -303,7 +303,7 @@ struct QuantizeReport: Codable {
             if let checks = s.errorModel, checks.count > 1 {
                 md += "Output-error model (COQUANT_RESQ.md §1.3) against measurement: relative error ‖XWᵀ − Q(XU)Q(WU)ᵀ‖²/‖XWᵀ‖² of each "
                 md += "block input and its q/k/v or gate/up weights, on 256 tokens of the first calibration window, activations on "
-                md += "the run's quantizers and weights rounded to nearest on the mixed grids (no GPTQ). "
+                md += "the run's quantizers and weights rounded to nearest on max-range mixed grids (no GPTQ, no clip search). "
                 md += String(format: "Spearman rank correlation of predicted and measured over the %d inputs: %.3f.\n\n",
                              checks.count, rankCorrelation(checks.map(\.predicted), checks.map(\.measured)))
                 md += "| layer | input | predicted | measured | measured / predicted |\n|---:|---|---:|---:|---:|\n"
