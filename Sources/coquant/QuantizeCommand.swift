@@ -177,6 +177,10 @@ struct Quantize: ParsableCommand {
         if FileManager.default.fileExists(atPath: out) && !overwrite {
             throw ValidationError("\(out) already exists (pass --overwrite to replace it)")
         }
+        // An interrupted run's layers can be hours of work: never drop them without being told to.
+        if FileManager.default.fileExists(atPath: out + ".partial") && !resume && !overwrite {
+            throw ValidationError("\(out).partial already exists, left by an interrupted run (pass --resume to continue it, or --overwrite to start over)")
+        }
     }
 
     func run() throws {

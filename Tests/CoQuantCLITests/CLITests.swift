@@ -367,6 +367,15 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try String(contentsOfFile: out + "/mine.txt", encoding: .utf8), "keep me\n")
         assertNothingWritten(at: out + ".partial")
 
+        // An interrupted run's checkpoint is kept unless --resume or --overwrite says what to do with it.
+        let partial = path("interrupted.partial")
+        try FileManager.default.createDirectory(atPath: partial, withIntermediateDirectories: true)
+        try "{}".write(toFile: partial + "/state.json", atomically: true, encoding: .utf8)
+        let p = try coquant(["quantize", model, "--method", "rtn", "--nsamples", "2", "--seqlen", "16",
+                             "--calib-file", try smallTextFile("calibration.txt"), "--out", path("interrupted")])
+        assertRefused(p, mentioning: [partial, "interrupted run", "--resume", "--overwrite"], usage: "quantize")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: partial), ["state.json"])
+
         // eval and report refuse an existing --out the same way.
         let e = try coquant(["eval", model, "--tasks", "piqa", "--limit", "1", "--out", out])
         assertRefused(e, mentioning: [out, "already exists", "--overwrite"], usage: "eval")
