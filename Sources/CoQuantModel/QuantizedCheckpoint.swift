@@ -2,14 +2,18 @@ import Foundation
 
 // The quantized model folder CoQuant writes (`quant_method: "coquant"`, format `coquant-packed-v1`):
 //   config.json            the HF config plus `quantization_config` (weights, activations, KV cache, rotations)
-//   model.safetensors      per quantized linear `<name>.qweight` U8 [R, ⌈C·bits/8⌉] (codes bit-packed little-endian,
-//                          row by row), `<name>.scales` F32 [R, G], `<name>.zeros` F32 [R, G] (zero point in code
-//                          units), `<name>.g_idx` I32 [C] when act-order reorders groups; everything else F32
+//   model.safetensors      per quantized linear `<name>.qweight` U8 [R, ⌈Σ_c bits_c / 8⌉] (codes bit-packed
+//                          little-endian, row by row), `<name>.scales` F32 [R, G], `<name>.zeros` F32 [R, G] (zero
+//                          point in code units), `<name>.g_idx` I32 [C] when groups are not c / group_size, and
+//                          `<name>.group_bits` I32 [G] when groups have their own bit widths (ResQ/CoQuant: the low
+//                          block at 4 bits, the high one at 8; bits_c = group_bits[g_idx[c]], else storage_bits);
+//                          everything else F32
 //   tokenizer.json, tokenizer_config.json, report.json, report.md
 // Ŵ[r, c] = scales[r, g] · (code[r, c] − zeros[r, g]) with g = g_idx[c] (or c / group_size, or 0 per channel).
 
 /// One linear's integer codes and grid.
 public struct PackedLinear: Sendable {
+    /// The widest code (the container width when every group has it).
     public let bits: Int
     public let rows: Int
     public let cols: Int
@@ -17,26 +21,33 @@ public struct PackedLinear: Sendable {
     public let scales: [Float]         // [rows, groups]
     public let zeros: [Float]          // [rows, groups]
     public let groupIndex: [Int32]     // [cols]: the group of each input column
+    /// Mixed precision: the code width of each group; nil when every column has `bits`.
+    public let groupBits: [Int]?
+    /// Bit offset of each column's code within a row, [cols + 1] (the last is the row's width in bits).
+    let columnOffsets: [Int]
 
     public var groups: Int { scales.count / rows }
-    public var rowBytes: Int { (cols * bits + 7) / 8 }
+    public var rowBytes: Int { (columnOffsets[cols] + 7) / 8 }
 
-    public init(bits: Int, rows: Int, cols: Int, codes: [Int32], scales: [Float], zeros: [Float], groupIndex: [Int32]) {
+    static func offsets(cols: Int, bits: Int, groupIndex: [Int32], groupBits: [Int]?) -> [Int] {
+        var offsets = [0]
+        offsets.reserveCapacity(cols + 1)
+        for c in 0..<cols { offsets.append(offsets[c] + (groupBits?[Int(groupIndex[c])] ?? bits)) }
+        return offsets
+    }
+
+    public init(bits: Int, rows: Int, cols: Int, codes: [Int32], scales: [Float], zeros: [Float], groupIndex: [Int32],
+                groupBits: [Int]? = nil) {
         precondition(bits >= 1 && bits <= 8 && codes.count == rows * cols && groupIndex.count == cols)
         precondition(scales.count == zeros.count && scales.count % rows == 0)
-        self.bits = bits
-        self.rows = rows
-        self.cols = cols
-        self.scales = scales
-        self.zeros = zeros
-        self.groupIndex = groupIndex
-        let rowBytes = (cols * bits + 7) / 8
+        precondition(groupBits.map { $0.count == scales.count / rows && $0.allSatisfy { (1...bits).contains($0) } } ?? true)
+        let offsets = Self.offsets(cols: cols, bits: bits, groupIndex: groupIndex, groupBits: groupBits)
+        let rowBytes = (offsets[cols] + 7) / 8
         var packed = [UInt8](repeating: 0, count: rows * rowBytes)
         for r in 0..<rows {
-            var bit = 0
             for c in 0..<cols {
-                let v = UInt32(codes[r * cols + c]) & ((1 << bits) - 1)
-                var value = v, width = bits
+                var bit = offsets[c], width = offsets[c + 1] - offsets[c]
+                var value = UInt32(codes[r * cols + c]) & ((1 << width) - 1)
                 while width > 0 {
                     let byte = r * rowBytes + bit / 8, shift = bit % 8, take = min(width, 8 - shift)
                     packed[byte] |= UInt8((value & ((1 << take) - 1)) << shift)
@@ -44,10 +55,12 @@ public struct PackedLinear: Sendable {
                 }
             }
         }
-        self.packed = packed
+        self.init(bits: bits, rows: rows, cols: cols, packed: packed, scales: scales, zeros: zeros,
+                  groupIndex: groupIndex, groupBits: groupBits, columnOffsets: offsets)
     }
 
-    init(bits: Int, rows: Int, cols: Int, packed: [UInt8], scales: [Float], zeros: [Float], groupIndex: [Int32]) {
+    init(bits: Int, rows: Int, cols: Int, packed: [UInt8], scales: [Float], zeros: [Float], groupIndex: [Int32],
+         groupBits: [Int]?, columnOffsets: [Int]) {
         self.bits = bits
         self.rows = rows
         self.cols = cols
@@ -55,12 +68,15 @@ public struct PackedLinear: Sendable {
         self.scales = scales
         self.zeros = zeros
         self.groupIndex = groupIndex
+        self.groupBits = groupBits
+        self.columnOffsets = columnOffsets
     }
 
     public func code(_ r: Int, _ c: Int) -> Int32 {
-        var bit = c * bits, got = 0, value: UInt32 = 0
-        while got < bits {
-            let byte = UInt32(packed[r * rowBytes + bit / 8]), shift = bit % 8, take = min(bits - got, 8 - shift)
+        var bit = columnOffsets[c], got = 0, value: UInt32 = 0
+        let width = columnOffsets[c + 1] - bit, rowBytes = self.rowBytes
+        while got < width {
+            let byte = UInt32(packed[r * rowBytes + bit / 8]), shift = bit % 8, take = min(width - got, 8 - shift)
             value |= ((byte >> shift) & ((1 << take) - 1)) << got
             got += take; bit += take
         }
@@ -153,13 +169,7 @@ extension SafeTensorsCheckpoint {
     /// The packed linear `<prefix>.qweight/.scales/.zeros[/.g_idx]` if the checkpoint has one.
     public func packedLinear(_ prefix: String, bits: Int, rows: Int, cols: Int) throws -> PackedLinear? {
         guard let q = info(prefix + ".qweight") else { return nil }
-        let path = files[location[prefix + ".qweight"]!].path
-        let rowBytes = (cols * bits + 7) / 8
-        guard q.dtype == "U8", q.shape == [rows, rowBytes] else {
-            throw ModelFileError(path, "\(prefix).qweight is \(q.dtype) \(q.shape), expected U8 [\(rows), \(rowBytes)] for \(bits)-bit codes")
-        }
-        let file = files[location[prefix + ".qweight"]!]
-        let packed = [UInt8](UnsafeRawBufferPointer(start: file.file.base + q.offset, count: q.byteCount))
+        let file = files[location[prefix + ".qweight"]!], path = file.path
         let scales = try floats(prefix + ".scales"), zeros = try floats(prefix + ".zeros")
         guard let s = info(prefix + ".scales"), s.shape.count == 2, s.shape[0] == rows, scales.count == zeros.count else {
             throw ModelFileError(path, "\(prefix).scales / .zeros must be [\(rows), groups] and agree")
@@ -175,6 +185,21 @@ extension SafeTensorsCheckpoint {
         guard gIdx.count == cols, gIdx.allSatisfy({ $0 >= 0 && Int($0) < groups }) else {
             throw ModelFileError(path, "\(prefix).g_idx must hold \(cols) group numbers below \(groups)")
         }
-        return PackedLinear(bits: bits, rows: rows, cols: cols, packed: packed, scales: scales, zeros: zeros, groupIndex: gIdx)
+        var groupBits: [Int]?
+        if info(prefix + ".group_bits") != nil {
+            let widths = try files[location[prefix + ".group_bits"]!].ints(prefix + ".group_bits")
+            guard widths.count == groups, widths.allSatisfy({ (1...bits).contains($0) }) else {
+                throw ModelFileError(path, "\(prefix).group_bits must hold \(groups) widths of 1…\(bits) bits")
+            }
+            groupBits = widths
+        }
+        let offsets = PackedLinear.offsets(cols: cols, bits: bits, groupIndex: gIdx, groupBits: groupBits)
+        let rowBytes = (offsets[cols] + 7) / 8
+        guard q.dtype == "U8", q.shape == [rows, rowBytes] else {
+            throw ModelFileError(path, "\(prefix).qweight is \(q.dtype) \(q.shape), expected U8 [\(rows), \(rowBytes)] for its \(groupBits == nil ? "\(bits)-bit" : "mixed-width") codes")
+        }
+        let packed = [UInt8](UnsafeRawBufferPointer(start: file.file.base + q.offset, count: q.byteCount))
+        return PackedLinear(bits: bits, rows: rows, cols: cols, packed: packed, scales: scales, zeros: zeros, groupIndex: gIdx,
+                            groupBits: groupBits, columnOffsets: offsets)
     }
 }

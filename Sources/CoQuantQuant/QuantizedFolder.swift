@@ -28,6 +28,7 @@ public func writeQuantizedFolder(_ out: String, loaded: LoadedModel, result: Qua
                     w.add(p + name + ".zeros", packed.zeros, shape: [packed.rows, packed.groups])
                     let plain = (0..<packed.cols).map { Int32($0 / (packed.cols / packed.groups)) }
                     if packed.groupIndex != plain { w.add(p + name + ".g_idx", packed.groupIndex, shape: [packed.cols]) }
+                    if let widths = packed.groupBits { w.add(p + name + ".group_bits", widths.map(Int32.init), shape: [widths.count]) }
                 } else {
                     w.add(p + name + ".weight", linear.weight, shape: [linear.outFeatures, linear.inFeatures])
                 }
@@ -85,7 +86,7 @@ public func writeQuantizedFolder(_ out: String, loaded: LoadedModel, result: Qua
                 "high_channels_per_head": bases.headHigh, "kv_weight_aware": sub.kvWeightAware,
                 "norms_fused": true, "embeddings_centered": options.centerEmbeddings,
                 "high_block": "the last high_channels input columns of q/k/v/gate/up, the last high_channels_per_head of every head for o_proj; down_proj uniform",
-                "storage": "codes of every linear in storage_bits containers (the low block's codes use only its own bits)",
+                "storage": "<linear>.group_bits gives each column group's code width: the low block at bits, the high block at high_bits (down_proj: bits)",
                 "online": ["basis_change": bases.granularity == .perLayer ? "basis_change_1/2, inputs int8 per token" : "none",
                            "keys_queries": "self_attn.key_rotation per KV head after RoPE" + (s.kvBits < 16 ? " (int8 per tensor)" : ""),
                            "down_proj_input": "hadamard(intermediate_size)"],
@@ -164,6 +165,7 @@ public struct LayerCheckpointStore {
             w.add(name + ".scales", p.scales, shape: [p.rows, p.groups])
             w.add(name + ".zeros", p.zeros, shape: [p.rows, p.groups])
             w.add(name + ".g_idx", p.groupIndex, shape: [p.cols])
+            if let widths = p.groupBits { w.add(name + ".group_bits", widths.map(Int32.init), shape: [widths.count]) }
             bits[name] = "\(p.bits) \(p.rows) \(p.cols)"
         }
         w.metadata = bits

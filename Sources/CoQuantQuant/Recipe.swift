@@ -274,7 +274,7 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
         case .cdquant: return CDQuant(gptq: gptq)
         }
     }
-    // Mixed-precision linears keep all codes in containers of the high bit width (see `packedBits`).
+    // Mixed-precision linears pack each column group's codes at its own width (group_bits); `bits` is the widest.
     let packedBits = options.method.usesSubspace ? max(grid.bits, options.subspace?.highBits ?? 8) : grid.bits
     let start = ContinuousClock.now
     let calibration = try LayerwiseCalibration(model: model, windows: windows)
@@ -296,7 +296,9 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
             var q = try solver(try columnGrids(name)).solve(W: W, H: options.solver == .rtn ? nil : H, grid: grid)
             let packed = PackedLinear(bits: packedBits, rows: W.rows, cols: W.cols, codes: q.codes,
                                       scales: q.scales.data.map { Float($0) }, zeros: q.zeros.data.map { Float($0) },
-                                      groupIndex: q.groupIndex.map { Int32($0) })
+                                      groupIndex: q.groupIndex.map { Int32($0) },
+                                      groupBits: q.groupMaxq.map { $0.map { Int.bitWidth - $0.leadingZeroBitCount } }
+                                          ?? (packedBits == grid.bits ? nil : Array(repeating: grid.bits, count: q.scales.cols)))
             // The model computes with exactly what the saved folder will decode to.
             q.values = Matrix(rows: W.rows, cols: W.cols, data: packed.dequantized().map(Double.init))
             result.packed["model.layers.\(layer).\(name)"] = packed

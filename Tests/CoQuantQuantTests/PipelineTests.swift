@@ -120,6 +120,13 @@ final class QuantizedFolderTests: XCTestCase {
                 XCTAssertEqual(second.bases!.R1, result.bases!.R1)
             }
             XCTAssertEqual(result.bases != nil, method.usesSubspace)
+            if method.usesSubspace {
+                // The low block's codes take 4 bits and the high block's 8: not 8-bit containers for all.
+                let q = result.packed["model.layers.0.self_attn.q_proj"]!, r = result.bases!.high
+                XCTAssertEqual(q.groupBits, [4, 8])
+                XCTAssertEqual(q.rowBytes, ((q.cols - r) * 4 + r * 8 + 7) / 8)
+                XCTAssertEqual(result.packed["model.layers.0.mlp.down_proj"]!.groupBits, [4])
+            }
             try installFakeQuantization(loaded.model, scheme: s, options: options, subspace: result.subspace)
             _ = try writeQuantizedFolder(out, loaded: loaded, result: result, options: options)
             let reloaded = try ModelLoader.load(out)
