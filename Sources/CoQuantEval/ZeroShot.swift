@@ -501,7 +501,9 @@ public func evaluate(task: ZeroShotTask, docs: [Doc], scorer: LoglikelihoodScore
     let clock = ContinuousClock.now
     var samples = done
     for doc in docs.dropFirst(done.count) {
-        let sample = DocResult(doc: doc, task: task, results: try scorer.score(doc.requests))
+        let results: [LoglikelihoodResult]
+        do { results = try scorer.score(doc.requests) } catch { throw EvalError("\(task.name) doc \(doc.id): \(error)") }
+        let sample = DocResult(doc: doc, task: task, results: results)
         try onDoc?(sample)
         samples.append(sample)
         progress?(samples.count, docs.count, seconds(since: clock))

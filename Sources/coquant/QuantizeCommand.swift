@@ -215,7 +215,6 @@ struct Quantize: ParsableCommand {
         if let sub = opts.subspace {
             _ = try highChannels(fraction: sub.highFraction, config: c)      // zero high channels: refuse before any work
         }
-        let progress = Progress(enabled: output.showProgress, label: "layer")
         let statsProgress = Progress(enabled: output.showProgress, label: "statistics window", logEvery: output.quiet ? nil : Eval.progressLogInterval)
         let start = ContinuousClock.now
         let store = LayerCheckpointStore(output: out, options: opts)
@@ -226,6 +225,8 @@ struct Quantize: ParsableCommand {
         } else {
             try store.start()
         }
+        // The rate and ETA count this run's layers only (a resumed run also re-propagates the finished ones first).
+        let progress = Progress(enabled: output.showProgress, label: "layer", resumedAt: finished.count)
         let result = try quantizeModel(m, calibration: windows, options: opts, resume: finished, onLayer: { l, done in
             try store.save(layer: l, done)
             let reports = done.reports
