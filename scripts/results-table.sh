@@ -8,7 +8,8 @@
 #   scripts/results-table.sh subspace                   # the ResQ / CoQuant table (issue 4), 3 seeds
 #   python3 scripts/results-summary.py results/smollm2  # the Markdown table of what has finished
 #
-# Variables: MODEL (SmolLM2 GGUF), SET (smollm2), NSAMPLES (128), WINDOWS (all), RUNS (runs/, git-ignored).
+# Variables: MODEL (SmolLM2 GGUF), SET (smollm2), NSAMPLES (128), RTN_NSAMPLES (8), WINDOWS (all), RUNS (runs/,
+# git-ignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${MODEL:-${COQUANT_MODELS:-models}/SmolLM2-135M-Instruct.Q4_1.gguf}
@@ -68,20 +69,24 @@ for name in "${order[@]}"; do
   echo "== $name: $(date -u +%FT%TZ)"
   target=$model
   quantize_seconds=0
+  # RTN's weights do not depend on the calibration (its Hessians only feed the report's layer losses), so its runs
+  # calibrate on RTN_NSAMPLES windows (8) instead of an hour of passes for 128: the same model, cheaper losses.
+  run_nsamples=$nsamples
+  case $name in rtn-*) run_nsamples=${RTN_NSAMPLES:-8} ;; esac
   if [ "$name" != fp ]; then
     target=$runs/$name
     if [ ! -f "$target/report.json" ]; then
       resume=(); [ -d "$target.partial" ] && resume=(--resume)
       t0=$(date +%s)
       # shellcheck disable=SC2086
-      $bin quantize "$model" ${config[$name]} --nsamples "$nsamples" --out "$target" --overwrite "${resume[@]}"
+      $bin quantize "$model" ${config[$name]} --nsamples "$run_nsamples" --out "$target" --overwrite "${resume[@]}"
       quantize_seconds=$(( $(date +%s) - t0 ))
     fi
   fi
   t0=$(date +%s)
   $bin ppl "$target" --json "${window_args[@]}" > "$results/$name.ppl.tmp"
   eval_seconds=$(( $(date +%s) - t0 ))
-  python3 - "$name" "$target" "$results/$name.ppl.tmp" "$eval_seconds" "$nsamples" "${config[$name]}" > "$result.tmp" <<'EOF'
+  python3 - "$name" "$target" "$results/$name.ppl.tmp" "$eval_seconds" "$run_nsamples" "${config[$name]}" > "$result.tmp" <<'EOF'
 import json, os, sys
 name, target, ppl_file, eval_seconds, nsamples, flags = sys.argv[1:7]
 out = {"name": name, "flags": flags, "nsamples": int(nsamples), "ppl": json.load(open(ppl_file)),
