@@ -128,35 +128,6 @@ public struct QuantizeOptions: Codable, Sendable {
     }
 }
 
-/// The error model of the bases (SubspaceErrorModel.swift) on the statistics' token sample, before the bases are
-/// fused (the model is norm-fused, its linears still in the original basis).
-func checkOutputErrorModel(_ model: LlamaModel, _ stats: SubspaceStatistics, _ bases: SubspaceBases,
-                           options: QuantizeOptions) throws -> [OutputErrorCheck] {
-    let highBits = options.subspace?.highBits ?? 8
-    let q = try SubspaceQuantizers(activationBits: options.scheme.activationBits, kvBits: 16, highBits: highBits,
-                                   activationClipRatio: Float(options.activationClipRatio))
-    // The model's β² = 1/(2^(N−1) − 1)² is that of a plain max-range grid, so the check rounds on one (no MSE clip
-    // search, whatever the run uses: that search over 80 ranges per row would cost more than the check is worth).
-    var plain = options
-    plain.weightClip = false
-    let low = try plain.weightGrid(), high = try plain.weightGrid(bits: highBits)
-    func stacked(_ linears: [Linear]) -> Matrix<Double> {
-        Matrix(rows: linears.map(\.outFeatures).reduce(0, +), cols: linears[0].inFeatures,
-               data: linears.flatMap { $0.weight.map(Double.init) })
-    }
-    var checks: [OutputErrorCheck] = []
-    for l in stats.attentionSample.indices where l < stats.mlpSample.count {
-        let a = model.layers[l].selfAttn, m = model.layers[l].mlp
-        for (input, X, W, U) in [("attention", stats.attentionSample[l], stacked([a.qProj, a.kProj, a.vProj]), bases.attentionRotation(l)),
-                                 ("mlp", stats.mlpSample[l], stacked([m.gateProj, m.upProj]), bases.mlpRotation(l))] {
-            let e = try outputErrorCheck(X: X, W: W, U: U, high: bases.high, activationLow: q.activationLow,
-                                         activationHigh: q.activationHigh, weightLow: low, weightHigh: high)
-            checks.append(OutputErrorCheck(layer: l, input: input, predicted: e.predicted, measured: e.measured))
-        }
-    }
-    return checks
-}
-
 /// Everything a quantization run produced, for the folder and the report.
 public struct QuantizationResult {
     public var packed: [String: PackedLinear] = [:]     // "model.layers.i.self_attn.q_proj" → codes and grid
