@@ -3,7 +3,8 @@
 
 One row per run (perplexity ± standard error, windows, summed layer loss, quantize and evaluation wall time), then
 GPTQ vs CDQuant for every pair of runs whose names differ only in the solver: summed layer loss and the share of
-linears where CDQuant's loss is lower. Seeded runs (…-s0, -s1, -s2) are also summarised as mean ± spread."""
+linears where CDQuant's loss is lower. Seeded runs (…-s0, -s1, -s2) are also summarised as mean ± spread, and
+ResQ/CoQuant runs get their stage timings (statistics, eigendecompositions, solves, the calibration passes, evaluation)."""
 import json, os, re, statistics, sys
 
 folder = sys.argv[1] if len(sys.argv) > 1 else "results/smollm2"
@@ -41,3 +42,13 @@ if seeded:
     print("|---|---:|---:|---:|")
     for k, v in seeded.items():
         print(f"| {k} | {len(v)} | {statistics.mean(v):.4f} | {max(v) - min(v):.4f} |")
+
+staged = {n: r for n, r in runs.items() if r.get("subspace") and "statisticsSeconds" in r["subspace"]}
+if staged:
+    print("\n| run | statistics s | eigendecompositions s | solves s | calibration passes s | quantize s | eval s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, r in staged.items():
+        s, e = r["subspace"]["statisticsSeconds"], r["subspace"]["basesSeconds"]
+        solves = sum(l["seconds"] for l in r["linears"])
+        q = r.get("quantize_seconds", 0)
+        print(f"| {name} | {s:.0f} | {e:.1f} | {solves:.0f} | {q - s - e - solves:.0f} | {q:.0f} | {r['eval_seconds']} |")

@@ -97,6 +97,8 @@ if os.path.isfile(report):
     out["quantize_seconds"] = r["seconds"]
     out["options"] = r["options"]
     out["linears"] = [{"layer": l["layer"], "name": l["name"], "loss": l["loss"], "seconds": l["seconds"]} for l in r["linears"]]
+    if r.get("subspace"):
+        out["subspace"] = {k: r["subspace"][k] for k in ("statisticsSeconds", "basesSeconds", "errorModel") if k in r["subspace"]}
 json.dump(out, sys.stdout, indent=1)
 EOF
   mv "$result.tmp" "$result"; rm -f "$results/$name.ppl.tmp"
