@@ -34,9 +34,13 @@ public struct PerplexityError: Error, CustomStringConvertible {
     public let description: String
 }
 
-/// Scores the first `windows` (nil: all) windows of `ids`. `progress(done, total, secondsSoFar)` runs after each window.
-public func perplexity(model: LlamaModel, ids: [Int], seqlen: Int, windows: Int? = nil,
-                       progress: ((Int, Int, Double) -> Void)? = nil) throws -> PerplexityResult {
+/// Scores the first `windows` (nil: all) windows of `ids`. `done` holds the mean NLLs of the first windows an
+/// interrupted run finished (a window's NLL depends on that window alone, so they are taken as they are); `onWindow`
+/// runs after each newly scored window, so a caller can checkpoint it, then `progress(done, total, secondsSoFar)`.
+/// `seconds` and the rate in the result cover this call's windows only.
+public func perplexity(model: LlamaModel, ids: [Int], seqlen: Int, windows: Int? = nil, done: [Double] = [],
+                       progress: ((Int, Int, Double) -> Void)? = nil,
+                       onWindow: ((Int, Double) throws -> Void)? = nil) throws -> PerplexityResult {
     guard seqlen >= 2 else { throw PerplexityError(description: "--seqlen must be at least 2 (got \(seqlen))") }
     let available = ids.count / seqlen
     guard available > 0 else {
@@ -44,12 +48,17 @@ public func perplexity(model: LlamaModel, ids: [Int], seqlen: Int, windows: Int?
     }
     let n = min(windows ?? available, available)
     guard n > 0 else { throw PerplexityError(description: "--windows must be at least 1") }
+    guard done.count <= n else {
+        throw PerplexityError(description: "\(done.count) windows already scored, but this run scores only \(n)")
+    }
     let clock = ContinuousClock.now
-    var nlls: [Double] = []
-    for w in 0..<n {
+    var nlls = done
+    for w in done.count..<n {
         let window = Array(ids[(w * seqlen)..<((w + 1) * seqlen)])
         let logits = model.forward(window)
-        nlls.append(meanNextTokenNLL(logits: logits, ids: window, vocab: model.config.vocabSize))
+        let nll = meanNextTokenNLL(logits: logits, ids: window, vocab: model.config.vocabSize)
+        try onWindow?(w, nll)
+        nlls.append(nll)
         progress?(w + 1, n, seconds(since: clock))
     }
     let mean = nlls.reduce(0, +) / Double(n)
@@ -59,7 +68,7 @@ public func perplexity(model: LlamaModel, ids: [Int], seqlen: Int, windows: Int?
     return PerplexityResult(protocolName: "gptq-wikitext2", seqlen: seqlen, windows: n, windowsAvailable: available,
                             totalTokens: ids.count, perWindowMeanNLL: nlls, meanNLL: mean, perplexity: ppl,
                             perplexityStdError: ppl * (variance / Double(n)).squareRoot(),
-                            seconds: elapsed, tokensPerSecond: Double(n * seqlen) / elapsed)
+                            seconds: elapsed, tokensPerSecond: Double((n - done.count) * seqlen) / max(elapsed, 1e-9))
 }
 
 /// Mean over t of `logsumexp(logits[t]) − logits[t, ids[t+1]]`, for rows t = 0 ..< T−1 of logits [T, V].

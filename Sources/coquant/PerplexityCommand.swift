@@ -30,6 +30,9 @@ struct Perplexity: ParsableCommand {
     @Option(help: "Folder holding wikitext-2-raw-v1/ (default: ./data or the repository's data/).")
     var data: String?
 
+    @Option(help: ArgumentHelp("Checkpoint file: each scored window's NLL is appended to it, and a run given an existing one continues after its windows (the settings must match). Removed when the run finishes.", valueName: "file"))
+    var checkpoint: String?
+
     @OptionGroup var output: OutputOptions
 
     func validate() throws {
@@ -49,10 +52,27 @@ struct Perplexity: ParsableCommand {
         }
         let ids = loaded.tokenizer!.encode(string)
         if !output.quiet { printErr("\(path): \(ids.count) tokens, \(ids.count / seqlen) windows of \(seqlen)") }
-        let progress = Progress(enabled: output.showProgress, label: "window", logEvery: output.quiet ? nil : Eval.progressLogInterval)
-        let result = try CoQuantEval.perplexity(model: loaded.model, ids: ids, seqlen: seqlen, windows: windows) { done, total, s in
-            progress.update(done, total, seconds: s, unit: "tok", perStep: Double(seqlen))
+        // A full-test run is half an hour on two cores: with --checkpoint an interrupted one loses one window at most.
+        let header = "# coquant ppl: model \(model), text \(path), \(ids.count) tokens, seqlen \(seqlen)"
+        var done: [Double] = []
+        var log: FileHandle?
+        if let checkpoint {
+            done = try readPerplexityCheckpoint(checkpoint, header: header)
+            if done.isEmpty { try (header + "\n").write(toFile: checkpoint, atomically: true, encoding: .utf8) }
+            guard let handle = FileHandle(forWritingAtPath: checkpoint) else { throw RunError("\(checkpoint): cannot open for appending") }
+            handle.seekToEndOfFile()
+            log = handle
+            if !output.quiet && !done.isEmpty { printErr("\(checkpoint): continuing after \(done.count) scored window(s)") }
         }
+        let progress = Progress(enabled: output.showProgress, label: "window",
+                                logEvery: output.quiet ? nil : Eval.progressLogInterval, resumedAt: done.count)
+        let result = try CoQuantEval.perplexity(model: loaded.model, ids: ids, seqlen: seqlen, windows: windows, done: done,
+                                                progress: { done, total, s in
+            progress.update(done, total, seconds: s, unit: "tok", perStep: Double(seqlen))
+        }, onWindow: { w, nll in
+            log?.write(String(format: "%d %.17g\n", w, nll).data(using: .utf8)!)
+        })
+        if let checkpoint { try? log?.close(); try? FileManager.default.removeItem(atPath: checkpoint) }
         if output.json {
             try printJSON(result)
             printErr(result.summary)
@@ -61,4 +81,25 @@ struct Perplexity: ParsableCommand {
             print(result.summary)
         }
     }
+}
+
+/// The window NLLs of a `ppl --checkpoint` file: its header line must match this run's settings; then "index nll"
+/// lines in window order. A torn last line (the run was killed while writing it) is dropped and that window rescored.
+func readPerplexityCheckpoint(_ path: String, header: String) throws -> [Double] {
+    guard let data = FileManager.default.contents(atPath: path) else { return [] }
+    guard let text = String(data: data, encoding: .utf8) else { throw RunError("\(path): not a ppl checkpoint (not UTF-8)") }
+    var lines = text.components(separatedBy: "\n")
+    if text.hasSuffix("\n") { lines.removeLast() } else if lines.count > 1 { lines.removeLast() }   // torn line
+    guard let first = lines.first, first == header else {
+        throw RunError("\(path): checkpoint of another run (\(lines.first ?? "empty")); this run is \(header.dropFirst(2)) — remove the file or pass another --checkpoint")
+    }
+    var nlls: [Double] = []
+    for (i, line) in lines.dropFirst().enumerated() {
+        let parts = line.split(separator: " ")
+        guard parts.count == 2, Int(parts[0]) == nlls.count, let nll = Double(parts[1]), nll.isFinite else {
+            throw RunError("\(path):\(i + 2): expected \"\(nlls.count) <nll>\", found \"\(line)\"")
+        }
+        nlls.append(nll)
+    }
+    return nlls
 }

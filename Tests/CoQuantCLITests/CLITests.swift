@@ -325,6 +325,42 @@ final class CLITests: XCTestCase {
 
     // MARK: Bad input
 
+    /// `ppl --checkpoint`: an interrupted run (a checkpoint holding its first window and a torn line) continues to
+    /// the uninterrupted run's numbers; a checkpoint of other settings is refused; a finished run removes it.
+    func testPerplexityCheckpoint() throws {
+        let model = try tinyModelWithTokenizer(), text = try smallTextFile("ppl.txt")
+        let arguments = ["ppl", model, "--text", text, "--seqlen", "16", "--windows", "4", "--json"]
+        let full = try coquant(arguments)
+        assertSucceeded(full)
+        let reference = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(full.stdout.utf8)) as? [String: Any])
+        let nlls = try XCTUnwrap(reference["per_window_mean_nll"] as? [Double])
+        XCTAssertEqual(nlls.count, 4)
+
+        let checkpoint = path("ppl.checkpoint")
+        let complete = try coquant(arguments + ["--checkpoint", checkpoint])
+        assertSucceeded(complete)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: checkpoint), "a finished run removes its checkpoint")
+
+        // What an interrupted run leaves: its header, the first window's line, and a line torn by the kill.
+        let header = "# coquant ppl: model \(model), text \(text), \(try XCTUnwrap(reference["total_tokens"] as? Int)) tokens, seqlen 16"
+        try (header + "\n" + String(format: "0 %.17g\n", nlls[0]) + "1 3.1").write(toFile: checkpoint, atomically: true, encoding: .utf8)
+        let resumed = try coquant(arguments + ["--checkpoint", checkpoint])
+        assertSucceeded(resumed)
+        XCTAssertTrue(resumed.stderr.contains("continuing after 1 scored window"), resumed.transcript)
+        let again = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(resumed.stdout.utf8)) as? [String: Any])
+        // Window 0 went through JSON text twice, which may move its last bit; the others are recomputed.
+        let resumedNLLs = try XCTUnwrap(again["per_window_mean_nll"] as? [Double])
+        XCTAssertEqual(resumedNLLs.count, 4)
+        for (a, b) in zip(resumedNLLs, nlls) { XCTAssertEqual(a, b, accuracy: 1e-14 * abs(b), "resumed windows equal the uninterrupted run's") }
+        XCTAssertEqual(Array(resumedNLLs.dropFirst()), Array(nlls.dropFirst()))
+        let ppl = try XCTUnwrap(reference["perplexity"] as? Double)
+        XCTAssertEqual(try XCTUnwrap(again["perplexity"] as? Double), ppl, accuracy: 1e-12 * ppl)
+
+        try "# coquant ppl: model other, text \(text), 1 tokens, seqlen 16\n0 1.5\n".write(toFile: checkpoint, atomically: true, encoding: .utf8)
+        assertRefused(try coquant(arguments + ["--checkpoint", checkpoint]), mentioning: [checkpoint, "checkpoint of another run"], usage: nil)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: checkpoint), "a refused run leaves the checkpoint alone")
+    }
+
     func testModelPathDoesNotExist() throws {
         let missing = path("no-such-model"), out = path("out")
         assertRefused(try coquant(["quantize", missing, "--method", "gptq", "--out", out]), mentioning: [missing, "no such file"], usage: nil)
