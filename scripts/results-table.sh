@@ -84,7 +84,8 @@ for name in "${order[@]}"; do
     fi
   fi
   t0=$(date +%s)
-  $bin ppl "$target" --json "${window_args[@]}" > "$results/$name.ppl.tmp"
+  # The checkpoint lets a killed evaluation (half an hour on the full test) continue where it stopped.
+  $bin ppl "$target" --json "${window_args[@]}" --checkpoint "$runs/$name.ppl.checkpoint" > "$results/$name.ppl.tmp"
   eval_seconds=$(( $(date +%s) - t0 ))
   python3 - "$name" "$target" "$results/$name.ppl.tmp" "$eval_seconds" "$run_nsamples" "${config[$name]}" > "$result.tmp" <<'EOF'
 import json, os, sys
