@@ -72,11 +72,12 @@ for name in "${order[@]}"; do
   # RTN's weights do not depend on the calibration (its Hessians only feed the report's layer losses), so its runs
   # calibrate on RTN_NSAMPLES windows (8) instead of an hour of passes for 128: the same model, cheaper losses.
   run_nsamples=$nsamples
+  resumed=0
   case $name in rtn-*) run_nsamples=${RTN_NSAMPLES:-8} ;; esac
   if [ "$name" != fp ]; then
     target=$runs/$name
     if [ ! -f "$target/report.json" ]; then
-      resume=(); [ -d "$target.partial" ] && resume=(--resume)
+      resume=(); [ -d "$target.partial" ] && resume=(--resume) && resumed=1
       t0=$(date +%s)
       # shellcheck disable=SC2086
       $bin quantize "$model" ${config[$name]} --nsamples "$run_nsamples" --out "$target" --overwrite "${resume[@]}"
@@ -87,15 +88,17 @@ for name in "${order[@]}"; do
   # The checkpoint lets a killed evaluation (half an hour on the full test) continue where it stopped.
   $bin ppl "$target" --json "${window_args[@]}" --checkpoint "$runs/$name.ppl.checkpoint" > "$results/$name.ppl.tmp"
   eval_seconds=$(( $(date +%s) - t0 ))
-  python3 - "$name" "$target" "$results/$name.ppl.tmp" "$eval_seconds" "$run_nsamples" "${config[$name]}" > "$result.tmp" <<'EOF'
+  python3 - "$name" "$target" "$results/$name.ppl.tmp" "$eval_seconds" "$run_nsamples" "${config[$name]}" "$resumed" > "$result.tmp" <<'EOF'
 import json, os, sys
-name, target, ppl_file, eval_seconds, nsamples, flags = sys.argv[1:7]
+name, target, ppl_file, eval_seconds, nsamples, flags, resumed = sys.argv[1:8]
 out = {"name": name, "flags": flags, "nsamples": int(nsamples), "ppl": json.load(open(ppl_file)),
        "eval_seconds": int(eval_seconds)}
 report = os.path.join(target, "report.json")
 if os.path.isfile(report):
     r = json.load(open(report))
     out["quantize_seconds"] = r["seconds"]
+    if resumed == "1":
+        out["quantize_note"] = "resumed after an interrupt: quantize_seconds covers the last invocation only"
     out["options"] = r["options"]
     out["linears"] = [{"layer": l["layer"], "name": l["name"], "loss": l["loss"], "seconds": l["seconds"]} for l in r["linears"]]
     if r.get("subspace"):
