@@ -16,16 +16,37 @@ struct EvalSettings: Codable, Equatable {
     let seqlen: Int
     let klVs: String?
     let klTopK: Int
+    /// Sizes and modification times of the model's files: a model replaced at the same path between the interrupted
+    /// run and its resume (re-quantized with --overwrite) would otherwise mix two models' results.
+    var modelFiles: String? = nil
 
     enum CodingKeys: String, CodingKey {
-        case model, tasks, data, limit, maxLength = "max_length", ppl, windows, seqlen, klVs = "kl_vs", klTopK = "kl_top_k"
+        case model, tasks, data, limit, maxLength = "max_length", ppl, windows, seqlen, klVs = "kl_vs", klTopK = "kl_top_k",
+             modelFiles = "model_files"
+    }
+
+    /// "name size mtime" of a model file, or of a model folder's config.json and *.safetensors files.
+    static func fileStamp(_ path: String) -> String {
+        let fm = FileManager.default
+        var isFolder: ObjCBool = false
+        guard fm.fileExists(atPath: path, isDirectory: &isFolder) else { return "missing" }
+        let files = isFolder.boolValue
+            ? ((try? fm.contentsOfDirectory(atPath: path)) ?? []).filter { $0 == "config.json" || $0.hasSuffix(".safetensors") }.sorted()
+                .map { path + "/" + $0 }
+            : [path]
+        return files.map { file in
+            let a = (try? fm.attributesOfItem(atPath: file)) ?? [:]
+            let size = (a[.size] as? Int) ?? -1
+            let modified = (a[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
+            return "\((file as NSString).lastPathComponent) \(size) \(Int(modified))"
+        }.joined(separator: ", ")
     }
 
     /// `--limit 100 then, 200 now` for every setting in which `saved` differs from these.
     func differences(from saved: EvalSettings) -> [String] {
         func show<T>(_ v: T?) -> String { v.map { "\($0)" } ?? "none" }
         let settings: [(String, (EvalSettings) -> String)] = [
-            ("model", \.model), ("--tasks", { $0.tasks.joined(separator: ",") }),
+            ("model", \.model), ("model files", { show($0.modelFiles) }), ("--tasks", { $0.tasks.joined(separator: ",") }),
             ("--data (task data read from)", { Set($0.data).count == 1 ? $0.data[0] : $0.data.joined(separator: ", ") }),
             ("--limit", { show($0.limit) }),
             ("--max-length", { show($0.maxLength) }), ("--ppl", { "\($0.ppl)" }), ("--windows", { show($0.windows) }),

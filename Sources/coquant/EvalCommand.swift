@@ -126,7 +126,7 @@ struct Eval: ParsableCommand {
         let wikiText: String? = ppl || klVs != nil ? try readTextFile(try locateData(data, "wikitext-2-raw-v1/test.gptq_join.txt")) : nil
         let settings = EvalSettings(model: absolutePath(model), tasks: taskDocs.map(\.0.name), data: dataDirs.map(absolutePath),
                                     limit: limit, maxLength: maxLength, ppl: ppl, windows: windows, seqlen: seqlen,
-                                    klVs: klVs.map(absolutePath), klTopK: klTopK)
+                                    klVs: klVs.map(absolutePath), klTopK: klTopK, modelFiles: EvalSettings.fileStamp(model))
         let checkpoint = out.map { EvalCheckpointStore(output: $0) }
         // A checkpoint of other settings is refused before any model is loaded.
         var finished = Array(repeating: [DocResult](), count: taskDocs.count)

@@ -97,6 +97,13 @@ extension CLITests {
                       mentioning: [path("never-started") + ".partial", "no checkpoint"], usage: "eval")
         XCTAssertEqual(try lines(partial + "/samples/piqa.jsonl"), fullPiqa, "a refused run changed the checkpoint")
 
+        // A model replaced at the same path (here: only its time stamp moves) is another model.
+        let weights = model + "/model.safetensors"
+        let stamp = try XCTUnwrap(try FileManager.default.attributesOfItem(atPath: weights)[.modificationDate] as? Date)
+        try FileManager.default.setAttributes([.modificationDate: stamp.addingTimeInterval(-3600)], ofItemAtPath: weights)
+        assertRefused(try eval(data, run, ["--resume"]), mentioning: [partial + "/state.json", "model files"], usage: nil)
+        try FileManager.default.setAttributes([.modificationDate: stamp], ofItemAtPath: weights)
+
         let resumed = try eval(data, run, ["--resume"])
         assertSucceeded(resumed)
         XCTAssertTrue(resumed.stderr.contains("resuming from \(partial): docs done piqa 6/6, arc_easy 3/6"), resumed.transcript)
