@@ -157,45 +157,6 @@ final class CLITests: XCTestCase {
 
     // MARK: Fixtures
 
-    /// GPT-2's byte → printable character map (the ByteLevel pre-tokenizer's alphabet).
-    static let byteToChar: [Character] = {
-        let printable = Set(Array(33...126) + Array(161...172) + Array(174...255))
-        var next = 256      // the other bytes get 256, 257, … in byte order
-        return (0..<256).map { b in
-            if printable.contains(b) { return Character(Unicode.Scalar(UInt32(b))!) }
-            defer { next += 1 }
-            return Character(Unicode.Scalar(UInt32(next))!)
-        }
-    }()
-
-    /// The tiny fixture models have no tokenizer, and every text command needs one. This writes a byte-level BPE
-    /// `tokenizer.json` (GPT-2 pipeline) whose 256 byte tokens and a few English merges fit the model's 300-entry
-    /// vocabulary, so every id it produces is a row of the embedding.
-    static func writeTokenizer(to folder: String, vocabularySize: Int) throws {
-        var vocab: [String: Int] = [:]
-        for b in 0..<256 { vocab[String(byteToChar[b])] = b }
-        var merges: [String] = []
-        for word in [" the", " and", " to", " of", " a", "in", "er", "on", "ed", "es", " is", "at", "or", "it"] {
-            let chars = word.utf8.map { String(byteToChar[Int($0)]) }
-            var left = chars[0]
-            for c in chars.dropFirst() where vocab.count < vocabularySize {
-                merges.append(left + " " + c)
-                left += c
-                if vocab[left] == nil { vocab[left] = vocab.count }
-            }
-        }
-        let byteLevel: [String: Any] = ["type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true]
-        let json: [String: Any] = [
-            "version": "1.0", "added_tokens": [], "normalizer": NSNull(), "pre_tokenizer": byteLevel,
-            "post_processor": NSNull(), "decoder": byteLevel,
-            "model": ["type": "BPE", "dropout": NSNull(), "unk_token": NSNull(), "continuing_subword_prefix": "",
-                      "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                      "vocab": vocab, "merges": merges] as [String: Any],
-        ]
-        try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys])
-            .write(to: URL(fileURLWithPath: folder + "/tokenizer.json"))
-    }
-
     /// `tiny-models/a_llama_gqa_tied` (4 layers, hidden 64, vocab 300) with a tokenizer added, in the work folder.
     func tinyModelWithTokenizer() throws -> String {
         let source = fixturesDir + "/tiny-models/a_llama_gqa_tied", folder = path("tiny-llama")
@@ -203,7 +164,8 @@ final class CLITests: XCTestCase {
         for name in ["config.json", "model.safetensors"] {
             try FileManager.default.copyItem(atPath: source + "/" + name, toPath: folder + "/" + name)
         }
-        try Self.writeTokenizer(to: folder, vocabularySize: 300)
+        // The tiny models have no tokenizer and every text command needs one: a byte-level BPE that fits their vocabulary.
+        try FileManager.default.copyItem(atPath: fixturesDir + "/tiny-models/byte_level_tokenizer.json", toPath: folder + "/tokenizer.json")
         return folder
     }
 

@@ -8,31 +8,11 @@ import XCTest
 final class ResumeEvaluationTests: XCTestCase {
     struct Interrupt: Error {}
 
-    /// `tiny-models/a_llama_gqa_tied` (vocab 300) with a byte-level tokenizer of 256 byte tokens and no merges, so
-    /// every id it produces is a row of the embedding.
+    /// `tiny-models/a_llama_gqa_tied` (vocab 300) with the byte-level tokenizer that fits its vocabulary.
     static let scorer = Result { () throws -> LoglikelihoodScorer in
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("coquant-resume-tokenizer-\(getpid())").path
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: folder) }
-        // GPT-2's byte → printable character map: printable bytes stand for themselves, the others get 256, 257, ….
-        let printable = Set(Array(33...126) + Array(161...172) + Array(174...255))
-        var next = 256, vocab: [String: Int] = [:]
-        for b in 0..<256 {
-            let scalar = printable.contains(b) ? b : next
-            if !printable.contains(b) { next += 1 }
-            vocab[String(Character(Unicode.Scalar(UInt32(scalar))!))] = b
-        }
-        let byteLevel: [String: Any] = ["type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true]
-        let json: [String: Any] = [
-            "version": "1.0", "added_tokens": [], "normalizer": NSNull(), "pre_tokenizer": byteLevel,
-            "post_processor": NSNull(), "decoder": byteLevel,
-            "model": ["type": "BPE", "dropout": NSNull(), "unk_token": NSNull(), "continuing_subword_prefix": "",
-                      "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                      "vocab": vocab, "merges": []] as [String: Any],
-        ]
-        try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: folder + "/tokenizer.json"))
-        let model = try ModelLoader.load(packageRoot + "/Tests/Fixtures/tiny-models/a_llama_gqa_tied").model
-        return LoglikelihoodScorer(model: model, tokenizer: try Tokenizer(tokenizerJSON: folder + "/tokenizer.json"))
+        let fixtures = packageRoot + "/Tests/Fixtures/tiny-models"
+        let model = try ModelLoader.load(fixtures + "/a_llama_gqa_tied").model
+        return LoglikelihoodScorer(model: model, tokenizer: try Tokenizer(tokenizerJSON: fixtures + "/byte_level_tokenizer.json"))
     }
 
     /// For a multiple-choice task with acc_norm (arc_easy) and LAMBADA (acc from is_greedy, perplexity): interrupted

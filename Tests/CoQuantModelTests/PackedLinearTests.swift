@@ -24,26 +24,22 @@ final class PackedLinearTests: XCTestCase {
         // Through a safetensors file, as the quantized folder stores it.
         let path = NSTemporaryDirectory() + "coquant-packed-\(getpid()).safetensors"
         defer { try? FileManager.default.removeItem(atPath: path) }
-        var w = SafeTensorsWriter()
-        w.add("x.qweight", bytes: p.packed, shape: [rows, p.rowBytes])
-        w.add("x.scales", scales, shape: [rows, 2])
-        w.add("x.zeros", zeros, shape: [rows, 2])
-        w.add("x.g_idx", groupIndex, shape: [cols])
-        w.add("x.group_bits", [4, 8] as [Int32], shape: [2])
-        try w.write(to: path)
-        let read = try SafeTensorsCheckpoint(files: [try SafeTensorsFile(path: path)]).packedLinear("x", bits: 8, rows: rows, cols: cols)
+        func readBack(groupBits: [Int32]) throws -> PackedLinear? {
+            var w = SafeTensorsWriter()
+            w.add("x.qweight", bytes: p.packed, shape: [rows, p.rowBytes])
+            w.add("x.scales", scales, shape: [rows, 2])
+            w.add("x.zeros", zeros, shape: [rows, 2])
+            w.add("x.g_idx", groupIndex, shape: [cols])
+            w.add("x.group_bits", groupBits, shape: [2])
+            try w.write(to: path)
+            return try SafeTensorsCheckpoint(files: [try SafeTensorsFile(path: path)]).packedLinear("x", bits: 8, rows: rows, cols: cols)
+        }
+        let read = try readBack(groupBits: [4, 8])
         XCTAssertEqual(read?.codes, codes)
         XCTAssertEqual(read?.dequantized(), p.dequantized())
 
         // A width above the container's is refused, naming the tensor.
-        var bad = SafeTensorsWriter()
-        bad.add("x.qweight", bytes: p.packed, shape: [rows, p.rowBytes])
-        bad.add("x.scales", scales, shape: [rows, 2])
-        bad.add("x.zeros", zeros, shape: [rows, 2])
-        bad.add("x.g_idx", groupIndex, shape: [cols])
-        bad.add("x.group_bits", [4, 9] as [Int32], shape: [2])
-        try bad.write(to: path)
-        XCTAssertThrowsError(try SafeTensorsCheckpoint(files: [try SafeTensorsFile(path: path)]).packedLinear("x", bits: 8, rows: rows, cols: cols)) {
+        XCTAssertThrowsError(try readBack(groupBits: [4, 9])) {
             XCTAssertTrue("\($0)".contains("x.group_bits"), "\($0)")
         }
     }
