@@ -128,6 +128,27 @@ public struct QuantizeOptions: Codable, Sendable {
     }
 }
 
+extension QuantizeOptions {
+    /// What the options alone rule out: ResQ/CoQuant quantize weights per output row, so no group size.
+    public func check() throws {
+        if method.usesSubspace, let g = scheme.weightGroupSize {
+            throw QuantError.invalidParameter("--method \(method.rawValue) quantizes weights per output row: drop the group size \(g) from --scheme \(scheme.name)")
+        }
+    }
+
+    /// What a model of configuration `c` rules out too: a weight group size must divide every linear's input
+    /// dimension. Cheap, so callers run it before writing anything.
+    public func check(for c: ModelConfiguration) throws {
+        try check()
+        guard let g = scheme.weightGroupSize else { return }
+        let dimensions = [("hidden_size", c.hiddenSize), ("num_attention_heads × head_dim", c.numAttentionHeads * c.headDim),
+                          ("intermediate_size", c.intermediateSize)]
+        for (name, dim) in dimensions where dim % g != 0 {
+            throw QuantError.invalidParameter("group size \(g) does not divide the model's \(name) \(dim)")
+        }
+    }
+}
+
 /// Everything a quantization run produced, for the folder and the report.
 public struct QuantizationResult {
     public var packed: [String: PackedLinear] = [:]     // "model.layers.i.self_attn.q_proj" → codes and grid
@@ -165,12 +186,7 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
                           onLinear: (LinearReport) -> Void = { _ in },
                           onStatistics: (Int) -> Void = { _ in }) throws -> QuantizationResult {
     let grid = try options.weightGrid()
-    if let g = options.scheme.weightGroupSize {
-        let c = model.config
-        for dim in [c.hiddenSize, c.numAttentionHeads * c.headDim, c.intermediateSize] where dim % g != 0 {
-            throw QuantError.groupSizeDoesNotDivide(groupSize: g, dimension: dim)
-        }
-    }
+    try options.check(for: model.config)
     var result = QuantizationResult()
     if options.method == .quarot {
         let online = applyQuaRotRotations(model, options: options)
@@ -180,9 +196,6 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
     var columnGrids: (String) throws -> ColumnGrids? = { _ in nil }
     if options.method.usesSubspace {
         let sub = options.subspace ?? SubspaceOptions()
-        guard options.scheme.weightGroupSize == nil else {
-            throw QuantError.invalidParameter("\(options.method.rawValue) quantizes weights per output row: drop the group size")
-        }
         let compensate = sub.preFuseLambdaCompensation ?? false
         let preFusionNorms = compensate ? model.layers.map {
             (attention: $0.inputLayernorm.map(Double.init), mlp: $0.postAttentionLayernorm.map(Double.init))

@@ -161,11 +161,8 @@ struct Quantize: ParsableCommand {
             }
             sub.basesFile = bases
             o.subspace = sub
-            // The library refuses this too, but only once the run has started and left OUT.partial/ behind.
-            if let g = s.weightGroupSize {
-                throw ValidationError("--method \(m.rawValue) quantizes weights per output row: drop the group size \(g) from --scheme \(s.name)")
-            }
         }
+        do { try o.check() } catch { throw ValidationError("\(error)") }
         guard nsamples > 0 else { throw ValidationError("--nsamples must be positive") }
         guard percdamp >= 0 else { throw ValidationError("--percdamp must be ≥ 0") }
         return o
@@ -190,13 +187,9 @@ struct Quantize: ParsableCommand {
         if opts.seqlen > c.maxPositionEmbeddings {
             throw RunError("--seqlen \(opts.seqlen) is longer than the model's context (\(c.maxPositionEmbeddings))")
         }
-        // quantizeModel refuses this too, but only after OUT.partial/ exists; here nothing has been written yet.
-        if let g = opts.scheme.weightGroupSize {
-            let dimensions = [("hidden_size", c.hiddenSize), ("num_attention_heads × head_dim", c.numAttentionHeads * c.headDim),
-                              ("intermediate_size", c.intermediateSize)]
-            for (name, dim) in dimensions where dim % g != 0 {
-                throw RunError("--scheme \(opts.scheme.name)\(wGroupsize == nil ? "" : " (--w-groupsize)"): group size \(g) does not divide the model's \(name) \(dim)")
-            }
+        // quantizeModel checks this too, but only after OUT.partial/ exists; here nothing has been written yet.
+        do { try opts.check(for: c) } catch {
+            throw RunError("--scheme \(opts.scheme.name)\(wGroupsize == nil ? "" : " (--w-groupsize)"): \(error)")
         }
         let calibPath = try calibFile ?? locateData(data, "wikitext-2-raw-v1/train.first1MB_nonempty_rows.txt")
         guard let raw = FileManager.default.contents(atPath: calibPath), let text = String(data: raw, encoding: .utf8) else {
