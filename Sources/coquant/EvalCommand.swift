@@ -106,14 +106,6 @@ struct Eval: ParsableCommand {
         }
     }
 
-    /// Without a terminal (a background run's log), the progress line is printed this often.
-    static let progressLogInterval = Duration.seconds(60)
-
-    func makeProgress(_ label: String, resumedAt: Int = 0) -> Progress {
-        Progress(enabled: output.showProgress, label: label, logEvery: output.quiet ? nil : Self.progressLogInterval,
-                 resumedAt: resumedAt)
-    }
-
     func run() throws {
         let start = ContinuousClock.now
         // Read every input before any model runs, so a bad data file fails at once and nothing is written.
@@ -153,7 +145,7 @@ struct Eval: ParsableCommand {
         if !resume { try checkpoint?.start(settings) }
         var results: [TaskResult] = []
         for ((task, docs), done) in zip(taskDocs, finished) {
-            let progress = makeProgress(task.name, resumedAt: done.count)
+            let progress = output.progress(task.name, resumedAt: done.count)
             // A finished task needs no file: evaluate scores nothing and calls no onDoc.
             let samples = try checkpoint.flatMap { done.count < docs.count ? try $0.samplesWriter(task: task.name, done: done) : nil }
             let r = try evaluate(task: task, docs: docs, scorer: scorer, done: done, progress: { n, total, s in
@@ -171,14 +163,14 @@ struct Eval: ParsableCommand {
         if let wikiText {
             let ids = loaded.tokenizer!.encode(wikiText)
             if ppl {
-                let progress = makeProgress("ppl window")
+                let progress = output.progress("ppl window")
                 perplexityResult = try perplexity(model: loaded.model, ids: ids, seqlen: seqlen, windows: windows) { done, total, s in
                     progress.update(done, total, seconds: s, unit: "tok", perStep: Double(seqlen))
                 }
                 if !output.quiet { printErr(perplexityResult!.summary) }
             }
             if let (ref, _) = reference {
-                let progress = makeProgress("KL window")
+                let progress = output.progress("KL window")
                 kl = try klDivergence(model: loaded.model, reference: ref, ids: ids) { done, total, s in
                     progress.update(done, total, seconds: s, unit: "tok", perStep: Double(seqlen))
                 }
@@ -231,7 +223,7 @@ struct Eval: ParsableCommand {
         }
         let fp = try loadModel(fpPath, quiet: output.quiet)
         let ids = fp.tokenizer!.encode(text)
-        let progress = makeProgress("KL reference window")
+        let progress = output.progress("KL reference window")
         let ref = try KLReference.compute(model: fp.model, ids: ids, seqlen: seqlen, windows: klWindows,
                                           topK: klTopK) { done, total, s in
             progress.update(done, total, seconds: s, unit: "tok", perStep: Double(seqlen))

@@ -64,8 +64,7 @@ struct Perplexity: ParsableCommand {
             log = handle
             if !output.quiet && !done.isEmpty { printErr("\(checkpoint): continuing after \(done.count) scored window(s)") }
         }
-        let progress = Progress(enabled: output.showProgress, label: "window",
-                                logEvery: output.quiet ? nil : Eval.progressLogInterval, resumedAt: done.count)
+        let progress = output.progress("window", resumedAt: done.count)
         let result = try CoQuantEval.perplexity(model: loaded.model, ids: ids, seqlen: seqlen, windows: windows, done: done,
                                                 progress: { done, total, s in
             progress.update(done, total, seconds: s, unit: "tok", perStep: Double(seqlen))

@@ -208,7 +208,7 @@ struct Quantize: ParsableCommand {
         if let sub = opts.subspace {
             _ = try highChannels(fraction: sub.highFraction, config: c)      // zero high channels: refuse before any work
         }
-        let statsProgress = Progress(enabled: output.showProgress, label: "statistics window", logEvery: output.quiet ? nil : Eval.progressLogInterval)
+        let statsProgress = output.progress("statistics window")
         let start = ContinuousClock.now
         let store = LayerCheckpointStore(output: out, options: opts)
         var finished: [FinishedLayer] = []
@@ -218,7 +218,7 @@ struct Quantize: ParsableCommand {
         } else {
             try store.start()
         }
-        // The rate and ETA count this run's layers only (a resumed run also re-propagates the finished ones first).
+        // Not logged without a terminal: every layer prints its own line. The rate and ETA count this run's layers only.
         let progress = Progress(enabled: output.showProgress, label: "layer", resumedAt: finished.count)
         let result = try quantizeModel(m, calibration: windows, options: opts, resume: finished, onLayer: { l, done in
             try store.save(layer: l, done)

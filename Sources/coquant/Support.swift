@@ -8,10 +8,18 @@ struct OutputOptions: ParsableArguments {
     @Flag(help: "Print the result as JSON on stdout (the summary line goes to stderr).")
     var json = false
 
-    @Flag(help: "No progress display (it is also off when stderr is not a terminal).")
+    @Flag(help: "No progress (redrawn in place on a terminal, otherwise logged once a minute).")
     var quiet = false
 
     var showProgress: Bool { !quiet && isatty(2) == 1 }
+
+    /// Without a terminal (a background run's log), a progress line is printed this often.
+    static let progressLogInterval = Duration.seconds(60)
+
+    /// Progress of a long loop: redrawn on a terminal, logged every `progressLogInterval` otherwise, silent with --quiet.
+    func progress(_ label: String, resumedAt: Int = 0) -> Progress {
+        Progress(enabled: showProgress, label: label, logEvery: quiet ? nil : Self.progressLogInterval, resumedAt: resumedAt)
+    }
 }
 
 /// Progress on stderr as `label i/N, rate, ETA`: on a terminal (`enabled`) one line redrawn in place; otherwise
