@@ -2,7 +2,8 @@
 # Whole-pipeline cost against one fp32 forward pass (DESIGN.md §5): on SmolLM2 with NSAMPLES × 2048 calibration
 # tokens, times (1) one fp32 forward pass over NSAMPLES windows of 2048 tokens, (2) `coquant quantize` end to end
 # for each of METHODS (default: GPTQ W4A16, CDQuant W4A16, CoQuant W4A4KV4), and prints each wall time divided by
-# (1), and CDQuant's extra time over GPTQ's. Run it on an otherwise idle machine: it is a timing.
+# (1), CDQuant's extra time over GPTQ's, where each run's time went (statistics, eigendecompositions, solves, rest),
+# and (3) `coquant ppl` of the last run's folder per window against (1). Run it on an otherwise idle machine.
 #
 #   bench/pipeline.sh                  # NSAMPLES=128: hours on 2 cores
 #   NSAMPLES=16 bench/pipeline.sh      # a quicker look (the solve share is then larger than at 128)
@@ -12,6 +13,7 @@ model=${MODEL:-${COQUANT_MODELS:-models}/SmolLM2-135M-Instruct.Q4_1.gguf}
 n=${NSAMPLES:-128}
 methods=${METHODS:-"gptq:W4A16 cdquant:W4A16 coquant:W4A4KV4"}
 out=${LOG_DIR:-$(mktemp -d /tmp/coquant-pipeline.XXXX)}
+mkdir -p "$out"
 [ "${SKIP_BUILD:-0}" = 1 ] || swift build -c release --product coquant --product coquant-bench >/dev/null
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "calibration: $n windows × 2048 tokens; logs in $out"
@@ -38,4 +40,26 @@ print(f"solve time: GPTQ {gs:.1f} s, CDQuant {cs:.1f} s; CDQuant's extra time = 
 print(f"summed layer loss: GPTQ {gl:.6g}, CDQuant {cl:.6g} ({100 * (cl - gl) / gl:+.1f} %); CDQuant lower in {lower}/{len(g['linears'])} linears")
 PY
 fi
+# Where each run's time went (the stages of DESIGN.md §5 and issue 4): the statistics pass and eigendecompositions
+# (ResQ/CoQuant), the weight solves, and the rest (layer forward passes, Hessians, fusion, packing, writing).
+for entry in $methods; do
+  python3 - "$out/${entry%%:*}-${entry##*:}/report.json" "${wall[$entry]}" "$forward" "$entry" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); wall, forward, name = float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+sub = r.get("subspace") or {}
+stages = [("statistics", sub.get("statisticsSeconds", 0.0)), ("eigendecompositions", sub.get("basesSeconds", 0.0)),
+          ("solves", sum(l["seconds"] for l in r["linears"]))]
+stages.append(("rest", wall - sum(s for _, s in stages)))
+print(f"{name:<16} " + "  ".join(f"{k} {v:.1f} s ({v / forward:.2f}×)" for k, v in stages if v > 0))
+PY
+done
+# Evaluation: the last quantized folder (CoQuant by default, with its online ops) scored on as many WikiText-2 test
+# windows as calibration windows (at most 148).
+last=${methods##* }; last_dir=$out/${last%%:*}-${last##*:}
+windows=$(( n < 148 ? n : 148 ))
+t0=$(date +%s.%N)
+.build/release/coquant ppl "$last_dir" --windows "$windows" --quiet > "$out/ppl.log" 2>&1
+ppl_wall=$(echo "$(date +%s.%N) - $t0" | bc -l)
+printf 'evaluation: coquant ppl of %s over %d windows %.1f s = %.2f × forward per window\n' "$last" "$windows" "$ppl_wall" \
+  "$(echo "$ppl_wall / $windows / ($forward / $n)" | bc -l)"
 echo "load at end $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -21,9 +21,11 @@ mkdir -p "$runs" "$results"
 [ -x .build/release/coquant ] || swift build -c release --product coquant
 bin=.build/release/coquant
 
-# QuaRot's W4A4KV4 settings (its README): activations per token, clip 0.9; K/V asymmetric per (token, head), clip 0.95;
-# weights per channel, symmetric, MSE clip search. The no-rotation RTN row uses the same quantizers.
-a4="--scheme W4A4KV4 --a-clip-ratio 0.9 --kv-clip-ratio 0.95 --w-clip"
+# Every W4A4KV4 row (RTN without rotation, QuaRot, ResQ, CoQuant) uses the same quantizers, those of the
+# ResQ/CoQuant reference scripts, so that the rows differ only in their rotations/bases and solver: weights per
+# channel, symmetric, MSE clip search; activations per token and K/V per (token, head), asymmetric, clip 1.0 (K's
+# range includes 0). results/CONFIGURATIONS.md lists every setting and the reference commands.
+a4="--scheme W4A4KV4 --w-clip"
 declare -A config=(
   [gptq-w4a16]="--method gptq --scheme W4A16"
   [cdquant-w4a16]="--method cdquant --scheme W4A16"
@@ -32,16 +34,16 @@ declare -A config=(
   [rtn-w4a4kv4]="--method rtn $a4"
   [gptq-w3a16]="--method gptq --scheme W3A16"
   [cdquant-w3a16]="--method cdquant --scheme W3A16"
-  [quarot-gptq-w4a4kv4]="--method quarot --solver gptq $a4"
-  [quarot-cdquant-w4a4kv4]="--method quarot --solver cdquant $a4"
   [fp]=""
 )
-order=(gptq-w4a16 cdquant-w4a16 rtn-w4a16 rtn-w3a16 rtn-w4a4kv4 gptq-w3a16 cdquant-w3a16 quarot-gptq-w4a4kv4 quarot-cdquant-w4a4kv4 fp)
+# The QuaRot rows of this table are the seed-0 QuaRot rows of the subspace table (the same configuration).
+order=(gptq-w4a16 cdquant-w4a16 rtn-w4a16 rtn-w3a16 rtn-w4a4kv4 gptq-w3a16 cdquant-w3a16 quarot-gptq-w4a4kv4-s0 quarot-cdquant-w4a4kv4-s0 fp)
 
 # The ResQ / CoQuant table (W4A4KV4, 1/8 of the channels at 8 bits): the reference scripts' settings — weights per
 # channel, symmetric, MSE clip; activations per token and K/V per (token, head), asymmetric, clip 1.0 — for seeds
-# 0–2 (calibration windows and random rotations). Both solvers of one (method, granularity, seed) share a bases file.
-# Named e.g. coquant-cdquant-per-layer-s1; QuaRot rows as quarot-gptq-w4a4kv4-s1 (QuaRot's own clip ratios).
+# 0–2 (calibration windows and random rotations). Both solvers of one (method, granularity, seed) share a bases file,
+# and all ResQ/CoQuant runs of one seed share one statistics pass (the same windows through the same fused model).
+# Named e.g. coquant-cdquant-per-layer-s1; QuaRot rows as quarot-gptq-w4a4kv4-s1 (the same quantizers).
 subspace_order=()
 for seed in 0 1 2; do
   for solver in gptq cdquant; do
@@ -50,7 +52,7 @@ for seed in 0 1 2; do
     for method in resq coquant; do
       for granularity in per-layer shared; do
         name=$method-$solver-$granularity-s$seed
-        config[$name]="--method $method --solver $solver --scheme W4A4KV4 --w-clip --granularity $granularity --seed $seed --bases $runs/bases-$method-$granularity-s$seed.safetensors"
+        config[$name]="--method $method --solver $solver --scheme W4A4KV4 --w-clip --granularity $granularity --seed $seed --bases $runs/bases-$method-$granularity-s$seed.safetensors --statistics $runs/statistics-s$seed.safetensors"
         subspace_order+=("$name")
       done
     done

@@ -80,6 +80,9 @@ public struct SubspaceOptions: Codable, Sendable, Equatable {
     public var preFuseLambdaCompensation: Bool?
     /// Bases file: read when it exists (no statistics pass), written after computing them otherwise.
     public var basesFile: String?
+    /// Second-moment statistics file: read when it exists and matches this model and these windows (no statistics
+    /// pass), written after the pass otherwise. Shared by runs that differ in method, granularity or solver.
+    public var statisticsFile: String?
 
     public init() {}
 }
@@ -119,10 +122,10 @@ public struct QuantizeOptions: Codable, Sendable {
         if method == .quarot { headMixing = true }
     }
 
-    /// Symmetric weights are GPTQ's `quant.py` grid, except for ResQ/CoQuant, whose reference quantizer is
-    /// QuaRot's `WeightQuantizer` (signed codes, s = max|w|/(2^(b−1) − 1)).
+    /// Symmetric weights are GPTQ's `quant.py` grid, except for the methods whose reference code is QuaRot's
+    /// (QuaRot, ResQ, CoQuant): its `WeightQuantizer` (signed codes, s = max|w|/(2^(b−1) − 1)).
     public func weightGrid(bits: Int? = nil) throws -> QuantGrid {
-        let symmetric: GridScheme = method.usesSubspace ? .signedSymmetric : .symmetric
+        let symmetric: GridScheme = method.usesSubspace || method == .quarot ? .signedSymmetric : .symmetric
         return try .weight(bits: bits ?? scheme.weightBits, scheme: weightSymmetric ? symmetric : .asymmetric,
                            groupSize: scheme.weightGroupSize, mse: weightClip ? .reference : nil)
     }
@@ -191,7 +194,7 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
     if options.method == .quarot {
         let online = applyQuaRotRotations(model, options: options)
         result.warnings += online.notes
-        installHooks(model, online: online, activations: nil, kv: nil)     // calibrate with the online rotations, no fake quant
+        installHooks(model, online: online, activations: nil, keys: nil, values: nil)     // calibrate with the online rotations, no fake quant
     }
     var columnGrids: (String) throws -> ColumnGrids? = { _ in nil }
     if options.method.usesSubspace {
@@ -216,8 +219,19 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
             result.warnings.append("bases read from \(file) (no statistics pass)")
         } else {
             var t = ContinuousClock.now
-            let stats = SubspaceStatistics.collect(model, windows: windows, withQueries: sub.kvWeightAware,
-                                                   sampleTokens: 256, progress: onStatistics)
+            let stats: SubspaceStatistics
+            let sampleTokens = 256
+            let fingerprint = sub.statisticsFile.map { _ in
+                StatisticsFingerprint(model: model, windows: windows, withQueries: sub.kvWeightAware, sampleTokens: sampleTokens)
+            }
+            if let file = sub.statisticsFile, let fingerprint, FileManager.default.fileExists(atPath: file) {
+                stats = try SubspaceStatistics.read(file, config: model.config, fingerprint: fingerprint)
+                result.warnings.append("statistics read from \(file) (no statistics pass)")
+            } else {
+                stats = SubspaceStatistics.collect(model, windows: windows, withQueries: sub.kvWeightAware,
+                                                   sampleTokens: sampleTokens, progress: onStatistics)
+                if let file = sub.statisticsFile, let fingerprint { try stats.write(to: file, fingerprint: fingerprint) }
+            }
             result.statisticsSeconds = seconds(since: t)
             t = ContinuousClock.now
             bases = try buildBases(stats, model: model, objective: objective, granularity: sub.granularity,
@@ -381,21 +395,26 @@ public func installFakeQuantization(_ model: LlamaModel, scheme: QuantScheme, op
     let hd = model.config.headDim
     let activations = scheme.activationBits < 16
         ? try ActivationQuantizer(bits: scheme.activationBits, clipRatio: Float(options.activationClipRatio)) : nil
-    let kv = scheme.kvBits < 16
+    // Per (token, head) groups; the keys' range is forced to contain 0 and the values' is not, as QuaRot's
+    // reference quantizes them (K through the per-token path of `ActQuantizer` on [T·H, hd], V group-wise).
+    let values = scheme.kvBits < 16
         ? try ActivationQuantizer(bits: scheme.kvBits, groupSize: hd, clipRatio: Float(options.kvClipRatio)) : nil
+    let keys = scheme.kvBits < 16
+        ? try ActivationQuantizer(bits: scheme.kvBits, groupSize: hd, clipRatio: Float(options.kvClipRatio),
+                                  rangeRule: .includeZero) : nil
     var downProj = activations
     if let b = options.downProjActivationBits, activations != nil {
         downProj = b < 16 ? try ActivationQuantizer(bits: b, clipRatio: Float(options.activationClipRatio)) : nil
     }
     installHooks(model, online: options.method == .quarot ? OnlineRotations(config: model.config, headMixing: options.headMixing ?? false) : nil,
-                 activations: activations, kv: kv, downProj: downProj)
+                 activations: activations, keys: keys, values: values, downProj: downProj)
 }
 
 /// `downProj`: the down_proj input's quantizer (default: `activations`), so that layer type can differ.
-func installHooks(_ model: LlamaModel, online: OnlineRotations?, activations: ActivationQuantizer?, kv: ActivationQuantizer?,
-                  downProj: ActivationQuantizer?? = nil) {
+func installHooks(_ model: LlamaModel, online: OnlineRotations?, activations: ActivationQuantizer?, keys: ActivationQuantizer?,
+                  values: ActivationQuantizer?, downProj: ActivationQuantizer?? = nil) {
     let downProj = downProj ?? activations
-    if online == nil && activations == nil && kv == nil { model.hook = nil; return }
+    if online == nil && activations == nil && keys == nil && values == nil { model.hook = nil; return }
     let hd = model.config.headDim
     model.hook = { _, site, x, rows, cols in
         switch site {
@@ -411,9 +430,9 @@ func installHooks(_ model: LlamaModel, online: OnlineRotations?, activations: Ac
             online?.head.apply(x, rows: rows * cols / hd)
         case .keys:
             online?.head.apply(x, rows: rows * cols / hd)
-            try? kv?.apply(x, rows: rows, cols: cols)
+            try? keys?.apply(x, rows: rows, cols: cols)
         case .values:
-            try? kv?.apply(x, rows: rows, cols: cols)
+            try? values?.apply(x, rows: rows, cols: cols)
         case .lmHeadInput, .basisChangeInput:
             break
         }

@@ -51,7 +51,7 @@ struct Quantize: ParsableCommand {
     var kvBits: Int?
     @Option(name: [.customLong("w-groupsize"), .customLong("w_groupsize")], help: "Weight group size (-1: per channel).")
     var wGroupsize: Int?
-    @Flag(name: [.customLong("w-asym"), .customLong("w_asym")], help: "Asymmetric weight grid (default symmetric, as the reference).")
+    @Flag(name: [.customLong("w-asym"), .customLong("w_asym")], help: "Asymmetric weight grid. Default symmetric, as QuaRot, ResQ and CoQuant run (IST-DASLab/gptq's llama.py defaults to asymmetric: pass this to match its runs without --sym).")
     var wAsym = false
     @Flag(name: [.customLong("w-clip"), .customLong("w_clip")], help: "MSE search for the weight clipping range (grid 100, shrink 0.8, norm 2.4).")
     var wClip = false
@@ -98,6 +98,8 @@ struct Quantize: ParsableCommand {
 
     @Option(help: "resq/coquant: bases file (float64 safetensors). Read if it exists, skipping the statistics pass; written otherwise, so a second run with another solver reuses the bases and rotations.")
     var bases: String?
+    @Option(help: "resq/coquant: second-moment statistics file (float64 safetensors). Read if it exists and was collected from this model and these calibration windows, skipping the statistics pass; written otherwise. ResQ and CoQuant, per-layer and shared runs on the same windows can share one.")
+    var statistics: String?
 
     @Flag(help: "Replace --out if it exists.")
     var overwrite = false
@@ -160,6 +162,7 @@ struct Quantize: ParsableCommand {
                 sub.preFuseLambdaCompensation = true
             }
             sub.basesFile = bases
+            sub.statisticsFile = statistics
             o.subspace = sub
         }
         do { try o.check() } catch { throw ValidationError("\(error)") }

@@ -71,7 +71,7 @@ final class FusionTests: XCTestCase {
             var options = QuantizeOptions(method: .quarot, scheme: QuantScheme(weightBits: 16))
             options.centerEmbeddings = false
             let online = applyQuaRotRotations(model, options: options)
-            installHooks(model, online: online, activations: nil, kv: nil)
+            installHooks(model, online: online, activations: nil, keys: nil, values: nil)
             XCTAssertLessThan(maxAbsDiff(model.forward(ids), reference), 1e-4, variant)
             // The across-heads mixing is really there: without it o_proj's fused weight differs.
             XCTAssertNotNil(online.acrossHeads)
@@ -106,7 +106,7 @@ final class FusionTests: XCTestCase {
         let quarot = try ModelLoader.load(path).model
         var options = QuantizeOptions(method: .quarot, scheme: QuantScheme(weightBits: 16))
         options.centerEmbeddings = false
-        installHooks(quarot, online: applyQuaRotRotations(quarot, options: options), activations: nil, kv: nil)
+        installHooks(quarot, online: applyQuaRotRotations(quarot, options: options), activations: nil, keys: nil, values: nil)
         let diff = maxAbsDiff(quarot.forward(ids), reference)
         print("SmolLM2 QuaRot-rotated vs original: max |Δlogit| \(diff)")
         XCTAssertLessThan(diff, 1e-3)

@@ -151,6 +151,33 @@ final class QuantizedFolderTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("pre-fusion λ compensation, this run needs wa_cov per-layer"), "\($0)")
         }
 
+        // One statistics pass serves ResQ and CoQuant, per-layer and shared: a run reading the file gets the bases a
+        // run with its own pass computes, bit for bit; a file from other windows is refused, naming the difference.
+        let statisticsFile = out + "-statistics.safetensors"
+        defer { try? FileManager.default.removeItem(atPath: statisticsFile) }
+        func subspaceRun(_ method: Method, _ granularity: BasisGranularity, statistics: String?, windows other: [[Int]]? = nil) throws -> QuantizationResult {
+            var options = QuantizeOptions(method: method, scheme: try QuantScheme(parsing: "W4A4KV4"), solver: .rtn)
+            options.seqlen = 16
+            options.nsamples = 4
+            options.subspace!.granularity = granularity
+            options.subspace!.statisticsFile = statistics
+            return try quantizeModel(try ModelLoader.load(dir).model, calibration: other ?? windows, options: options)
+        }
+        let first = try subspaceRun(.resq, .perLayer, statistics: statisticsFile)
+        XCTAssertFalse(first.warnings.contains { $0.hasPrefix("statistics read from") })
+        XCTAssertTrue(FileManager.default.fileExists(atPath: statisticsFile))
+        for (method, granularity) in [(Method.coquant, BasisGranularity.perLayer), (.coquant, .shared), (.resq, .perLayer)] {
+            let shared = try subspaceRun(method, granularity, statistics: statisticsFile)
+            let own = try subspaceRun(method, granularity, statistics: nil)
+            XCTAssertTrue(shared.warnings.contains { $0.hasPrefix("statistics read from") }, "\(method) \(granularity)")
+            XCTAssertEqual(shared.bases!.attention.map(\.data), own.bases!.attention.map(\.data), "\(method) \(granularity)")
+            XCTAssertEqual(shared.bases!.keys.flatMap { $0.map(\.data) }, own.bases!.keys.flatMap { $0.map(\.data) })
+            XCTAssertEqual(shared.errorChecks.map(\.measured), own.errorChecks.map(\.measured), "the error-model sample is kept too")
+        }
+        XCTAssertThrowsError(try subspaceRun(.coquant, .perLayer, statistics: statisticsFile, windows: Array(windows.reversed()))) {
+            XCTAssertTrue("\($0)".contains("other calibration windows"), "\($0)")
+        }
+
         let existing = NSTemporaryDirectory() + "coquant-qfolder-exists-\(getpid())"
         try FileManager.default.createDirectory(atPath: existing, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: existing) }
@@ -189,6 +216,38 @@ final class QuantizedFolderTests: XCTestCase {
                 if downBits != nil { XCTAssertGreaterThan(levels, 16, what) }
                 if !method.usesSubspace { XCTAssertLessThanOrEqual(mlpLevels, 16, what + ": other inputs stay at 4 bits") }
             }
+        }
+    }
+
+    /// The KV cache as QuaRot's reference quantizes it, in every method: keys per (token, head) with 0 forced into
+    /// the range, values per (token, head) without; and QuaRot's weights on its own signed grid, like ResQ/CoQuant.
+    func testKVRangeRulesAndWeightGrids() throws {
+        let dir = fixturesDir + "/tiny-models/a_llama_gqa_tied"
+        let model = try ModelLoader.load(dir).model
+        let hd = model.config.headDim
+        let scheme = QuantScheme(weightBits: 4, activationBits: 16, kvBits: 4)
+        // One head's row of positive values: forcing 0 in moves every grid point, so the two rules differ.
+        let row = (0..<hd).map { 1 + Float($0) / Float(hd) }
+        for method in [Method.rtn, .gptq, .quarot] {
+            try installFakeQuantization(model, scheme: scheme, options: QuantizeOptions(method: method, scheme: scheme))
+            for (site, rule) in [(HookSite.keys, RangeRule.includeZero), (.values, .minMax)] {
+                var seen = row, expected = row
+                // QuaRot rotates the keys (a Hadamard per head) before quantizing them.
+                if method == .quarot && site == .keys { OnlineRotations(config: model.config).head.apply(&expected, rows: 1) }
+                try ActivationQuantizer(bits: 4, groupSize: hd, rangeRule: rule).apply(&expected, rows: 1, cols: hd)
+                seen.withUnsafeMutableBufferPointer { model.hook!(0, site, $0.baseAddress!, 1, hd) }
+                XCTAssertEqual(seen, expected, "\(method) \(site)")
+            }
+        }
+        var other = row
+        try ActivationQuantizer(bits: 4, groupSize: hd, rangeRule: .minMax).apply(&other, rows: 1, cols: hd)
+        var keys = row
+        try ActivationQuantizer(bits: 4, groupSize: hd, rangeRule: .includeZero).apply(&keys, rows: 1, cols: hd)
+        XCTAssertNotEqual(keys, other, "the test row tells the two range rules apart")
+
+        for (method, grid) in [(Method.rtn, GridScheme.symmetric), (.gptq, .symmetric), (.cdquant, .symmetric),
+                               (.quarot, .signedSymmetric), (.resq, .signedSymmetric), (.coquant, .signedSymmetric)] {
+            XCTAssertEqual(try QuantizeOptions(method: method, scheme: scheme).weightGrid().scheme, grid, "\(method)")
         }
     }
 
