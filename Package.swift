@@ -26,7 +26,7 @@ let package = Package(
             "CoQuantModel", "CoQuantEval", "CoQuantQuant",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .executableTarget(name: "coquant-bench", dependencies: ["CoQuantModel", "CoQuantEval"], path: "bench/Sources",
+        .executableTarget(name: "coquant-bench", dependencies: ["CoQuantModel", "CoQuantQuant", "CoQuantEval"], path: "bench/Sources",
                           swiftSettings: kernelFlags),
         .testTarget(name: "CoQuantTensorTests", dependencies: ["CoQuantTensor", "CoQuantModel"]),
         .testTarget(name: "CoQuantModelTests", dependencies: ["CoQuantModel"]),

@@ -53,13 +53,15 @@ stages.append(("rest", wall - sum(s for _, s in stages)))
 print(f"{name:<16} " + "  ".join(f"{k} {v:.1f} s ({v / forward:.2f}×)" for k, v in stages if v > 0))
 PY
 done
-# Evaluation: the last quantized folder (CoQuant by default, with its online ops) scored on as many WikiText-2 test
-# windows as calibration windows (at most 148).
-last=${methods##* }; last_dir=$out/${last%%:*}-${last##*:}
-windows=$(( n < 148 ? n : 148 ))
-t0=$(date +%s.%N)
-.build/release/coquant ppl "$last_dir" --windows "$windows" --quiet > "$out/ppl.log" 2>&1
-ppl_wall=$(echo "$(date +%s.%N) - $t0" | bc -l)
-printf 'evaluation: coquant ppl of %s over %d windows %.1f s = %.2f × forward per window\n' "$last" "$windows" "$ppl_wall" \
-  "$(echo "$ppl_wall / $windows / ($forward / $n)" | bc -l)"
+# Evaluation (EVAL=0 skips it): the last quantized folder (CoQuant by default, with its online ops) scored on as
+# many WikiText-2 test windows as calibration windows (at most 148).
+if [ "${EVAL:-1}" = 1 ]; then
+  last=${methods##* }; last_dir=$out/${last%%:*}-${last##*:}
+  windows=$(( n < 148 ? n : 148 ))
+  t0=$(date +%s.%N)
+  .build/release/coquant ppl "$last_dir" --windows "$windows" --quiet > "$out/ppl.log" 2>&1
+  ppl_wall=$(echo "$(date +%s.%N) - $t0" | bc -l)
+  printf 'evaluation: coquant ppl of %s over %d windows %.1f s = %.2f × forward per window\n' "$last" "$windows" \
+    "$ppl_wall" "$(echo "$ppl_wall / $windows / ($forward / $n)" | bc -l)"
+fi
 echo "load at end $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1,6 +1,8 @@
 import CoQuantTensor
 
-/// H = (2/n) Σ x xᵀ over the calibration inputs of one layer, in float64 (GPTQ_CDQUANT.md §1.3, §6.1).
+/// H = (2/n) Σ x xᵀ over the calibration inputs of one layer, accumulated in float64 (GPTQ_CDQUANT.md §1.3, §6.1):
+/// float64 batches exactly, float32 batches (the forward pass's layer inputs) as one float32 ssyrk per batch added
+/// into the float64 H, the spec's recommended split — it halves the cost of the largest share of a GPTQ pass.
 ///
 /// Shapes: each batch X is [m, C] (one token per row), H is [C, C]. Like the reference's `add_batch`
 /// (gptq.py:32-58) it keeps a running average, so H is usable after any batch:
@@ -13,6 +15,7 @@ import CoQuantTensor
 public struct HessianAccumulator: Sendable {
     public private(set) var H: Matrix<Double>
     public private(set) var samples = 0
+    var scratch: [Float] = []
 
     public init(columns: Int) {
         H = Matrix(zeros: columns, columns)
@@ -34,7 +37,11 @@ public struct HessianAccumulator: Sendable {
 
     /// Adds a Float32 batch (e.g. a layer input seen by a forward hook), row r at x + r·C.
     public mutating func add(_ x: UnsafePointer<Float>, rows: Int, samples m: Int? = nil) {
-        let c = H.cols
-        add(Matrix(rows: rows, cols: c, data: (0..<(rows * c)).map { Double(x[$0]) }), samples: m)
+        let m = m ?? rows
+        precondition(m > 0, "a batch must count for at least one sample")
+        let n = samples
+        samples = n + m
+        syrkAccumulate(x, rows: rows, cols: H.cols, alpha: 2 / Double(samples), keep: Double(n) / Double(n + m),
+                       into: &H, scratch: &scratch)
     }
 }

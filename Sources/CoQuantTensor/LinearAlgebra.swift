@@ -21,6 +21,28 @@ public func syrkAccumulate(_ x: Matrix<Double>, alpha: Double = 1, into c: inout
     for i in 0..<d { for j in 0..<i { c.data[i * d + j] = c.data[j * d + i] } }
 }
 
+/// `C ← keep · C + alpha · XᵀX` for a float32 X [n, d]: the product in float32 with ssyrk, added into the float64 C
+/// (GPTQ_CDQUANT.md §6.1: per-batch fp32 products, fp64 accumulation). Twice dsyrk's throughput and no float64 copy
+/// of X; one batch's sum of n ≤ a few thousand float32 products is far more precise than the reference's fp32 H.
+/// `scratch` is a [d·d] float32 buffer reused across calls.
+public func syrkAccumulate(_ x: UnsafePointer<Float>, rows n: Int, cols d: Int, alpha: Double, keep: Double = 1,
+                           into c: inout Matrix<Double>, scratch: inout [Float]) {
+    precondition(c.rows == d && c.cols == d, "syrk: X is \(n)×\(d) but C is \(c.rows)×\(c.cols)")
+    if scratch.count != d * d { scratch = [Float](repeating: 0, count: d * d) }
+    scratch.withUnsafeMutableBufferPointer { ps in
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(d), Int32(n), 1, x, Int32(d), 0, ps.baseAddress!, Int32(d))
+        c.data.withUnsafeMutableBufferPointer { pc in
+            for i in 0..<d {
+                for j in i..<d {
+                    let v = keep * pc[i * d + j] + alpha * Double(ps[i * d + j])
+                    pc[i * d + j] = v
+                    pc[j * d + i] = v
+                }
+            }
+        }
+    }
+}
+
 /// Cholesky factor of a symmetric positive-definite matrix: upper U with A = UᵀU (`upper: true`) or lower L with
 /// A = LLᵀ. The unused triangle is zeroed.
 public func cholesky(_ a: Matrix<Double>, upper: Bool = false) throws -> Matrix<Double> {

@@ -64,11 +64,21 @@ final class GPTQOracleTests: XCTestCase {
             acc.add(Matrix(rows: 64, cols: X.cols, data: Array(X.data[(b * X.cols)..<((b + 64) * X.cols)])))
         }
         assertClose(acc.H.data, try f.doubles("H").map { $0 * 2 / 256 }, atol: 1e-12, rtol: 1e-13, "H")
+        // The pipeline's path: float32 layer inputs, one float32 ssyrk per batch added into the float64 H.
+        var acc32 = HessianAccumulator(columns: X.cols)
+        for b in stride(from: 0, to: X.rows, by: 64) {
+            X.data[(b * X.cols)..<((b + 64) * X.cols)].map(Float.init).withUnsafeBufferPointer {
+                acc32.add($0.baseAddress!, rows: 64)
+            }
+        }
+        assertClose(acc32.H.data, acc.H.data, atol: 1e-6 * acc.H.data.map(abs).max()!, rtol: 1e-5, "H from float32 batches")
         let losses = try XCTUnwrap(try oracleSummary()["gptq"] as? [String: [String: Any]])
         for (name, act, grid) in [("asym4_act1_gs16", true, try QuantGrid.weight(bits: 4, groupSize: 16)),
                                   ("sym4_act0_gsnone", false, try .weight(bits: 4, scheme: .symmetric))] {
             let q = try GPTQ(actOrder: act).solve(W: W, H: acc.H, grid: grid)
             try assertMatchesOracle(q, f, name)
+            // Same codes from the float32-batch H (GPTQ_CDQUANT.md §6.1).
+            XCTAssertEqual(try GPTQ(actOrder: act).solve(W: W, H: acc32.H, grid: grid).codes, q.codes, "\(name) codes, float32 batches")
             assertRelative(layerLoss(W, q.values, acc.H) * 128, try XCTUnwrap(losses[name]?["loss_tr_WmQ_H_WmQT"] as? Double),
                            1e-9, "\(name) loss")
         }

@@ -253,13 +253,23 @@ final class HessianAccumulatorTests: XCTestCase {
         let bf = Matrix(rows: 3, cols: 5, data: b.data.map { Double(Float($0)) })
         gemm(bf, transA: true, bf, beta: 1, into: &expected)
         XCTAssertEqual(acc.samples, 9)
-        assertClose(acc.H.data, expected.data.map { $0 * 2 / 9 }, atol: 1e-14, "H")
+        // The float32 batch is multiplied in float32 (ssyrk) and added into the float64 H: float32 accuracy.
+        assertClose(acc.H.data, expected.data.map { $0 * 2 / 9 }, atol: 1e-6, "H")
         // The reference counts sequences, not tokens: 2 sequences of 3 tokens, then 1.
         var seq = HessianAccumulator(columns: 5)
         seq.add(a, samples: 2)
         seq.add(bf, samples: 1)
         assertClose(seq.H.data, expected.data.map { $0 * 2 / 3 }, atol: 1e-14, "H per sequence")
         for i in 0..<5 { for j in 0..<5 { XCTAssertEqual(acc.H[i, j], acc.H[j, i]) } }
+        // Float32 batches only: the same as the float64 path on the same (float32-representable) values.
+        var f32 = HessianAccumulator(columns: 5), f64 = HessianAccumulator(columns: 5)
+        for batch in [a, b, a] {
+            let x = batch.data.map(Float.init)
+            f32.add(x, rows: batch.rows)
+            f64.add(Matrix(rows: batch.rows, cols: 5, data: x.map(Double.init)))
+        }
+        assertClose(f32.H.data, f64.H.data, atol: 1e-6, rtol: 1e-6, "float32 batches")
+        XCTAssertNotEqual(f32.H.data, f64.H.data, "the float32 path really multiplies in float32")
     }
 }
 

@@ -1,4 +1,5 @@
 import CoQuantModel
+import CoQuantQuant
 import CoQuantTensor
 import Foundation
 
@@ -8,6 +9,11 @@ import Foundation
 //
 // coquant-bench forward --model PATH --windows N [--tokens 2048]
 // One fp32 forward pass (all logits) over N windows: the denominator of bench/pipeline.sh's ratio.
+//
+// coquant-bench hessian [--tokens 2048] [--cols 1536] [--batches 8] [--rounds 3]
+// GPTQ's H accumulation of float32 layer inputs (one window a batch), side by side: each batch converted to float64
+// and multiplied with dsyrk (the earlier path) vs one float32 ssyrk per batch added into the float64 H (the
+// pipeline's path now, GPTQ_CDQUANT.md §6.1); rounds alternate A B; prints the median seconds and the ratio.
 
 func option(_ name: String, _ fallback: String?) -> String? {
     let args = CommandLine.arguments
@@ -38,8 +44,37 @@ if args.count >= 2, args[1] == "forward", let path = option("model", nil), let n
         exit(1)
     }
 }
+if args.count >= 2, args[1] == "hessian" {
+    let T = Int(option("tokens", "2048")!)!, C = Int(option("cols", "1536")!)!
+    let batches = Int(option("batches", "8")!)!, rounds = Int(option("rounds", "3")!)!
+    var rng = SeededGenerator(seed: 0)
+    let X = (0..<batches).map { _ in (0..<(T * C)).map { _ in Float(Int(rng.next() % 2001) - 1000) / 500 } }
+    func time(_ body: () -> Double) -> (Double, Double) {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        let check = body()
+        return (Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9, check)
+    }
+    var float64Times: [Double] = [], float32Times: [Double] = [], difference = 0.0
+    for _ in 0..<rounds {
+        let (a, h64) = time {
+            var H = HessianAccumulator(columns: C)
+            for x in X { H.add(Matrix(rows: T, cols: C, data: x.map(Double.init)), samples: 1) }
+            return H.H.data.reduce(0, +)
+        }
+        let (b, h32) = time {
+            var H = HessianAccumulator(columns: C)
+            for x in X { x.withUnsafeBufferPointer { H.add($0.baseAddress!, rows: T, samples: 1) } }
+            return H.H.data.reduce(0, +)
+        }
+        float64Times.append(a); float32Times.append(b); difference = abs(h64 - h32) / abs(h64)
+    }
+    let a = float64Times.sorted()[rounds / 2], b = float32Times.sorted()[rounds / 2]
+    print(String(format: "RESULT hessian tokens=%d cols=%d batches=%d float64_dsyrk_s=%.3f float32_ssyrk_s=%.3f speedup=%.2f sum_rel_diff=%.1e",
+                 T, C, batches, a, b, a / b, difference))
+    exit(0)
+}
 guard args.count >= 2, args[1] == "prefill", let path = option("model", nil) else {
-    FileHandle.standardError.write("usage: coquant-bench prefill --model PATH [--tokens 2048] [--repeats 3]\n       coquant-bench forward --model PATH --windows N [--tokens 2048]\n".data(using: .utf8)!)
+    FileHandle.standardError.write("usage: coquant-bench prefill --model PATH [--tokens 2048] [--repeats 3]\n       coquant-bench forward --model PATH --windows N [--tokens 2048]\n       coquant-bench hessian [--tokens 2048] [--cols 1536] [--batches 8] [--rounds 3]\n".data(using: .utf8)!)
     exit(2)
 }
 let tokens = Int(option("tokens", "2048")!)!
