@@ -235,16 +235,9 @@ extension SubspaceStatistics {
         guard differences.isEmpty else {
             throw ModelFileError(path, "statistics were collected from \(differences.joined(separator: ", ")) than this run uses; remove the file or pass another --statistics path")
         }
-        let d = c.hiddenSize, hd = c.headDim, KV = c.numKeyValueHeads
-        func tensor(_ name: String, _ shape: [Int]) throws -> [Double] {
-            guard let info = f.tensors[name] else { throw ModelFileError(path, "missing tensor '\(name)'") }
-            guard info.shape == shape else { throw ModelFileError(path, "tensor '\(name)' is \(info.shape), this model needs \(shape)") }
-            return try f.doubles(name)
-        }
-        func heads(_ name: String) throws -> [Matrix<Double>] {
-            let all = try tensor(name, [KV, hd, hd])
-            return (0..<KV).map { Matrix(rows: hd, cols: hd, data: Array(all[($0 * hd * hd)..<(($0 + 1) * hd * hd)])) }
-        }
+        let d = c.hiddenSize
+        let t = ShapeCheckedTensors(file: f, path: path, config: c)
+        let tensor = t.tensor, heads = t.heads
         func sample(_ name: String) throws -> Matrix<Double>? {
             guard let info = f.tensors[name] else { return nil }
             return Matrix(rows: info.shape.first ?? 0, cols: d, data: try tensor(name, [info.shape.first ?? 0, d]))
@@ -261,6 +254,26 @@ extension SubspaceStatistics {
             if let x = try sample("layer.\(l).mlp.sample") { stats.mlpSample.append(x) }
         }
         return stats
+    }
+}
+
+/// Float64 tensors of a bases or statistics file, each checked against the shape this model needs.
+struct ShapeCheckedTensors {
+    let file: SafeTensorsFile
+    let path: String
+    let config: ModelConfiguration
+
+    func tensor(_ name: String, _ shape: [Int]) throws -> [Double] {
+        guard let info = file.tensors[name] else { throw ModelFileError(path, "missing tensor '\(name)'") }
+        guard info.shape == shape else { throw ModelFileError(path, "tensor '\(name)' is \(info.shape), this model needs \(shape)") }
+        return try file.doubles(name)
+    }
+
+    /// One [hd, hd] matrix per KV head, stored as [KV, hd, hd].
+    func heads(_ name: String) throws -> [Matrix<Double>] {
+        let hd = config.headDim, KV = config.numKeyValueHeads
+        let all = try tensor(name, [KV, hd, hd])
+        return (0..<KV).map { Matrix(rows: hd, cols: hd, data: Array(all[($0 * hd * hd)..<(($0 + 1) * hd * hd)])) }
     }
 }
 
@@ -489,18 +502,9 @@ extension SubspaceBases {
               let high = m["high"].flatMap({ Int($0) }), let headHigh = m["head_high"].flatMap({ Int($0) }) else {
             throw ModelFileError(path, "not a CoQuant bases file (metadata format coquant-bases-v1 with objective, granularity, high, head_high)")
         }
-        let d = c.hiddenSize, hd = c.headDim, KV = c.numKeyValueHeads, L = c.numHiddenLayers
-        func tensor(_ name: String, _ shape: [Int]) throws -> [Double] {
-            guard let info = f.tensors[name] else { throw ModelFileError(path, "missing tensor '\(name)'") }
-            guard info.shape == shape else {
-                throw ModelFileError(path, "tensor '\(name)' is \(info.shape), this model needs \(shape)")
-            }
-            return try f.doubles(name)
-        }
-        func heads(_ name: String) throws -> [Matrix<Double>] {
-            let all = try tensor(name, [KV, hd, hd])
-            return (0..<KV).map { Matrix(rows: hd, cols: hd, data: Array(all[($0 * hd * hd)..<(($0 + 1) * hd * hd)])) }
-        }
+        let d = c.hiddenSize, hd = c.headDim, L = c.numHiddenLayers
+        let t = ShapeCheckedTensors(file: f, path: path, config: c)
+        let tensor = t.tensor, heads = t.heads
         let count = granularity == .shared ? 1 : L
         let energies = { (key: String) in (m[key] ?? "").split(separator: ",").compactMap { Double($0) } }
         return SubspaceBases(
