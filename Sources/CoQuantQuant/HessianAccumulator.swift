@@ -24,24 +24,21 @@ public struct HessianAccumulator: Sendable {
     /// Adds a float64 batch [rows, C] counting for `samples` samples (default: its rows).
     public mutating func add(_ x: Matrix<Double>, samples m: Int? = nil) {
         precondition(x.cols == H.cols, "Hessian has \(H.cols) columns, batch has \(x.cols)")
-        let m = m ?? x.rows
-        precondition(m > 0, "a batch must count for at least one sample")
-        let n = samples
-        if n > 0 {
-            let keep = Double(n) / Double(n + m)
-            for i in H.data.indices { H.data[i] *= keep }
-        }
-        samples = n + m
-        syrkAccumulate(x, alpha: 2 / Double(samples), into: &H)
+        let (alpha, keep) = advance(by: m ?? x.rows)
+        syrkAccumulate(x, alpha: alpha, keep: keep, into: &H)
     }
 
     /// Adds a Float32 batch (e.g. a layer input seen by a forward hook), row r at x + r·C.
     public mutating func add(_ x: UnsafePointer<Float>, rows: Int, samples m: Int? = nil) {
-        let m = m ?? rows
+        let (alpha, keep) = advance(by: m ?? rows)
+        syrkAccumulate(x, rows: rows, cols: H.cols, alpha: alpha, keep: keep, into: &H, scratch: &scratch)
+    }
+
+    /// Counts a batch of m samples: the running average's weights of the new XᵀX and of the old H.
+    private mutating func advance(by m: Int) -> (alpha: Double, keep: Double) {
         precondition(m > 0, "a batch must count for at least one sample")
         let n = samples
         samples = n + m
-        syrkAccumulate(x, rows: rows, cols: H.cols, alpha: 2 / Double(samples), keep: Double(n) / Double(n + m),
-                       into: &H, scratch: &scratch)
+        return (2 / Double(n + m), Double(n) / Double(n + m))
     }
 }

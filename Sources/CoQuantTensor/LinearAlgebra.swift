@@ -7,15 +7,15 @@ public struct LinearAlgebraError: Error, CustomStringConvertible {
     public let description: String
 }
 
-/// `C += alpha · XᵀX` for X of shape [n, d] (n samples as rows), the second-moment accumulation of GPTQ and the
-/// PCA statistics. dsyrk fills one triangle; the other is mirrored so C stays a full symmetric matrix.
-public func syrkAccumulate(_ x: Matrix<Double>, alpha: Double = 1, into c: inout Matrix<Double>) {
+/// `C ← keep · C + alpha · XᵀX` for X of shape [n, d] (n samples as rows), the second-moment accumulation of GPTQ
+/// and the PCA statistics. dsyrk fills one triangle; the other is mirrored so C stays a full symmetric matrix.
+public func syrkAccumulate(_ x: Matrix<Double>, alpha: Double = 1, keep: Double = 1, into c: inout Matrix<Double>) {
     let n = x.rows, d = x.cols
     precondition(c.rows == d && c.cols == d, "syrk: X is \(n)×\(d) but C is \(c.rows)×\(c.cols)")
     x.data.withUnsafeBufferPointer { px in
         c.data.withUnsafeMutableBufferPointer { pc in
             cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(d), Int32(n), alpha, px.baseAddress!, Int32(d),
-                        1, pc.baseAddress!, Int32(d))
+                        keep, pc.baseAddress!, Int32(d))
         }
     }
     for i in 0..<d { for j in 0..<i { c.data[i * d + j] = c.data[j * d + i] } }
