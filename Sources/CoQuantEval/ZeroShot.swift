@@ -247,9 +247,9 @@ public struct LoglikelihoodResult: Codable, Equatable, Sendable {
     }
 }
 
-/// Answers `loglikelihood` requests with one model, the way lm-eval's HFLM does at batch size 1 but sharing work:
-/// the requests of one doc usually share their context, so that prefix runs once into a KV cache and the other
-/// continuations continue from it.
+/// Answers `loglikelihood` requests with one model, with lm-eval's HFLM results but sharing work: the requests of
+/// one doc usually share their context, so that prefix runs once and each continuation continues from it, and
+/// several docs go through the model in one packed pass.
 public final class LoglikelihoodScorer {
     public let model: LlamaModel
     public let tokenizer: Tokenizer
@@ -280,11 +280,9 @@ public final class LoglikelihoodScorer {
         return (contextIds, Array(whole[min(contextIds.count, whole.count)...]))
     }
 
-    /// Σ log p(continuation | context) and whether every continuation token is the argmax, per request.
-    public func score(_ requests: [LoglikelihoodRequest]) throws -> [LoglikelihoodResult] {
-        guard !requests.isEmpty else { return [] }
-        // lm-eval's model input: (context + continuation)[-(max_length + 1):][:-1]; the continuation's tokens are
-        // predicted by the input's last len(continuation) positions.
+    /// One doc's requests as model inputs, as lm-eval builds them: (context + continuation)[-(max_length + 1):][:-1];
+    /// the continuation's tokens are predicted by the input's last len(continuation) positions.
+    public func encode(_ requests: [LoglikelihoodRequest]) throws -> EncodedDoc {
         var inputs: [[Int]] = [], continuations: [[Int]] = [], truncated: [Bool] = []
         for r in requests {
             let (context, continuation) = encodePair(r)
@@ -296,32 +294,77 @@ public final class LoglikelihoodScorer {
             inputs.append(Array(whole.suffix(maxLength + 1).dropLast()))
             continuations.append(continuation)
         }
-        let firstScored = zip(inputs, continuations).map { $0.count - $1.count }
-        // The first request runs whole into the KV cache; the others continue from the prefix all inputs share, cut
-        // back to before the first position any request needs logits for. k choices cost k passes, the context once.
-        let shared = min(commonPrefixLength(inputs), firstScored.min()!)
-        let cache = KVCache(config: model.config, capacity: inputs.map(\.count).max()!)
+        return EncodedDoc(inputs: inputs, continuations: continuations, truncated: truncated)
+    }
+
+    /// Σ log p(continuation | context) and whether every continuation token is the argmax, per request of one doc.
+    public func score(_ requests: [LoglikelihoodRequest]) throws -> [LoglikelihoodResult] {
+        score([try encode(requests)])[0]
+    }
+
+    /// Scores several docs in one packed forward pass (`PackedSequences`): each doc's shared prefix once, each
+    /// request's remainder as a segment continuing it; logits only at the rows that predict continuation tokens.
+    public func score(_ docs: [EncodedDoc]) -> [[LoglikelihoodResult]] {
+        var ids: [Int] = [], packing = PackedSequences(), logitRows: [Int] = []
+        // Per doc and request, the index of its first logit row in `logitRows` (nil: empty continuation).
+        var firstLogit: [[Int?]] = []
+        for doc in docs {
+            var firsts: [Int?] = []
+            let scored = doc.continuations.contains { !$0.isEmpty }
+            let context = scored && doc.shared > 0 ? packing.append(rows: doc.shared) : nil
+            if context != nil { ids += doc.inputs[0][..<doc.shared] }
+            for (input, continuation) in zip(doc.inputs, doc.continuations) {
+                guard !continuation.isEmpty else { firsts.append(nil); continue }
+                let segment = packing.append(rows: input.count - doc.shared, prefix: context)
+                let rows = packing.segments[segment].rows
+                ids += input[doc.shared...]
+                firsts.append(logitRows.count)
+                logitRows += (rows.upperBound - continuation.count)..<rows.upperBound
+            }
+            firstLogit.append(firsts)
+        }
+        let logits = ids.isEmpty ? [] : model.forward(packed: ids, packing, logits: .rows(logitRows))
         let V = model.config.vocabSize
-        return requests.indices.map { k in
-            let continuation = continuations[k]
-            guard !continuation.isEmpty else {
-                return LoglikelihoodResult(loglikelihood: 0, isGreedy: true, continuationTokens: 0, truncated: truncated[k])
-            }
-            let from = min(cache.length, shared)     // 0 until a request has filled the cache
-            cache.truncate(to: from)
-            // Logits only for the rows that predict the continuation: the input's last len(continuation) positions.
-            let logits = model.forward(Array(inputs[k][from...]), cache: cache, logits: .lastRows(continuation.count))
-            var ll = 0.0, greedy = true
-            logits.withUnsafeBufferPointer { p in
-                for (j, token) in continuation.enumerated() {
-                    let row = p.baseAddress! + j * V
-                    ll += Double(row[token]) - float32LogSumExp(row, V)
-                    if argmax(row, V) != token { greedy = false }
+        return zip(docs, firstLogit).map { doc, firsts in
+            doc.continuations.indices.map { k in
+                let continuation = doc.continuations[k]
+                var ll = 0.0, greedy = true
+                if let first = firsts[k] {
+                    logits.withUnsafeBufferPointer { p in
+                        for (j, token) in continuation.enumerated() {
+                            let row = p.baseAddress! + (first + j) * V
+                            ll += Double(row[token]) - float32LogSumExp(row, V)
+                            if argmax(row, V) != token { greedy = false }
+                        }
+                    }
                 }
+                return LoglikelihoodResult(loglikelihood: ll, isGreedy: greedy, continuationTokens: continuation.count,
+                                           truncated: doc.truncated[k])
             }
-            return LoglikelihoodResult(loglikelihood: ll, isGreedy: greedy, continuationTokens: continuation.count, truncated: truncated[k])
         }
     }
+}
+
+/// A doc's requests as token inputs (`LoglikelihoodScorer.encode`).
+public struct EncodedDoc: Sendable {
+    public let inputs: [[Int]]
+    public let continuations: [[Int]]
+    public let truncated: [Bool]
+    /// Leading tokens every input shares, cut back to before the first row any request needs logits for: they run
+    /// once, and each input's remainder continues them.
+    public let shared: Int
+
+    init(inputs: [[Int]], continuations: [[Int]], truncated: [Bool]) {
+        self.inputs = inputs
+        self.continuations = continuations
+        self.truncated = truncated
+        let firstScored = zip(inputs, continuations).map { $0.count - $1.count }
+        shared = inputs.isEmpty ? 0 : min(commonPrefixLength(inputs), firstScored.min()!)
+    }
+
+    /// Rows the doc adds to a packed forward pass, and how many of them get logits.
+    public var packedRows: Int { shared + inputs.reduce(0) { $0 + $1.count - shared } }
+    public var scoredRows: Int { continuations.reduce(0) { $0 + $1.count } }
 }
 
 /// log Σ exp(x) as lm-eval's float32 `log_softmax` computes it on CPU: torch's vectorized kernel sums the
@@ -482,14 +525,17 @@ public struct TaskResult: Codable, Sendable {
 }
 
 /// Scores every doc of `docs` that `done` does not already hold. `done` is what an interrupted run of the same task
-/// finished (the first `done.count` docs, as `onDoc` reported them); a doc's result depends on that doc alone, so the
-/// resumed result equals an uninterrupted run's. `onDoc` runs after each newly scored doc, so a caller can checkpoint
-/// it (an error it throws ends the run); then `progress(done, total, secondsSoFar)`, `done` counting `done`'s docs.
-/// `seconds` in the result is this call's time only.
+/// finished (the first `done.count` docs, as `onDoc` reported them, with the same batch sizes); the resumed result
+/// equals an uninterrupted run's bit for bit. Docs are scored in packed batches of about `rowsPerBatch` model rows and
+/// `scoredRowsPerBatch` logit rows (1 scores each doc alone); `onDoc` runs after each newly scored doc, so a caller
+/// can checkpoint it (an error it throws ends the run); then `progress(done, total, secondsSoFar)`, `done` counting
+/// `done`'s docs. `seconds` in the result is this call's time only.
 public func evaluate(task: ZeroShotTask, docs: [Doc], scorer: LoglikelihoodScorer, done: [DocResult] = [],
+                     rowsPerBatch: Int = 2048, scoredRowsPerBatch: Int = 512,
                      progress: ((Int, Int, Double) -> Void)? = nil,
                      onDoc: ((DocResult) throws -> Void)? = nil) throws -> TaskResult {
     guard !docs.isEmpty else { throw EvalError("\(task.name): no docs to evaluate") }
+    precondition(rowsPerBatch >= 1 && scoredRowsPerBatch >= 1, "batch sizes must be at least 1")
     guard done.count <= docs.count else {
         throw EvalError("\(task.name): \(done.count) finished docs, but the task has only \(docs.count)")
     }
@@ -500,13 +546,31 @@ public func evaluate(task: ZeroShotTask, docs: [Doc], scorer: LoglikelihoodScore
     }
     let clock = ContinuousClock.now
     var samples = done
-    for doc in docs.dropFirst(done.count) {
-        let results: [LoglikelihoodResult]
-        do { results = try scorer.score(doc.requests) } catch { throw EvalError("\(task.name) doc \(doc.id): \(error)") }
-        let sample = DocResult(doc: doc, task: task, results: results)
-        try onDoc?(sample)
-        samples.append(sample)
-        progress?(samples.count, docs.count, seconds(since: clock))
+    // Docs go to the model in packed batches: enough rows for efficient GEMMs, logits kept to ~100 MB. The packing
+    // changes the GEMMs' rounding, so batch boundaries depend only on the docs (greedy from the first one), never on
+    // where a run resumed: a resumed run re-scores the batch it stopped in and reports only its unfinished docs, and
+    // its results are bit-identical to an uninterrupted run's. A doc that cannot be encoded ends the run before its
+    // batch is scored, for the same reason.
+    var start = 0
+    while start < docs.count {
+        var batch: [EncodedDoc] = [], rows = 0, scored = 0
+        while start + batch.count < docs.count && (batch.isEmpty || (rows < rowsPerBatch && scored < scoredRowsPerBatch)) {
+            let doc = docs[start + batch.count]
+            let encoded: EncodedDoc
+            do { encoded = try scorer.encode(doc.requests) } catch { throw EvalError("\(task.name) doc \(doc.id): \(error)") }
+            batch.append(encoded); rows += encoded.packedRows; scored += encoded.scoredRows
+        }
+        let end = start + batch.count
+        if end > samples.count {
+            let results = scorer.score(batch)
+            for i in samples.count..<end {
+                let sample = DocResult(doc: docs[i], task: task, results: results[i - start])
+                try onDoc?(sample)
+                samples.append(sample)
+                progress?(samples.count, docs.count, seconds(since: clock))
+            }
+        }
+        start = end
     }
     return TaskResult(task: task, samples: samples, seconds: seconds(since: clock))
 }

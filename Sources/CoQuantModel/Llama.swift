@@ -119,7 +119,41 @@ public final class KVCache {
 
 /// Which positions get logits: all, the last, or the last n (zero-shot scoring needs only the continuation's rows,
 /// and the LM head over a long context would cost as much as a few decoder layers).
-public enum LogitsRows: Sendable, Equatable { case all, last, lastRows(Int) }
+public enum LogitsRows: Sendable, Equatable { case all, last, lastRows(Int), rows([Int]) }
+
+/// Several sequences packed into one forward pass, so that short sequences (zero-shot requests of a few dozen
+/// tokens) still give the GEMMs enough rows: at 20 rows a linear layer runs several times slower per row than at
+/// 1000. Segment i owns the packed rows `rows`; a segment with a `prefix` continues that earlier segment — its
+/// positions start after the prefix's and its queries also see the prefix's keys and values — as if it ran from a
+/// KV cache holding the prefix, so the continuations of one context share the context's rows. Only RoPE and
+/// attention see segments; everything else in a decoder layer is row-wise.
+public struct PackedSequences: Sendable, Equatable {
+    public struct Segment: Sendable, Equatable {
+        public let rows: Range<Int>
+        public let prefix: Int?
+        /// Position of the segment's first row (the prefix's length, 0 without one).
+        public let start: Int
+    }
+    public private(set) var segments: [Segment] = []
+    public var rowCount: Int { segments.last?.rows.upperBound ?? 0 }
+
+    public init() {}
+
+    /// Appends a segment of `count` rows (after every row so far) and returns its index. `prefix` is an earlier
+    /// segment without a prefix of its own.
+    @discardableResult
+    public mutating func append(rows count: Int, prefix: Int? = nil) -> Int {
+        precondition(count > 0, "a packed segment needs at least one row")
+        var start = 0
+        if let prefix {
+            precondition(prefix < segments.count && segments[prefix].prefix == nil,
+                         "segment \(prefix) cannot be a prefix: it does not exist or continues another segment")
+            start = segments[prefix].rows.count
+        }
+        segments.append(Segment(rows: rowCount..<(rowCount + count), prefix: prefix, start: start))
+        return segments.count - 1
+    }
+}
 
 public final class LlamaModel: @unchecked Sendable {
     public let config: ModelConfiguration
@@ -236,20 +270,33 @@ public final class LlamaModel: @unchecked Sendable {
         return head(&x, rows: ids.count, logits: rows)
     }
 
+    /// Logits of the packed sequences `ids` (laid out by `packing`) at the packed rows `rows` selects.
+    public func forward(packed ids: [Int], _ packing: PackedSequences, logits rows: LogitsRows) -> [Float] {
+        precondition(ids.count == packing.rowCount, "\(ids.count) packed tokens for \(packing.rowCount) packed rows")
+        return withSingleThreadedBLAS {
+            var x = embed(ids)
+            for l in 0..<layers.count { decoderLayerBody(l, &x, rows: ids.count, cache: nil, packing: packing) }
+            return head(&x, rows: ids.count, logits: rows)
+        }
+    }
+
     /// Final norm and LM head over the residual stream x [T, d].
     public func head(_ x: inout [Float], rows T: Int, logits which: LogitsRows) -> [Float] {
         let d = config.hiddenSize, V = config.vocabSize
-        let first: Int
+        let picked: [Int]
         switch which {
-        case .all: first = 0
-        case .last: first = T - 1
-        case .lastRows(let n): first = T - min(max(n, 1), T)
+        case .all: picked = Array(0..<T)
+        case .last: picked = [T - 1]
+        case .lastRows(let n): picked = Array((T - min(max(n, 1), T))..<T)
+        case .rows(let rows):
+            precondition(rows.allSatisfy { (0..<T).contains($0) }, "logit rows outside the \(T) rows")
+            picked = rows
         }
-        let n = T - first
+        let n = picked.count
         var h = [Float](repeating: 0, count: n * d)
         x.withUnsafeBufferPointer { px in
             h.withUnsafeMutableBufferPointer { ph in
-                for t in 0..<n { rmsNorm(px.baseAddress! + (first + t) * d, norm, ph.baseAddress! + t * d, d, eps: Float(config.rmsNormEps)) }
+                for (i, t) in picked.enumerated() { rmsNorm(px.baseAddress! + t * d, norm, ph.baseAddress! + i * d, d, eps: Float(config.rmsNormEps)) }
                 hook?(layers.count, .lmHeadInput, ph.baseAddress!, n, d)
             }
         }
@@ -273,8 +320,8 @@ public final class LlamaModel: @unchecked Sendable {
         withSingleThreadedBLAS { decoderLayerBody(l, &x, rows: T, cache: cache) }
     }
 
-    func decoderLayerBody(_ l: Int, _ x: inout [Float], rows T: Int, cache: KVCache?) {
-        let context = attentionContext(l, attentionInput(l, x, rows: T), rows: T, cache: cache)
+    func decoderLayerBody(_ l: Int, _ x: inout [Float], rows T: Int, cache: KVCache?, packing: PackedSequences? = nil) {
+        let context = attentionContext(l, attentionInput(l, x, rows: T), rows: T, cache: cache, packing: packing)
         addAttentionOutput(l, &x, context, rows: T)
         addMLPOutput(l, &x, downProjInput(l, mlpInput(l, x, rows: T), rows: T), rows: T)
     }
@@ -305,12 +352,14 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     /// q/k/v projections, RoPE, the KV cache and causal attention over the normed input h [T, d]: the attention
-    /// context [T, H·hd], the input of o_proj (offered to the hook). Positions continue from the cache's length.
-    public func attentionContext(_ l: Int, _ h: [Float], rows T: Int, cache: KVCache?) -> [Float] {
+    /// context [T, H·hd], the input of o_proj (offered to the hook). Positions continue from the cache's length, or
+    /// follow `packing`'s segments (then without a cache).
+    public func attentionContext(_ l: Int, _ h: [Float], rows T: Int, cache: KVCache?, packing: PackedSequences? = nil) -> [Float] {
         let c = config, attn = layers[l].selfAttn
         let H = c.numAttentionHeads, KV = c.numKeyValueHeads, hd = c.headDim
+        precondition(packing == nil || (cache == nil && packing!.rowCount == T), "packed rows need no cache and one row per token")
         let start = cache?.length ?? 0
-        ensureRope(start + T)
+        ensureRope(packing?.segments.map { $0.start + $0.rows.count }.max() ?? start + T)
         var q = [Float](repeating: 0, count: T * H * hd)
         var k = [Float](repeating: 0, count: T * KV * hd)
         var v = [Float](repeating: 0, count: T * KV * hd)
@@ -325,8 +374,15 @@ public final class LlamaModel: @unchecked Sendable {
                             attn.qProj(h, rows: T, into: q)
                             attn.kProj(h, rows: T, into: k)
                             attn.vProj(h, rows: T, into: v)
-                            applyRope(q, rows: T, heads: H, start: start)
-                            applyRope(k, rows: T, heads: KV, start: start)
+                            if let packing {
+                                for s in packing.segments {
+                                    applyRope(q + s.rows.lowerBound * H * hd, rows: s.rows.count, heads: H, start: s.start)
+                                    applyRope(k + s.rows.lowerBound * KV * hd, rows: s.rows.count, heads: KV, start: s.start)
+                                }
+                            } else {
+                                applyRope(q, rows: T, heads: H, start: start)
+                                applyRope(k, rows: T, heads: KV, start: start)
+                            }
                             hook?(l, .queries, q, T, H * hd)
                             hook?(l, .keys, k, T, KV * hd)
                             hook?(l, .values, v, T, KV * hd)
@@ -339,6 +395,8 @@ public final class LlamaModel: @unchecked Sendable {
                                         attention(q, ck.baseAddress!, cv.baseAddress!, ctx, rows: T, start: start)
                                     }
                                 }
+                            } else if let packing {
+                                packedAttention(q, k, v, ctx, packing)
                             } else {
                                 attention(q, k, v, ctx, rows: T, start: 0)
                             }
@@ -407,8 +465,39 @@ public final class LlamaModel: @unchecked Sendable {
         withSingleThreadedBLAS { attentionBody(q, k, v, ctx, rows: T, start: start) }
     }
 
+    /// Attention of each packed segment over its prefix's keys and its own, the segments spread over the workers
+    /// (a segment of a few dozen rows is too small to split).
+    func packedAttention(_ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>, _ v: UnsafePointer<Float>,
+                         _ ctx: UnsafeMutablePointer<Float>, _ packing: PackedSequences) {
+        let H = config.numAttentionHeads, width = config.numKeyValueHeads * config.headDim, hd = config.headDim
+        let segments = packing.segments
+        let workers = min(forwardWorkers, segments.count)
+        let longest = segments.map { $0.start + $0.rows.count }.max() ?? 0
+        withSingleThreadedBLAS {
+            parallelFor(workers) { w in
+                // A continued segment's keys/values: the prefix's rows, then its own, contiguous as attentionBody wants.
+                let kv = UnsafeMutablePointer<Float>.allocate(capacity: 2 * longest * width)
+                defer { kv.deallocate() }
+                for s in stride(from: w, to: segments.count, by: workers).map({ segments[$0] }) {
+                    let r0 = s.rows.lowerBound, n = s.rows.count
+                    if let p = s.prefix {
+                        let prefixRows = segments[p].rows
+                        let keys = kv, values = kv + longest * width
+                        keys.update(from: k + prefixRows.lowerBound * width, count: s.start * width)
+                        (keys + s.start * width).update(from: k + r0 * width, count: n * width)
+                        values.update(from: v + prefixRows.lowerBound * width, count: s.start * width)
+                        (values + s.start * width).update(from: v + r0 * width, count: n * width)
+                        attentionBody(q + r0 * H * hd, keys, values, ctx + r0 * H * hd, rows: n, start: s.start, workers: 1)
+                    } else {
+                        attentionBody(q + r0 * H * hd, k + r0 * width, v + r0 * width, ctx + r0 * H * hd, rows: n, start: 0, workers: 1)
+                    }
+                }
+            }
+        }
+    }
+
     func attentionBody(_ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>, _ v: UnsafePointer<Float>,
-                       _ ctx: UnsafeMutablePointer<Float>, rows T: Int, start: Int) {
+                       _ ctx: UnsafeMutablePointer<Float>, rows T: Int, start: Int, workers maxWorkers: Int = forwardWorkers) {
         let H = config.numAttentionHeads, KV = config.numKeyValueHeads, hd = config.headDim
         let group = H / KV
         let scale = 1 / Float(hd).squareRoot()
@@ -417,7 +506,7 @@ public final class LlamaModel: @unchecked Sendable {
         let qg = UnsafeMutablePointer<Float>.allocate(capacity: T * H * hd)    // [KV][T][group][hd]
         let cg = UnsafeMutablePointer<Float>.allocate(capacity: T * H * hd)
         let blocks = (T + block - 1) / block
-        let workers = KV * blocks >= 2 ? forwardWorkers : 1
+        let workers = KV * blocks >= 2 ? maxWorkers : 1
         let scoresPerWorker = min(block, T) * group * total
         let scores = UnsafeMutablePointer<Float>.allocate(capacity: workers * scoresPerWorker)
         defer { qg.deallocate(); cg.deallocate(); scores.deallocate() }

@@ -9,6 +9,9 @@ struct EvalSettings: Codable, Equatable {
     /// Per task, the folder its data was read from.
     let data: [String]
     let limit: Int?
+    /// --batch-tokens: the packing changes the GEMMs' rounding, so a resume keeps it (nil in checkpoints written
+    /// before packing existed, which scored each doc alone).
+    var batchTokens: Int? = nil
     /// --max-length as given (nil: the model's max_position_embeddings, fixed by `model`).
     let maxLength: Int?
     let ppl: Bool
@@ -21,7 +24,7 @@ struct EvalSettings: Codable, Equatable {
     var modelFiles: String? = nil
 
     enum CodingKeys: String, CodingKey {
-        case model, tasks, data, limit, maxLength = "max_length", ppl, windows, seqlen, klVs = "kl_vs", klTopK = "kl_top_k",
+        case model, tasks, data, limit, batchTokens = "batch_tokens", maxLength = "max_length", ppl, windows, seqlen, klVs = "kl_vs", klTopK = "kl_top_k",
              modelFiles = "model_files"
     }
 
@@ -48,7 +51,7 @@ struct EvalSettings: Codable, Equatable {
         let settings: [(String, (EvalSettings) -> String)] = [
             ("model", \.model), ("model files", { show($0.modelFiles) }), ("--tasks", { $0.tasks.joined(separator: ",") }),
             ("--data (task data read from)", { Set($0.data).count == 1 ? $0.data[0] : $0.data.joined(separator: ", ") }),
-            ("--limit", { show($0.limit) }),
+            ("--limit", { show($0.limit) }), ("--batch-tokens", { "\($0.batchTokens ?? 1)" }),
             ("--max-length", { show($0.maxLength) }), ("--ppl", { "\($0.ppl)" }), ("--windows", { show($0.windows) }),
             ("--seqlen", { "\($0.seqlen)" }), ("--kl-vs", { show($0.klVs) }), ("--kl-top-k", { "\($0.klTopK)" }),
         ]

@@ -41,6 +41,9 @@ struct Eval: ParsableCommand {
     @Option(help: "Evaluate only the first N docs of each task (lm-eval's --limit).")
     var limit: Int?
 
+    @Option(help: "Zero-shot tokens per packed model pass: docs are scored together up to this many (short requests alone leave the matrix products too few rows to run fast); 1 scores each doc alone. Results differ from other batch sizes only in float rounding; --resume keeps the run's value.")
+    var batchTokens = 2048
+
     @Flag(help: "Also WikiText-2 test perplexity (GPTQ/QuaRot protocol).")
     var ppl = false
 
@@ -89,6 +92,7 @@ struct Eval: ParsableCommand {
         _ = try taskList()
         if tasks == nil && !ppl && klVs == nil { throw ValidationError("nothing to evaluate: pass --tasks, --ppl or --kl-vs") }
         if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
+        if batchTokens < 1 { throw ValidationError("--batch-tokens must be at least 1") }
         if let windows, windows < 1 { throw ValidationError("--windows must be at least 1") }
         if seqlen < 2 { throw ValidationError("--seqlen must be at least 2") }
         if klTopK < 1 { throw ValidationError("--kl-top-k must be at least 1") }
@@ -117,7 +121,7 @@ struct Eval: ParsableCommand {
         }
         let wikiText: String? = ppl || klVs != nil ? try readTextFile(try locateData(data, "wikitext-2-raw-v1/test.gptq_join.txt")) : nil
         let settings = EvalSettings(model: absolutePath(model), tasks: taskDocs.map(\.0.name), data: dataDirs.map(absolutePath),
-                                    limit: limit, maxLength: maxLength, ppl: ppl, windows: windows, seqlen: seqlen,
+                                    limit: limit, batchTokens: batchTokens, maxLength: maxLength, ppl: ppl, windows: windows, seqlen: seqlen,
                                     klVs: klVs.map(absolutePath), klTopK: klTopK, modelFiles: EvalSettings.fileStamp(model))
         let checkpoint = out.map { EvalCheckpointStore(output: $0) }
         // A checkpoint of other settings is refused before any model is loaded.
@@ -148,7 +152,7 @@ struct Eval: ParsableCommand {
             let progress = output.progress(task.name, resumedAt: done.count)
             // A finished task needs no file: evaluate scores nothing and calls no onDoc.
             let samples = try checkpoint.flatMap { done.count < docs.count ? try $0.samplesWriter(task: task.name, done: done) : nil }
-            let r = try evaluate(task: task, docs: docs, scorer: scorer, done: done, progress: { n, total, s in
+            let r = try evaluate(task: task, docs: docs, scorer: scorer, done: done, rowsPerBatch: batchTokens, progress: { n, total, s in
                 progress.update(n, total, seconds: s, unit: "doc", perStep: 1)
             }, onDoc: { sample in
                 // One write per line (FileHandle does not buffer): a kill leaves at most this line cut short.

@@ -59,7 +59,9 @@ extension CLITests {
         let goodData = try smallTaskData("good-data", rows: 6)
         let full = path("full"), run = path("run")
         func eval(_ data: String, _ out: String, _ extra: [String] = []) throws -> CommandResult {
-            try coquant(["eval", model, "--tasks", "piqa,arc_easy", "--limit", "6", "--data", data, "--out", out] + extra)
+            // One doc per pass, so the failing run below has scored the docs before the bad one (packed batches are
+            // covered by the library's resume test).
+            try coquant(["eval", model, "--tasks", "piqa,arc_easy", "--limit", "6", "--batch-tokens", "1", "--data", data, "--out", out] + extra)
         }
         assertSucceeded(try eval(goodData, full))
         assertNothingWritten(at: full + ".partial")
@@ -79,7 +81,7 @@ extension CLITests {
 
         // The data folder is part of the settings, so the run goes on with the bad doc mended in place.
         _ = try smallTaskData("data", rows: 6)
-        let other = try coquant(["eval", model, "--tasks", "piqa,arc_easy", "--limit", "6", "--data", goodData, "--out", run, "--resume"])
+        let other = try coquant(["eval", model, "--tasks", "piqa,arc_easy", "--limit", "6", "--batch-tokens", "1", "--data", goodData, "--out", run, "--resume"])
         assertRefused(other, mentioning: [partial + "/state.json", "--data (task data read from) \(data) then, \(goodData) now"], usage: nil)
 
         // A kill while the 4th doc's line was being written leaves it cut short; that doc is scored again.
@@ -91,7 +93,7 @@ extension CLITests {
 
         // Not silently started over, nor continued with other settings, nor resumed without a checkpoint.
         assertRefused(try eval(data, run), mentioning: [partial, "--resume", "--overwrite"], usage: "eval")
-        let shorter = try coquant(["eval", model, "--tasks", "piqa,arc_easy", "--limit", "5", "--data", data, "--out", run, "--resume"])
+        let shorter = try coquant(["eval", model, "--tasks", "piqa,arc_easy", "--limit", "5", "--batch-tokens", "1", "--data", data, "--out", run, "--resume"])
         assertRefused(shorter, mentioning: [partial + "/state.json", "--limit 6 then, 5 now", "--overwrite"], usage: nil)
         assertRefused(try eval(data, path("never-started"), ["--resume"]),
                       mentioning: [path("never-started") + ".partial", "no checkpoint"], usage: "eval")

@@ -17,12 +17,29 @@ final class ResumeEvaluationTests: XCTestCase {
 
     /// For a multiple-choice task with acc_norm (arc_easy) and LAMBADA (acc from is_greedy, perplexity): interrupted
     /// after 4 of 10 docs, the saved results round-tripped through the samples JSON, resumed: the same per-doc
-    /// results and metrics, bit for bit, and only the missing docs scored.
+    /// results and metrics, bit for bit, and only the missing docs scored — whether each doc is scored alone or
+    /// several are packed in one pass (then the interrupt falls inside a batch, which is re-scored whole).
     func testResumedTaskEqualsUninterruptedRun() throws {
         let scorer = try Self.scorer.get()
-        for name in ["arc_easy", "lambada_openai"] {
+        for (name, rowsPerBatch) in [("arc_easy", 1), ("lambada_openai", 1), ("arc_easy", 500), ("lambada_openai", 500)] {
+            func evaluate(task: ZeroShotTask, docs: [Doc], scorer: LoglikelihoodScorer, done: [DocResult] = [],
+                          progress: ((Int, Int, Double) -> Void)? = nil, onDoc: ((DocResult) throws -> Void)? = nil) throws -> TaskResult {
+                try CoQuantEval.evaluate(task: task, docs: docs, scorer: scorer, done: done, rowsPerBatch: rowsPerBatch,
+                                         progress: progress, onDoc: onDoc)
+            }
             let task = try ZeroShotTask.named(name)
             let docs = try task.docs(dataDir: packageRoot + "/data", limit: 10)
+            if rowsPerBatch > 1 {
+                // evaluate's greedy packing, to check that the interrupt below falls inside a batch.
+                var starts: [Int] = [], rows = 0, scored = 0
+                for (i, doc) in docs.enumerated() {
+                    if starts.isEmpty || rows >= rowsPerBatch || scored >= 512 { starts.append(i); rows = 0; scored = 0 }
+                    let encoded = try scorer.encode(doc.requests)
+                    rows += encoded.packedRows; scored += encoded.scoredRows
+                }
+                XCTAssertFalse(starts.contains(4), "\(name): batches start at \(starts)")
+                XCTAssertLessThan(starts.count, 10, name)
+            }
             var reported: [Int] = []
             let full = try evaluate(task: task, docs: docs, scorer: scorer, onDoc: { reported.append($0.docId) })
             XCTAssertEqual(reported, Array(0..<10), name)

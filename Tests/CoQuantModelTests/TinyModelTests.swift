@@ -90,6 +90,32 @@ final class TinyModelTests: XCTestCase {
         }
     }
 
+    /// Packed segments (zero-shot batching) compute what separate passes compute: standalone segments as their own
+    /// sequences, a continued segment as its prefix followed by it.
+    func testPackedSequencesMatchSeparatePasses() throws {
+        for variant in Self.variants {
+            let (model, expected) = try load(variant)
+            let V = model.config.vocabSize
+            let ids = try expected.ints("input_ids_0")
+            let a = Array(ids[0..<5]), context = Array(ids[5..<12]), c = Array(ids[12...]), d = [ids[16], ids[3], ids[7]]
+            var packing = PackedSequences()
+            packing.append(rows: a.count)
+            let b = packing.append(rows: context.count)
+            packing.append(rows: c.count, prefix: b)
+            packing.append(rows: d.count, prefix: b)
+            packing.append(rows: ids.count)
+            let packed = model.forward(packed: a + context + c + d + ids, packing, logits: .all)
+            let separate = model.forward(a) + model.forward(context) + Array(model.forward(context + c).suffix(c.count * V))
+                + Array(model.forward(context + d).suffix(d.count * V)) + model.forward(ids)
+            assertClose(packed, separate, atol: tol, rtol: tol, "\(variant) packed segments")
+            XCTAssertEqual(packing.segments.map(\.start), [0, 0, 7, 7, 0])
+
+            let picked = [3, 13, 20, 21]
+            let rows = model.forward(packed: a + context + c + d + ids, packing, logits: .rows(picked))
+            assertClose(rows, picked.flatMap { packed[($0 * V)..<(($0 + 1) * V)] }, atol: 1e-5, rtol: 1e-5, "\(variant) selected logit rows")
+        }
+    }
+
     func testRopeTables() throws {
         for variant in Self.variants {
             let (model, expected) = try load(variant)
