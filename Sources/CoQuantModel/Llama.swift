@@ -105,21 +105,14 @@ public final class KVCache {
     func advance(by n: Int) { length += n }
     public func reset() { length = 0 }
 
-    /// Forgets every position from `n` on, so a shared prefix can be continued several ways (zero-shot scoring
-    /// runs a context once and each choice's continuation from it).
-    public func truncate(to n: Int) {
-        precondition(n >= 0 && n <= length, "cannot truncate a KV cache of \(length) positions to \(n)")
-        length = n
-    }
-
     /// Layer `layer`'s cached keys or values as [length, KV·hd] (for tests and KV statistics).
     public func keys(layer: Int) -> [Float] { Array(keys[layer][0..<(length * width)]) }
     public func values(layer: Int) -> [Float] { Array(values[layer][0..<(length * width)]) }
 }
 
-/// Which positions get logits: all, the last, or the last n (zero-shot scoring needs only the continuation's rows,
-/// and the LM head over a long context would cost as much as a few decoder layers).
-public enum LogitsRows: Sendable, Equatable { case all, last, lastRows(Int), rows([Int]) }
+/// Which positions get logits: all, the last, or the given rows (zero-shot scoring needs only the rows that predict
+/// continuation tokens, and the LM head over every row would cost as much as a few decoder layers).
+public enum LogitsRows: Sendable, Equatable { case all, last, rows([Int]) }
 
 /// Several sequences packed into one forward pass, so that short sequences (zero-shot requests of a few dozen
 /// tokens) still give the GEMMs enough rows: at 20 rows a linear layer runs several times slower per row than at
@@ -136,6 +129,8 @@ public struct PackedSequences: Sendable, Equatable {
     }
     public private(set) var segments: [Segment] = []
     public var rowCount: Int { segments.last?.rows.upperBound ?? 0 }
+    /// Positions the longest segment reaches, its prefix included (RoPE tables and key buffers are this long).
+    public var positions: Int { segments.map { $0.start + $0.rows.count }.max() ?? 0 }
 
     public init() {}
 
@@ -260,24 +255,20 @@ public final class LlamaModel: @unchecked Sendable {
     /// Logits for `ids` at positions cache.length ..< cache.length + T (0 ..< T without a cache): [T or 1, V].
     /// With a cache, the new keys and values are appended to it.
     public func forward(_ ids: [Int], cache: KVCache? = nil, logits rows: LogitsRows = .all) -> [Float] {
-        withSingleThreadedBLAS { forwardBody(ids, cache: cache, logits: rows) }
-    }
-
-    func forwardBody(_ ids: [Int], cache: KVCache?, logits rows: LogitsRows) -> [Float] {
-        var x = embed(ids)
-        for l in 0..<layers.count { decoderLayerBody(l, &x, rows: ids.count, cache: cache) }
-        cache?.advance(by: ids.count)
-        return head(&x, rows: ids.count, logits: rows)
+        withSingleThreadedBLAS { forwardBody(ids, cache: cache, packing: nil, logits: rows) }
     }
 
     /// Logits of the packed sequences `ids` (laid out by `packing`) at the packed rows `rows` selects.
     public func forward(packed ids: [Int], _ packing: PackedSequences, logits rows: LogitsRows) -> [Float] {
         precondition(ids.count == packing.rowCount, "\(ids.count) packed tokens for \(packing.rowCount) packed rows")
-        return withSingleThreadedBLAS {
-            var x = embed(ids)
-            for l in 0..<layers.count { decoderLayerBody(l, &x, rows: ids.count, cache: nil, packing: packing) }
-            return head(&x, rows: ids.count, logits: rows)
-        }
+        return withSingleThreadedBLAS { forwardBody(ids, cache: nil, packing: packing, logits: rows) }
+    }
+
+    func forwardBody(_ ids: [Int], cache: KVCache?, packing: PackedSequences?, logits rows: LogitsRows) -> [Float] {
+        var x = embed(ids)
+        for l in 0..<layers.count { decoderLayerBody(l, &x, rows: ids.count, cache: cache, packing: packing) }
+        cache?.advance(by: ids.count)
+        return head(&x, rows: ids.count, logits: rows)
     }
 
     /// Final norm and LM head over the residual stream x [T, d].
@@ -287,7 +278,6 @@ public final class LlamaModel: @unchecked Sendable {
         switch which {
         case .all: picked = Array(0..<T)
         case .last: picked = [T - 1]
-        case .lastRows(let n): picked = Array((T - min(max(n, 1), T))..<T)
         case .rows(let rows):
             precondition(rows.allSatisfy { (0..<T).contains($0) }, "logit rows outside the \(T) rows")
             picked = rows
@@ -359,7 +349,7 @@ public final class LlamaModel: @unchecked Sendable {
         let H = c.numAttentionHeads, KV = c.numKeyValueHeads, hd = c.headDim
         precondition(packing == nil || (cache == nil && packing!.rowCount == T), "packed rows need no cache and one row per token")
         let start = cache?.length ?? 0
-        ensureRope(packing?.segments.map { $0.start + $0.rows.count }.max() ?? start + T)
+        ensureRope(packing?.positions ?? start + T)
         var q = [Float](repeating: 0, count: T * H * hd)
         var k = [Float](repeating: 0, count: T * KV * hd)
         var v = [Float](repeating: 0, count: T * KV * hd)
@@ -472,7 +462,7 @@ public final class LlamaModel: @unchecked Sendable {
         let H = config.numAttentionHeads, width = config.numKeyValueHeads * config.headDim, hd = config.headDim
         let segments = packing.segments
         let workers = min(forwardWorkers, segments.count)
-        let longest = segments.map { $0.start + $0.rows.count }.max() ?? 0
+        let longest = packing.positions
         withSingleThreadedBLAS {
             parallelFor(workers) { w in
                 // A continued segment's keys/values: the prefix's rows, then its own, contiguous as attentionBody wants.

@@ -88,7 +88,7 @@ final class ZeroShotFixtureTests: XCTestCase {
         }
     }
 
-    /// The shared-prefix KV-cache path gives what separate full passes give, for a doc whose choices share a
+    /// The packed shared-prefix path gives what separate full passes give, for a doc whose choices share a
     /// context (arc) and one whose contexts differ (winogrande).
     func testSharedPrefixEqualsSeparatePasses() throws {
         let scorer = try scorer()
