@@ -78,7 +78,18 @@ for name in "${order[@]}"; do
   case $name in rtn-*) run_nsamples=${RTN_NSAMPLES:-8} ;; esac
   if [ "$name" != fp ]; then
     target=$runs/$name
+    # A finished folder is reused only for the flags it was made with: a config edited since would otherwise be
+    # evaluated on a stale model under its new name.
+    stamp="${config[$name]} --nsamples $run_nsamples"
+    if [ -f "$target/report.json" ] && [ "$(cat "$target.flags" 2>/dev/null)" != "$stamp" ]; then
+      echo "$target was made with other flags ($(cat "$target.flags" 2>/dev/null || echo 'no record')); now: $stamp." >&2
+      echo "Remove $target (and $runs/$name.ppl.checkpoint) to quantize it again." >&2
+      exit 1
+    fi
     if [ ! -f "$target/report.json" ]; then
+      [ -d "$target.partial" ] && [ "$(cat "$target.flags" 2>/dev/null)" != "$stamp" ] && {
+        echo "$target.partial was started with other flags; remove it to start again." >&2; exit 1; }
+      echo "$stamp" > "$target.flags"
       resume=(); [ -d "$target.partial" ] && resume=(--resume) && resumed=1
       t0=$(date +%s)
       # shellcheck disable=SC2086
