@@ -18,9 +18,14 @@ print("|---|---:|---:|---:|---:|---:|")
 for name, r in runs.items():
     p = r["ppl"]
     loss = sum(l["loss"] for l in r.get("linears", []))
+    # A resumed step's time covers its last invocation only: marked *, not comparable with the others.
+    q = f"{r.get('quantize_seconds', 0):.0f}{'*' if 'quantize_note' in r else ''}"
+    e = f"{r['eval_seconds']}{'*' if 'eval_note' in r else ''}"
     print(f"| {name} | {p['perplexity']:.4f} ± {p['perplexity_stderr']:.4f} | {p['windows']} | "
-          f"{loss:.4g} | {r.get('quantize_seconds', 0):.0f} | {r['eval_seconds']} |" if r.get("linears") else
-          f"| {name} | {p['perplexity']:.4f} ± {p['perplexity_stderr']:.4f} | {p['windows']} | — | — | {r['eval_seconds']} |")
+          f"{loss:.4g} | {q} | {e} |" if r.get("linears") else
+          f"| {name} | {p['perplexity']:.4f} ± {p['perplexity_stderr']:.4f} | {p['windows']} | — | — | {e} |")
+if any("quantize_note" in r or "eval_note" in r for r in runs.values()):
+    print("\n\\* resumed after an interrupt: the time covers the last invocation only.")
 
 pairs = [(n, n.replace("gptq", "cdquant")) for n in runs if "gptq" in n and n.replace("gptq", "cdquant") in runs]
 if pairs:

@@ -97,15 +97,18 @@ for name in "${order[@]}"; do
       quantize_seconds=$(( $(date +%s) - t0 ))
     fi
   fi
+  eval_resumed=0; [ -f "$runs/$name.ppl.checkpoint" ] && eval_resumed=1
   t0=$(date +%s)
   # The checkpoint lets a killed evaluation (half an hour on the full test) continue where it stopped.
   $bin ppl "$target" --json "${window_args[@]}" --checkpoint "$runs/$name.ppl.checkpoint" > "$results/$name.ppl.tmp"
   eval_seconds=$(( $(date +%s) - t0 ))
-  python3 - "$name" "$target" "$results/$name.ppl.tmp" "$eval_seconds" "$run_nsamples" "${config[$name]}" "$resumed" > "$result.tmp" <<'EOF'
+  python3 - "$name" "$target" "$results/$name.ppl.tmp" "$eval_seconds" "$run_nsamples" "${config[$name]}" "$resumed" "$eval_resumed" > "$result.tmp" <<'EOF'
 import json, os, sys
-name, target, ppl_file, eval_seconds, nsamples, flags, resumed = sys.argv[1:8]
+name, target, ppl_file, eval_seconds, nsamples, flags, resumed, eval_resumed = sys.argv[1:9]
 out = {"name": name, "flags": flags, "nsamples": int(nsamples), "ppl": json.load(open(ppl_file)),
        "eval_seconds": int(eval_seconds)}
+if eval_resumed == "1":
+    out["eval_note"] = "resumed from a checkpoint: eval_seconds covers the last invocation only"
 report = os.path.join(target, "report.json")
 if os.path.isfile(report):
     r = json.load(open(report))
