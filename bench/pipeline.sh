@@ -38,6 +38,11 @@ gl = sum(l["loss"] for l in g["linears"]); cl = sum(l["loss"] for l in c["linear
 lower = sum(1 for a, b in zip(g["linears"], c["linears"]) if b["loss"] < a["loss"])
 print(f"solve time: GPTQ {gs:.1f} s, CDQuant {cs:.1f} s; CDQuant's extra time = {(cs - gs) / gs:.2f} × GPTQ's")
 print(f"summed layer loss: GPTQ {gl:.6g}, CDQuant {cl:.6g} ({100 * (cl - gl) / gl:+.1f} %); CDQuant lower in {lower}/{len(g['linears'])} linears")
+# Past layer 0 the two runs see different inputs (each propagates its own quantized outputs); CDQuant's report also
+# scores its GPTQ start on its own H, the like-for-like comparison.
+if all("initialLoss" in l for l in c["linears"]):
+    sl = sum(l["initialLoss"] for l in c["linears"]); low = sum(1 for l in c["linears"] if l["loss"] < l["initialLoss"])
+    print(f"same inputs (CDQuant's GPTQ start): GPTQ {sl:.6g}, CDQuant {cl:.6g} ({100 * (cl - sl) / sl:+.1f} %); lower in {low}/{len(c['linears'])} linears")
 PY
 fi
 # Where each run's time went (the stages of DESIGN.md §5 and issue 4): the statistics pass and eigendecompositions

@@ -37,6 +37,18 @@ if pairs:
         lower = sum(1 for a, b in zip(lg, lc) if b["loss"] < a["loss"])
         print(f"| {g} | {sg:.4g} | {sc:.4g} | {100 * (sc - sg) / sg:+.1f} % | {lower}/{len(lg)} |")
 
+# Within a CDQuant run, each linear's GPTQ start was solved on the same H as CDQuant's result: the like-for-like
+# comparison (the pairs above each propagate their own quantized outputs, so past layer 0 their H differ). Runs made
+# before the report scored the start on the undamped H have no initialLoss here.
+same = {n: r["linears"] for n, r in runs.items() if r.get("linears") and all("initialLoss" in l for l in r["linears"])}
+if same:
+    print("\n| CDQuant run | Σ loss of its GPTQ start | Σ loss CDQuant | change | CDQuant lower in |")
+    print("|---|---:|---:|---:|---:|")
+    for n, ls in same.items():
+        sg, sc = sum(l["initialLoss"] for l in ls), sum(l["loss"] for l in ls)
+        lower = sum(1 for l in ls if l["loss"] < l["initialLoss"])
+        print(f"| {n} | {sg:.4g} | {sc:.4g} | {100 * (sc - sg) / sg:+.1f} % | {lower}/{len(ls)} |")
+
 seeded = {}
 for name, r in runs.items():
     m = re.fullmatch(r"(.*)-s(\d+)", name)

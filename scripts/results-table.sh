@@ -116,7 +116,8 @@ if os.path.isfile(report):
     if resumed == "1":
         out["quantize_note"] = "resumed after an interrupt: quantize_seconds covers the last invocation only"
     out["options"] = r["options"]
-    out["linears"] = [{"layer": l["layer"], "name": l["name"], "loss": l["loss"], "seconds": l["seconds"]} for l in r["linears"]]
+    # initialLoss: CDQuant's GPTQ start on the same H (the like-for-like GPTQ vs CDQuant comparison).
+    out["linears"] = [{k: l[k] for k in ("layer", "name", "loss", "initialLoss", "seconds") if k in l} for l in r["linears"]]
     if r.get("subspace"):
         out["subspace"] = {k: r["subspace"][k] for k in ("statisticsSeconds", "basesSeconds", "errorModel") if k in r["subspace"]}
 json.dump(out, sys.stdout, indent=1)

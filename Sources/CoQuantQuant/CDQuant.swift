@@ -220,6 +220,7 @@ public struct CDQuant: WeightSolver {
         out.values = values
         out.codes = codes
         out.initialLoss = initial.reduce(0, +)
+        out.initialValues = start.values
         out.finalLoss = finalRow.reduce(0, +)
         out.errorSum = out.finalLoss! / 2       // GPTQ's convention: ½ tr((W₀ − Ŵ) H_λ (W₀ − Ŵ)ᵀ)
         out.moves = rowMoves.reduce(0, +)

@@ -16,7 +16,9 @@ public struct LinearReport: Codable, Sendable {
     public let layer: Int
     public let name: String               // "self_attn.q_proj", …
     public let loss: Double               // tr((W − Ŵ) H (W − Ŵ)ᵀ) with the calibration H
-    public let initialLoss: Double?       // CDQuant: the loss of its initialisation
+    /// CDQuant: the loss of its initialisation (GPTQ's Ŵ by default) on the same H as `loss` — GPTQ against
+    /// CDQuant on identical inputs, where two separate runs would each propagate their own quantized outputs.
+    public let initialLoss: Double?
     public let seconds: Double
     public let dampingUsed: Double?
     public let dampingEscalations: Int
@@ -116,7 +118,8 @@ public final class LayerwiseCalibration {
                     throw PipelineError(description: "layer \(l) \(name): quantized weights contain NaN/Inf")
                 }
                 model.layers[l][linear: name].weight = q.values.data.map { Float($0) }
-                let report = LinearReport(layer: l, name: name, loss: layerLoss(W, q.values, H), initialLoss: q.initialLoss,
+                let report = LinearReport(layer: l, name: name, loss: layerLoss(W, q.values, H),
+                                          initialLoss: q.initialValues.map { layerLoss(W, $0, H) },
                                           seconds: seconds(since: start),
                                           dampingUsed: q.dampingUsed, dampingEscalations: q.dampingEscalations)
                 reports.append(report)

@@ -43,6 +43,8 @@ public struct QuantizedWeight: Sendable {
     // dead-fixed H_λ the solver minimised (not GPTQ's halved `errorSum`).
     /// The loss of the initialisation the descent started from (GPTQ's or RTN's Ŵ).
     public var initialLoss: Double? = nil
+    /// That initialisation's Ŵ [R, C], so a caller can score it on another objective (the report's undamped H).
+    public var initialValues: Matrix<Double>? = nil
     /// The loss of the returned Ŵ.
     public var finalLoss: Double? = nil
     /// Coordinates changed by the descent, all rows together.

@@ -66,6 +66,31 @@ final class PipelineTests: XCTestCase {
         XCTAssertThrowsError(try LayerwiseCalibration(model: model, windows: []))
     }
 
+    /// CDQuant's report carries the loss of its GPTQ start on the same H as its own loss (undamped, as `loss`), so
+    /// the report compares GPTQ with CDQuant on identical inputs; not the damped objective the descent minimised.
+    func testCDQuantReportsItsGPTQStartOnTheSameHessian() throws {
+        let model = try ModelLoader.load(dir).model
+        let calib = try LayerwiseCalibration(model: model, windows: windows)
+        let grid = try QuantGrid.weight(bits: 3, scheme: .symmetric)
+        var gptqLoss: [Double] = [], dampedStart: [Double] = []
+        var reports: [LinearReport] = []
+        while calib.nextLayer < model.config.numHiddenLayers {
+            reports += try calib.quantizeNextLayer { _, _, W, H in
+                gptqLoss.append(layerLoss(W, try GPTQ().solve(W: W, H: H, grid: grid).values, H))
+                let q = try CDQuant().solve(W: W, H: H, grid: grid)
+                dampedStart.append(q.initialLoss!)
+                return q
+            }
+        }
+        XCTAssertEqual(reports.count, gptqLoss.count)
+        for (i, r) in reports.enumerated() {
+            let start = try XCTUnwrap(r.initialLoss, "\(r.layer) \(r.name)")
+            XCTAssertEqual(start, gptqLoss[i], accuracy: 1e-9 * gptqLoss[i], "\(r.layer) \(r.name)")
+            XCTAssertGreaterThan(abs(dampedStart[i] - start), 1e-6 * start, "damping shows in the solver's own objective")
+        }
+        XCTAssertLessThan(reports.map(\.loss).reduce(0, +), gptqLoss.reduce(0, +), "CDQuant improves on its start overall")
+    }
+
     /// The down_proj inputs kept between its Hessian and the output pass (the default) or recomputed (budget 0):
     /// the same propagated inputs and the same weights, bit for bit.
     func testKeptAndRecomputedDownProjInputsAgree() throws {
