@@ -113,7 +113,7 @@ report = os.path.join(target, "report.json")
 if os.path.isfile(report):
     r = json.load(open(report))
     out["quantize_seconds"] = r["seconds"]
-    if resumed == "1":
+    if resumed == "1" or r.get("resumedAfterLayers") is not None:
         out["quantize_note"] = "resumed after an interrupt: quantize_seconds covers the last invocation only"
     out["options"] = r["options"]
     # initialLoss: CDQuant's GPTQ start on the same H (the like-for-like GPTQ vs CDQuant comparison).

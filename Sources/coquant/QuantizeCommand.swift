@@ -262,7 +262,8 @@ struct Quantize: ParsableCommand {
                                                        basesSeconds: result.basesSeconds, attentionEnergy: b.attentionEnergy,
                                                        mlpEnergy: b.mlpEnergy,
                                                        errorModel: result.errorChecks.isEmpty ? nil : result.errorChecks)
-                                    })
+                                    },
+                                    resumedAfterLayers: resume ? finished.count : nil)
         try report.write(to: out)
         store.remove()
         if output.json { try printJSON(report) }
@@ -283,6 +284,8 @@ struct QuantizeReport: Codable {
     let outputBytes: Int
     var warnings: [String]? = nil
     var subspace: SubspaceReport? = nil
+    /// --resume: how many layers an earlier invocation had finished; `seconds` then covers this invocation only.
+    var resumedAfterLayers: Int? = nil
 
     func write(to folder: String) throws {
         let e = JSONEncoder()
@@ -292,7 +295,8 @@ struct QuantizeReport: Codable {
         md += "- model: `\(model)`\n- method: \(options.method.rawValue), solver: \(options.solver.rawValue), scheme: \(options.scheme.name)\n"
         md += "- weights: \(options.scheme.weightBits)-bit \(options.weightSymmetric ? "symmetric" : "asymmetric"), \(options.scheme.weightGroupSize.map { "groups of \($0)" } ?? "per channel")\(options.weightClip ? ", MSE clip" : "")\n"
         md += "- calibration: \(options.nsamples) × \(options.seqlen) tokens from \(calibrationTokens), seed \(options.seed); percdamp \(options.percdamp)\(options.actOrder ? ", act-order" : "")\n"
-        md += String(format: "- wall time: %.1f s; output %.1f MB\n\n", seconds, Double(outputBytes) / 1e6)
+        md += String(format: "- wall time: %.1f s%@; output %.1f MB\n\n", seconds,
+                     resumedAfterLayers.map { " (this invocation, resumed after \($0) finished layers)" } ?? "", Double(outputBytes) / 1e6)
         for w in warnings ?? [] { md += "- warning: \(w)\n" }
         if let s = subspace {
             md += String(format: "- subspace: r = %d hidden channels, %d per head at %d bits; statistics %.1f s, eigendecompositions %.1f s\n\n",
