@@ -159,7 +159,7 @@ public struct SubspaceStatistics {
 /// What the statistics were collected from; a file is reused only when all of it matches.
 public struct StatisticsFingerprint: Equatable, Sendable {
     public var windows: String       // FNV-1a of the calibration token ids, window by window
-    public var model: String         // FNV-1a of the norm-fused embedding and layer-0 q_proj weights
+    public var model: String         // FNV-1a (word-wise) of the norm-fused embedding and every layer's linear weights
     public var withQueries: Bool
     public var sampleTokens: Int
 
@@ -168,9 +168,11 @@ public struct StatisticsFingerprint: Equatable, Sendable {
         h.add(UInt64(windows.count))
         for w in windows { h.add(UInt64(w.count)); for t in w { h.add(UInt64(bitPattern: Int64(t))) } }
         self.windows = h.hex
+        // Every weight the statistics pass reads: a model that differs only in a deep layer (a fine-tune) must not
+        // match. Word-wise, two floats per step, so hashing 0.5 B parameters stays well under a second.
         var g = FNV1a()
-        for x in m.embedTokens { g.add(UInt64(x.bitPattern)) }
-        for x in m.layers[0].selfAttn.qProj.weight { g.add(UInt64(x.bitPattern)) }
+        g.addWords(m.embedTokens)
+        for layer in m.layers { for name in DecoderLayer.linearNames { g.addWords(layer[linear: name].weight) } }
         model = g.hex
         self.withQueries = withQueries
         self.sampleTokens = sampleTokens
@@ -203,6 +205,21 @@ struct FNV1a {
     mutating func add(_ x: UInt64) {
         var x = x
         for _ in 0..<8 { value = (value ^ (x & 0xff)) &* 0x0000_0100_0000_01b3; x >>= 8 }
+    }
+    /// Floats two to a 64-bit word, one multiply per word: FNV-1a's scheme on words instead of bytes (weaker
+    /// mixing, still a content fingerprint that any changed weight moves).
+    mutating func addWords(_ x: [Float]) {
+        var v = value
+        x.withUnsafeBufferPointer { p in
+            var i = 0
+            while i + 1 < p.count {
+                v = (v ^ (UInt64(p[i].bitPattern) | UInt64(p[i + 1].bitPattern) << 32)) &* 0x0000_0100_0000_01b3
+                i += 2
+            }
+            if i < p.count { v = (v ^ UInt64(p[i].bitPattern)) &* 0x0000_0100_0000_01b3 }
+        }
+        value = v
+        add(UInt64(x.count))
     }
     var hex: String { String(value, radix: 16) }
 }

@@ -182,13 +182,16 @@ final class QuantizedFolderTests: XCTestCase {
         // run with its own pass computes, bit for bit; a file from other windows is refused, naming the difference.
         let statisticsFile = out + "-statistics.safetensors"
         defer { try? FileManager.default.removeItem(atPath: statisticsFile) }
-        func subspaceRun(_ method: Method, _ granularity: BasisGranularity, statistics: String?, windows other: [[Int]]? = nil) throws -> QuantizationResult {
+        func subspaceRun(_ method: Method, _ granularity: BasisGranularity, statistics: String?, windows other: [[Int]]? = nil,
+                         edit: (LlamaModel) -> Void = { _ in }) throws -> QuantizationResult {
             var options = QuantizeOptions(method: method, scheme: try QuantScheme(parsing: "W4A4KV4"), solver: .rtn)
             options.seqlen = 16
             options.nsamples = 4
             options.subspace!.granularity = granularity
             options.subspace!.statisticsFile = statistics
-            return try quantizeModel(try ModelLoader.load(dir).model, calibration: other ?? windows, options: options)
+            let model = try ModelLoader.load(dir).model
+            edit(model)
+            return try quantizeModel(model, calibration: other ?? windows, options: options)
         }
         let first = try subspaceRun(.resq, .perLayer, statistics: statisticsFile)
         XCTAssertFalse(first.warnings.contains { $0.hasPrefix("statistics read from") })
@@ -203,6 +206,12 @@ final class QuantizedFolderTests: XCTestCase {
         }
         XCTAssertThrowsError(try subspaceRun(.coquant, .perLayer, statistics: statisticsFile, windows: Array(windows.reversed()))) {
             XCTAssertTrue("\($0)".contains("other calibration windows"), "\($0)")
+        }
+        // A model that differs only in its last layer's down_proj (a fine-tune, say) is another model.
+        XCTAssertThrowsError(try subspaceRun(.coquant, .perLayer, statistics: statisticsFile) { m in
+            m.layers[m.layers.count - 1].mlp.downProj.weight[0] += 0.5
+        }) {
+            XCTAssertTrue("\($0)".contains("another model"), "\($0)")
         }
 
         let existing = NSTemporaryDirectory() + "coquant-qfolder-exists-\(getpid())"
