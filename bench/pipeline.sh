@@ -40,8 +40,8 @@ print(f"solve time: GPTQ {gs:.1f} s, CDQuant {cs:.1f} s; CDQuant's extra time = 
 print(f"summed layer loss: GPTQ {gl:.6g}, CDQuant {cl:.6g} ({100 * (cl - gl) / gl:+.1f} %); CDQuant lower in {lower}/{len(g['linears'])} linears")
 # Past layer 0 the two runs see different inputs (each propagates its own quantized outputs); CDQuant's report also
 # scores its GPTQ start on its own H, the like-for-like comparison.
-if all("initialLoss" in l for l in c["linears"]):
-    sl = sum(l["initialLoss"] for l in c["linears"]); low = sum(1 for l in c["linears"] if l["loss"] < l["initialLoss"])
+if all("startLoss" in l for l in c["linears"]):
+    sl = sum(l["startLoss"] for l in c["linears"]); low = sum(1 for l in c["linears"] if l["loss"] < l["startLoss"])
     print(f"same inputs (CDQuant's GPTQ start): GPTQ {sl:.6g}, CDQuant {cl:.6g} ({100 * (cl - sl) / sl:+.1f} %); lower in {low}/{len(c['linears'])} linears")
 PY
 fi

@@ -39,14 +39,14 @@ if pairs:
 
 # Within a CDQuant run, each linear's GPTQ start was solved on the same H as CDQuant's result: the like-for-like
 # comparison (the pairs above each propagate their own quantized outputs, so past layer 0 their H differ). Runs made
-# before the report scored the start on the undamped H have no initialLoss here.
-same = {n: r["linears"] for n, r in runs.items() if r.get("linears") and all("initialLoss" in l for l in r["linears"])}
+# before the report scored the start on the undamped H have no startLoss here (their initialLoss was the damped one).
+same = {n: r["linears"] for n, r in runs.items() if r.get("linears") and all("startLoss" in l for l in r["linears"])}
 if same:
     print("\n| CDQuant run | Σ loss of its GPTQ start | Σ loss CDQuant | change | CDQuant lower in |")
     print("|---|---:|---:|---:|---:|")
     for n, ls in same.items():
-        sg, sc = sum(l["initialLoss"] for l in ls), sum(l["loss"] for l in ls)
-        lower = sum(1 for l in ls if l["loss"] < l["initialLoss"])
+        sg, sc = sum(l["startLoss"] for l in ls), sum(l["loss"] for l in ls)
+        lower = sum(1 for l in ls if l["loss"] < l["startLoss"])
         print(f"| {n} | {sg:.4g} | {sc:.4g} | {100 * (sc - sg) / sg:+.1f} % | {lower}/{len(ls)} |")
 
 seeded = {}

@@ -80,7 +80,7 @@ for name in "${order[@]}"; do
     target=$runs/$name
     # A finished folder is reused only for the flags it was made with: a config edited since would otherwise be
     # evaluated on a stale model under its new name.
-    stamp="${config[$name]} --nsamples $run_nsamples"
+    stamp="$model ${config[$name]} --nsamples $run_nsamples"
     if [ -f "$target/report.json" ] && [ "$(cat "$target.flags" 2>/dev/null)" != "$stamp" ]; then
       echo "$target was made with other flags ($(cat "$target.flags" 2>/dev/null || echo 'no record')); now: $stamp." >&2
       echo "Remove $target (and $runs/$name.ppl.checkpoint) to quantize it again." >&2
@@ -97,7 +97,8 @@ for name in "${order[@]}"; do
       quantize_seconds=$(( $(date +%s) - t0 ))
     fi
   fi
-  eval_resumed=0; [ -f "$runs/$name.ppl.checkpoint" ] && eval_resumed=1
+  # A checkpoint holds a header line, then one line per scored window.
+  eval_resumed=0; [ -f "$runs/$name.ppl.checkpoint" ] && [ "$(wc -l < "$runs/$name.ppl.checkpoint")" -gt 1 ] && eval_resumed=1
   t0=$(date +%s)
   # The checkpoint lets a killed evaluation (half an hour on the full test) continue where it stopped.
   $bin ppl "$target" --json "${window_args[@]}" --checkpoint "$runs/$name.ppl.checkpoint" > "$results/$name.ppl.tmp"
@@ -116,8 +117,8 @@ if os.path.isfile(report):
     if resumed == "1" or r.get("resumedAfterLayers") is not None:
         out["quantize_note"] = "resumed after an interrupt: quantize_seconds covers the last invocation only"
     out["options"] = r["options"]
-    # initialLoss: CDQuant's GPTQ start on the same H (the like-for-like GPTQ vs CDQuant comparison).
-    out["linears"] = [{k: l[k] for k in ("layer", "name", "loss", "initialLoss", "seconds") if k in l} for l in r["linears"]]
+    # startLoss: CDQuant's GPTQ start on the same H (the like-for-like GPTQ vs CDQuant comparison).
+    out["linears"] = [{k: l[k] for k in ("layer", "name", "loss", "startLoss", "seconds") if k in l} for l in r["linears"]]
     if r.get("subspace"):
         out["subspace"] = {k: r["subspace"][k] for k in ("statisticsSeconds", "basesSeconds", "errorModel") if k in r["subspace"]}
 json.dump(out, sys.stdout, indent=1)

@@ -16,9 +16,11 @@ public struct LinearReport: Codable, Sendable {
     public let layer: Int
     public let name: String               // "self_attn.q_proj", …
     public let loss: Double               // tr((W − Ŵ) H (W − Ŵ)ᵀ) with the calibration H
-    /// CDQuant: the loss of its initialisation (GPTQ's Ŵ by default) on the same H as `loss` — GPTQ against
-    /// CDQuant on identical inputs, where two separate runs would each propagate their own quantized outputs.
-    public let initialLoss: Double?
+    /// CDQuant: the loss of its start (GPTQ's Ŵ by default) on the same H as `loss` — GPTQ against CDQuant on
+    /// identical inputs, where two separate runs would each propagate their own quantized outputs. (The start is
+    /// scored in float64, `loss` on the weights as packed and decoded in float32: ~1e-7 relative apart.) Reports
+    /// before this field carried `initialLoss`, the damped objective, which is not comparable with `loss`.
+    public let startLoss: Double?
     public let seconds: Double
     public let dampingUsed: Double?
     public let dampingEscalations: Int
@@ -119,7 +121,7 @@ public final class LayerwiseCalibration {
                 }
                 model.layers[l][linear: name].weight = q.values.data.map { Float($0) }
                 let report = LinearReport(layer: l, name: name, loss: layerLoss(W, q.values, H),
-                                          initialLoss: q.initialValues.map { layerLoss(W, $0, H) },
+                                          startLoss: q.initialValues.map { layerLoss(W, $0, H) },
                                           seconds: seconds(since: start),
                                           dampingUsed: q.dampingUsed, dampingEscalations: q.dampingEscalations)
                 reports.append(report)

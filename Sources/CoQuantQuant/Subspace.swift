@@ -172,7 +172,12 @@ public struct StatisticsFingerprint: Equatable, Sendable {
         // match. Word-wise, two floats per step, so hashing 0.5 B parameters stays well under a second.
         var g = FNV1a()
         g.addWords(m.embedTokens)
-        for layer in m.layers { for name in DecoderLayer.linearNames { g.addWords(layer[linear: name].weight) } }
+        for layer in m.layers {
+            for name in DecoderLayer.linearNames {
+                g.addWords(layer[linear: name].weight)
+                g.addWords(layer[linear: name].bias ?? [])      // Qwen2's q/k/v biases
+            }
+        }
         model = g.hex
         self.withQueries = withQueries
         self.sampleTokens = sampleTokens
@@ -206,14 +211,16 @@ struct FNV1a {
         var x = x
         for _ in 0..<8 { value = (value ^ (x & 0xff)) &* 0x0000_0100_0000_01b3; x >>= 8 }
     }
-    /// Floats two to a 64-bit word, one multiply per word: FNV-1a's scheme on words instead of bytes (weaker
-    /// mixing, still a content fingerprint that any changed weight moves).
+    /// Floats two to a 64-bit word, one multiply per word: FNV-1a's scheme on words instead of bytes. A multiply
+    /// only carries changes upwards, so the high half is folded down each step; without that, two sign flips in
+    /// the upper float of two words cancelled in bit 63.
     mutating func addWords(_ x: [Float]) {
         var v = value
         x.withUnsafeBufferPointer { p in
             var i = 0
             while i + 1 < p.count {
                 v = (v ^ (UInt64(p[i].bitPattern) | UInt64(p[i + 1].bitPattern) << 32)) &* 0x0000_0100_0000_01b3
+                v ^= v >> 32
                 i += 2
             }
             if i < p.count { v = (v ^ UInt64(p[i].bitPattern)) &* 0x0000_0100_0000_01b3 }

@@ -263,7 +263,7 @@ struct Quantize: ParsableCommand {
                                                        mlpEnergy: b.mlpEnergy,
                                                        errorModel: result.errorChecks.isEmpty ? nil : result.errorChecks)
                                     },
-                                    resumedAfterLayers: resume ? finished.count : nil)
+                                    resumedAfterLayers: finished.isEmpty ? nil : finished.count)
         try report.write(to: out)
         store.remove()
         if output.json { try printJSON(report) }
@@ -296,7 +296,7 @@ struct QuantizeReport: Codable {
         md += "- weights: \(options.scheme.weightBits)-bit \(options.weightSymmetric ? "symmetric" : "asymmetric"), \(options.scheme.weightGroupSize.map { "groups of \($0)" } ?? "per channel")\(options.weightClip ? ", MSE clip" : "")\n"
         md += "- calibration: \(options.nsamples) × \(options.seqlen) tokens from \(calibrationTokens), seed \(options.seed); percdamp \(options.percdamp)\(options.actOrder ? ", act-order" : "")\n"
         md += String(format: "- wall time: %.1f s%@; output %.1f MB\n\n", seconds,
-                     resumedAfterLayers.map { " (this invocation, resumed after \($0) finished layers)" } ?? "", Double(outputBytes) / 1e6)
+                     resumedAfterLayers.map { " (this invocation, resumed after \($0) finished layer\($0 == 1 ? "" : "s"))" } ?? "", Double(outputBytes) / 1e6)
         for w in warnings ?? [] { md += "- warning: \(w)\n" }
         if let s = subspace {
             md += String(format: "- subspace: r = %d hidden channels, %d per head at %d bits; statistics %.1f s, eigendecompositions %.1f s\n\n",

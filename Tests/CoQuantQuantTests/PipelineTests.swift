@@ -84,7 +84,7 @@ final class PipelineTests: XCTestCase {
         }
         XCTAssertEqual(reports.count, gptqLoss.count)
         for (i, r) in reports.enumerated() {
-            let start = try XCTUnwrap(r.initialLoss, "\(r.layer) \(r.name)")
+            let start = try XCTUnwrap(r.startLoss, "\(r.layer) \(r.name)")
             XCTAssertEqual(start, gptqLoss[i], accuracy: 1e-9 * gptqLoss[i], "\(r.layer) \(r.name)")
             XCTAssertGreaterThan(abs(dampedStart[i] - start), 1e-6 * start, "damping shows in the solver's own objective")
         }
