@@ -74,23 +74,23 @@ for name in "${order[@]}"; do
   # RTN's weights do not depend on the calibration (its Hessians only feed the report's layer losses), so its runs
   # calibrate on RTN_NSAMPLES windows (8) instead of an hour of passes for 128: the same model, cheaper losses.
   run_nsamples=$nsamples
-  resumed=0
   case $name in rtn-*) run_nsamples=${RTN_NSAMPLES:-8} ;; esac
   if [ "$name" != fp ]; then
     target=$runs/$name
     # A finished folder is reused only for the flags it was made with: a config edited since would otherwise be
     # evaluated on a stale model under its new name.
     stamp="$model ${config[$name]} --nsamples $run_nsamples"
-    if [ -f "$target/report.json" ] && [ "$(cat "$target.flags" 2>/dev/null)" != "$stamp" ]; then
-      echo "$target was made with other flags ($(cat "$target.flags" 2>/dev/null || echo 'no record')); now: $stamp." >&2
+    made=$(cat "$target.flags" 2>/dev/null || echo 'no record')
+    if [ -f "$target/report.json" ] && [ "$made" != "$stamp" ]; then
+      echo "$target was made with other flags ($made); now: $stamp." >&2
       echo "Remove $target (and $runs/$name.ppl.checkpoint) to quantize it again." >&2
       exit 1
     fi
     if [ ! -f "$target/report.json" ]; then
-      [ -d "$target.partial" ] && [ "$(cat "$target.flags" 2>/dev/null)" != "$stamp" ] && {
+      [ -d "$target.partial" ] && [ "$made" != "$stamp" ] && {
         echo "$target.partial was started with other flags; remove it to start again." >&2; exit 1; }
       echo "$stamp" > "$target.flags"
-      resume=(); [ -d "$target.partial" ] && resume=(--resume) && resumed=1
+      resume=(); [ -d "$target.partial" ] && resume=(--resume)
       t0=$(date +%s)
       # shellcheck disable=SC2086
       $bin quantize "$model" ${config[$name]} --nsamples "$run_nsamples" --out "$target" --overwrite "${resume[@]}"
@@ -103,9 +103,9 @@ for name in "${order[@]}"; do
   # The checkpoint lets a killed evaluation (half an hour on the full test) continue where it stopped.
   $bin ppl "$target" --json "${window_args[@]}" --checkpoint "$runs/$name.ppl.checkpoint" > "$results/$name.ppl.tmp"
   eval_seconds=$(( $(date +%s) - t0 ))
-  python3 - "$name" "$target" "$results/$name.ppl.tmp" "$eval_seconds" "$run_nsamples" "${config[$name]}" "$resumed" "$eval_resumed" > "$result.tmp" <<'EOF'
+  python3 - "$name" "$target" "$results/$name.ppl.tmp" "$eval_seconds" "$run_nsamples" "${config[$name]}" "$eval_resumed" > "$result.tmp" <<'EOF'
 import json, os, sys
-name, target, ppl_file, eval_seconds, nsamples, flags, resumed, eval_resumed = sys.argv[1:9]
+name, target, ppl_file, eval_seconds, nsamples, flags, eval_resumed = sys.argv[1:8]
 out = {"name": name, "flags": flags, "nsamples": int(nsamples), "ppl": json.load(open(ppl_file)),
        "eval_seconds": int(eval_seconds)}
 if eval_resumed == "1":
@@ -114,7 +114,8 @@ report = os.path.join(target, "report.json")
 if os.path.isfile(report):
     r = json.load(open(report))
     out["quantize_seconds"] = r["seconds"]
-    if resumed == "1" or r.get("resumedAfterLayers") is not None:
+    # The report says itself whether its run resumed (quantize --resume after finished layers).
+    if r.get("resumedAfterLayers") is not None:
         out["quantize_note"] = "resumed after an interrupt: quantize_seconds covers the last invocation only"
     out["options"] = r["options"]
     # startLoss: CDQuant's GPTQ start on the same H (the like-for-like GPTQ vs CDQuant comparison).
