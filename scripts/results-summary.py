@@ -27,27 +27,28 @@ for name, r in runs.items():
 if any("quantize_note" in r or "eval_note" in r for r in runs.values()):
     print("\n\\* resumed after an interrupt: the time covers the last invocation only.")
 
-pairs = [(n, n.replace("gptq", "cdquant")) for n in runs if "gptq" in n and n.replace("gptq", "cdquant") in runs]
-if pairs:
-    print("\n| GPTQ run | Σ loss GPTQ | Σ loss CDQuant | change | CDQuant lower in |")
+def loss_table(header, rows):
+    """rows: (name, [(GPTQ loss, CDQuant loss) per linear]) → Σ of each, the change and how many linears improved."""
+    if not rows:
+        return
+    print(f"\n| {header} | Σ loss GPTQ | Σ loss CDQuant | change | CDQuant lower in |")
     print("|---|---:|---:|---:|---:|")
-    for g, c in pairs:
-        lg, lc = runs[g]["linears"], runs[c]["linears"]
-        sg, sc = sum(l["loss"] for l in lg), sum(l["loss"] for l in lc)
-        lower = sum(1 for a, b in zip(lg, lc) if b["loss"] < a["loss"])
-        print(f"| {g} | {sg:.4g} | {sc:.4g} | {100 * (sc - sg) / sg:+.1f} % | {lower}/{len(lg)} |")
+    for name, losses in rows:
+        sg, sc = sum(g for g, _ in losses), sum(c for _, c in losses)
+        lower = sum(1 for g, c in losses if c < g)
+        print(f"| {name} | {sg:.4g} | {sc:.4g} | {100 * (sc - sg) / sg:+.1f} % | {lower}/{len(losses)} |")
+
+# Separate GPTQ and CDQuant runs: each propagates its own quantized outputs, so past layer 0 their H differ.
+loss_table("GPTQ run vs its CDQuant run", [
+    (g, [(a["loss"], b["loss"]) for a, b in zip(runs[g]["linears"], runs[c]["linears"])])
+    for g, c in ((n, n.replace("gptq", "cdquant")) for n in runs) if "gptq" in g and c in runs])
 
 # Within a CDQuant run, each linear's GPTQ start was solved on the same H as CDQuant's result: the like-for-like
-# comparison (the pairs above each propagate their own quantized outputs, so past layer 0 their H differ). Runs made
-# before the report scored the start on the undamped H have no startLoss here (their initialLoss was the damped one).
-same = {n: r["linears"] for n, r in runs.items() if r.get("linears") and all("startLoss" in l for l in r["linears"])}
-if same:
-    print("\n| CDQuant run | Σ loss of its GPTQ start | Σ loss CDQuant | change | CDQuant lower in |")
-    print("|---|---:|---:|---:|---:|")
-    for n, ls in same.items():
-        sg, sc = sum(l["startLoss"] for l in ls), sum(l["loss"] for l in ls)
-        lower = sum(1 for l in ls if l["loss"] < l["startLoss"])
-        print(f"| {n} | {sg:.4g} | {sc:.4g} | {100 * (sc - sg) / sg:+.1f} % | {lower}/{len(ls)} |")
+# comparison. Runs made before the report scored the start on the undamped H have no startLoss (their initialLoss
+# was the damped objective).
+loss_table("CDQuant run: its GPTQ start vs its result, same H", [
+    (n, [(l["startLoss"], l["loss"]) for l in r["linears"]])
+    for n, r in runs.items() if r.get("linears") and all("startLoss" in l for l in r["linears"])])
 
 seeded = {}
 for name, r in runs.items():
