@@ -112,11 +112,16 @@ public func matmul<T>(_ a: Matrix<T>, transA: Bool = false, _ b: Matrix<T>, tran
 public func * <T>(a: Matrix<T>, b: Matrix<T>) -> Matrix<T> { matmul(a, b) }
 
 extension Matrix {
-    /// Largest |a − b| over all elements.
+    /// Largest |a − b| over all elements; NaN if any difference is NaN (Swift.max would drop it, and a test
+    /// asserting `< tol` would pass on all-NaN output).
     public func maxAbsDifference(_ other: Matrix) -> T {
         precondition(rows == other.rows && cols == other.cols)
         var m: T = 0
-        for i in data.indices { m = Swift.max(m, abs(data[i] - other.data[i])) }
+        for i in data.indices {
+            let d = abs(data[i] - other.data[i])
+            if d.isNaN { return .nan }
+            m = Swift.max(m, d)
+        }
         return m
     }
 }

@@ -18,12 +18,47 @@ final class PerplexityTests: XCTestCase {
         }
     }
 
-    func testWindowingAndMean() throws {
-        // A model-free check of the protocol arithmetic: uniform logits give NLL = log V in every window.
-        let V = 10
-        let ids = Array(repeating: 3, count: 25)
-        let logits = [Float](repeating: 0.5, count: 5 * V)
-        XCTAssertEqual(meanNextTokenNLL(logits: logits, ids: Array(ids[0..<5]), vocab: V), log(Double(V)), accuracy: 1e-6)
+    /// Row t's NLL is that of the next token, ids[t + 1], over rows 0 ..< T−1: non-uniform logits and distinct ids
+    /// catch an off-by-one in the target or the row; T = 130 takes the two-worker path (rows ≥ 64).
+    func testNextTokenNLLPicksTheNextTokenInEachRow() {
+        let V = 11, T = 130
+        let logits = (0..<(T * V)).map { i in Float((i % V * 7 + i / V * 3) % 11) * 0.5 }
+        let ids = (0..<T).map { ($0 * 5 + 2) % V }
+        var want = 0.0
+        for t in 0..<(T - 1) {
+            let row = (0..<V).map { Double(logits[t * V + $0]) }
+            let m = row.max()!
+            want += m + log(row.reduce(0) { $0 + exp($1 - m) }) - row[ids[t + 1]]
+        }
+        // logSumExp's exponentials are float32 (≈ 1e-8 relative); a wrong row or target moves the mean by ≥ 1e-2.
+        XCTAssertEqual(meanNextTokenNLL(logits: logits, ids: ids, vocab: V), want / Double(T - 1), accuracy: 1e-6)
+    }
+
+    /// The protocol on the tiny fixture model: non-overlapping windows, the tail dropped, each window's NLL from its
+    /// own forward pass, PPL = exp(mean) and its standard error ppl·√(var/n) — against sums formed here.
+    func testPerplexityWindowsAndAggregate() throws {
+        let model = try ModelLoader.load(packageRoot + "/Tests/Fixtures/tiny-models/a_llama_gqa_tied").model
+        let V = model.config.vocabSize, seqlen = 16
+        let ids = (0..<50).map { ($0 * 37 + 11) % V }
+        let result = try perplexity(model: model, ids: ids, seqlen: seqlen)
+        XCTAssertEqual(result.windowsAvailable, 3)
+        XCTAssertEqual(result.windows, 3)
+        let nlls = (0..<3).map { w -> Double in
+            let window = Array(ids[(w * seqlen)..<((w + 1) * seqlen)])
+            return meanNextTokenNLL(logits: model.forward(window), ids: window, vocab: V)
+        }
+        XCTAssertEqual(result.perWindowMeanNLL, nlls)
+        XCTAssertGreaterThan(Set(nlls).count, 1, "distinct windows give distinct NLLs")
+        let mean = nlls.reduce(0, +) / 3
+        let variance = nlls.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / 2
+        XCTAssertEqual(result.meanNLL, mean, accuracy: 1e-12)
+        XCTAssertEqual(result.perplexity, exp(mean), accuracy: 1e-9)
+        XCTAssertEqual(result.perplexityStdError, exp(mean) * (variance / 3).squareRoot(), accuracy: 1e-9)
+        XCTAssertGreaterThan(result.perplexityStdError, 0)
+        // Resuming after one window scores the rest and gives the same figures.
+        let resumed = try perplexity(model: model, ids: ids, seqlen: seqlen, done: [nlls[0]])
+        XCTAssertEqual(resumed.perWindowMeanNLL, nlls)
+        XCTAssertEqual(resumed.perplexity, result.perplexity)
     }
 
     /// The first two WikiText-2 windows of SmolLM2 against transformers' per-window NLL (float64 column).

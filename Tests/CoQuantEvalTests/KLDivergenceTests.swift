@@ -12,6 +12,66 @@ final class KLDivergenceTests: XCTestCase {
         XCTAssertEqual(x.withUnsafeBufferPointer { topIndices($0.baseAddress!, x.count, 10) }, [5, 1, 3, 4, 0, 2])
     }
 
+    /// Every statistic of the result against its definition, on the tiny fixture model (vocab 300) and a copy with
+    /// RTN W3 weights: with top-k = V the cached reference keeps the whole distribution, so the KL is the full one.
+    func testTinyModelStatisticsMatchTheirDefinitions() throws {
+        let dir = packageRoot + "/Tests/Fixtures/tiny-models/a_llama_gqa_tied"
+        let fp = try ModelLoader.load(dir).model, q = try ModelLoader.load(dir).model
+        let grid = try QuantGrid.weight(bits: 3, scheme: .symmetric)
+        for l in q.layers.indices {
+            for name in DecoderLayer.linearNames {
+                let w = q.layers[l][linear: name]
+                let W = Matrix(rows: w.outFeatures, cols: w.inFeatures, data: w.weight.map(Double.init))
+                q.layers[l][linear: name].weight = try RTN().solve(W: W, grid: grid).values.data.map { Float($0) }
+            }
+        }
+        let V = fp.config.vocabSize, seqlen = 16, windows = 3
+        let ids = (0..<(windows * seqlen + 5)).map { ($0 * 53 + 7) % V }
+        let ref = try KLReference.compute(model: fp, ids: ids, seqlen: seqlen, windows: windows, topK: V)
+        let result = try klDivergence(model: q, reference: ref, ids: ids)
+
+        var kl: [Double] = [], same = 0, nllP: [Double] = [], nllQ: [Double] = [], deltaP: [Double] = []
+        for w in 0..<windows {
+            let window = Array(ids[(w * seqlen)..<((w + 1) * seqlen)])
+            let p = fp.forward(window).map(Double.init), r = q.forward(window).map(Double.init)
+            for t in 0..<(seqlen - 1) {
+                let rowP = Array(p[(t * V)..<((t + 1) * V)]), rowQ = Array(r[(t * V)..<((t + 1) * V)])
+                let lseP = log(rowP.map(exp).reduce(0, +)), lseQ = log(rowQ.map(exp).reduce(0, +))
+                kl.append(zip(rowP, rowQ).map { a, b in exp(a - lseP) * ((a - lseP) - (b - lseQ)) }.reduce(0, +))
+                if rowP.firstIndex(of: rowP.max()!) == rowQ.firstIndex(of: rowQ.max()!) { same += 1 }
+                nllP.append(lseP - rowP[window[t + 1]])
+                nllQ.append(lseQ - rowQ[window[t + 1]])
+                deltaP.append(exp(-nllQ.last!) - exp(-nllP.last!))
+            }
+        }
+        let n = Double(kl.count)
+        XCTAssertEqual(result.tokens, windows * (seqlen - 1))
+        let mean = kl.reduce(0, +) / n
+        let sd = (kl.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / (n - 1)).squareRoot()
+        XCTAssertGreaterThan(mean, 1e-3, "RTN W3 changes the distribution")
+        XCTAssertEqual(result.meanKL, mean, accuracy: 1e-5 * max(1, mean))
+        XCTAssertEqual(result.meanKLStderr, sd / n.squareRoot(), accuracy: 1e-5)
+        // Percentiles with linear interpolation between order statistics (numpy's default, as llama.cpp reports).
+        let sorted = kl.sorted()
+        func percentile(_ q: Double) -> Double {
+            let x = q / 100 * (n - 1), i = Int(x), f = x - Double(i)
+            return i + 1 < sorted.count ? sorted[i] + f * (sorted[i + 1] - sorted[i]) : sorted[i]
+        }
+        for (key, q) in [("min", 0.0), ("1", 1), ("10", 10), ("median", 50), ("90", 90), ("99", 99), ("max", 100)] {
+            XCTAssertEqual(result.klPercentiles[key]!, percentile(q), accuracy: 1e-5 * max(1, percentile(q)), key)
+        }
+        let top1 = Double(same) / n
+        XCTAssertLessThan(top1, 1, "some top-1 tokens change")
+        XCTAssertEqual(result.sameTop1, top1)
+        XCTAssertEqual(result.sameTop1Stderr, (top1 * (1 - top1) / n).squareRoot(), accuracy: 1e-12)
+        // Float32 logits and exponentials: ≈ 1e-7 relative per token.
+        XCTAssertEqual(result.perplexityReference, exp(nllP.reduce(0, +) / n), accuracy: 1e-6 * result.perplexityReference)
+        XCTAssertEqual(result.perplexity, exp(nllQ.reduce(0, +) / n), accuracy: 1e-6 * result.perplexity)
+        XCTAssertEqual(result.deltaPerplexity, result.perplexity - result.perplexityReference, accuracy: 1e-12)
+        XCTAssertEqual(result.meanDeltaP, deltaP.reduce(0, +) / n, accuracy: 1e-6)
+        XCTAssertEqual(result.rmsDeltaP, (deltaP.map { $0 * $0 }.reduce(0, +) / n).squareRoot(), accuracy: 1e-6)
+    }
+
     /// SmolLM2 against itself (KL 0, same top-1 everywhere) and against a copy with RTN W4 (per channel, symmetric)
     /// weights (KL > 0, top-1 rate < 1, worse perplexity). Two windows of 256 tokens keep it short; `coquant eval
     /// --kl-vs` runs the 16 × 2048 figure. Also: the reference survives its cache file, and the top-k KL is a lower

@@ -21,6 +21,7 @@ final class ResumeEvaluationTests: XCTestCase {
     /// several are packed in one pass (then the interrupt falls inside a batch, which is re-scored whole).
     func testResumedTaskEqualsUninterruptedRun() throws {
         let scorer = try Self.scorer.get()
+        var unpacked: [String: TaskResult] = [:]    // each task's one-doc-per-pass run, which the packed run must match
         for (name, rowsPerBatch) in [("arc_easy", 1), ("lambada_openai", 1), ("arc_easy", 500), ("lambada_openai", 500)] {
             func evaluate(task: ZeroShotTask, docs: [Doc], scorer: LoglikelihoodScorer, done: [DocResult] = [],
                           progress: ((Int, Int, Double) -> Void)? = nil, onDoc: ((DocResult) throws -> Void)? = nil) throws -> TaskResult {
@@ -43,6 +44,19 @@ final class ResumeEvaluationTests: XCTestCase {
             var reported: [Int] = []
             let full = try evaluate(task: task, docs: docs, scorer: scorer, onDoc: { reported.append($0.docId) })
             XCTAssertEqual(reported, Array(0..<10), name)
+            if let single = unpacked[name] {
+                // Several docs packed in one pass score as each doc alone (float32 sums in another order: 1e-4).
+                for (p, s) in zip(full.samples, single.samples) {
+                    XCTAssertEqual(p.loglikelihoods.count, s.loglikelihoods.count, "\(name) doc \(p.docId)")
+                    for (a, b) in zip(p.loglikelihoods, s.loglikelihoods) {
+                        XCTAssertEqual(a, b, accuracy: 1e-4, "\(name) doc \(p.docId): packed vs alone")
+                    }
+                    XCTAssertEqual(p.acc, s.acc, "\(name) doc \(p.docId): acc packed vs alone")
+                }
+                XCTAssertEqual(full.samples.count, single.samples.count, name)
+            } else {
+                unpacked[name] = full
+            }
 
             var saved: [DocResult] = []
             XCTAssertThrowsError(try evaluate(task: task, docs: docs, scorer: scorer, onDoc: { sample in

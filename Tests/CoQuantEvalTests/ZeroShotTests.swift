@@ -38,6 +38,7 @@ final class ZeroShotFixtureTests: XCTestCase {
                 XCTAssertEqual(k, ref["continuation_token_ids"] as? [Int], "\(what): continuation tokens", file: file, line: line)
             }
             let results = try scorer.score(doc.requests)
+            XCTAssertEqual(results.count, requests.count, "\(what): results", file: file, line: line)
             for (j, (res, ref)) in zip(results, requests).enumerated() {
                 let ll = ref["loglikelihood"] as! Double
                 worst = max(worst, abs(res.loglikelihood - ll))
@@ -70,9 +71,13 @@ final class ZeroShotFixtureTests: XCTestCase {
         } else {
             XCTAssertNil(metrics["acc_norm"], file: file, line: line)
         }
-        if let ppl = result.perplexity {
-            // exp(−mean ll): a 1e-3 error per item moves it by at most 0.1 %.
-            XCTAssertEqual(ppl.value, metrics["perplexity"] as! Double, accuracy: 1e-3 * ppl.value, file: file, line: line)
+        if let want = metrics["perplexity"] as? Double {
+            // exp(−mean ll): a 1e-3 error per item moves it by at most 0.1 %. Its stderr is not compared: lm-eval
+            // bootstraps it (random resamples), ours is the delta-method ppl · stderr(mean ll).
+            let ppl = try XCTUnwrap(result.perplexity, "\(name): the fixture has a perplexity", file: file, line: line)
+            XCTAssertEqual(ppl.value, want, accuracy: 1e-3 * ppl.value, file: file, line: line)
+        } else {
+            XCTAssertNil(result.perplexity, file: file, line: line)
         }
     }
 
@@ -95,6 +100,7 @@ final class ZeroShotFixtureTests: XCTestCase {
         for name in ["arc_easy", "winogrande"] {
             let doc = try ZeroShotTask.named(name).docs(dataDir: packageRoot + "/data", limit: 1)[0]
             let shared = try scorer.score(doc.requests)
+            XCTAssertEqual(shared.count, doc.requests.count, name)
             for (r, s) in zip(doc.requests, shared) {
                 let (c, k) = scorer.encodePair(r)
                 XCTAssertEqual(s.loglikelihood, directLoglikelihood(scorer, c, k), accuracy: 1e-4, name)

@@ -110,7 +110,6 @@ final class TokenizerTests: XCTestCase {
                       "\(name) WikiText-2 test", file: file, line: line)
         XCTAssertEqual(Array(tok.decode(ids, skipSpecialTokens: true).utf8), Array(text.utf8), "\(name) WikiText round trip",
                        file: file, line: line)
-        XCTAssertLessThan(seconds, 30, "\(name): encoding 1.3 MB should take seconds")
     }
 
     /// Minimal safetensors reader: u64 LE header length, JSON header, raw little-endian data.

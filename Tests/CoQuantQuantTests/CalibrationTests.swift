@@ -19,6 +19,10 @@ final class CalibrationTests: XCTestCase {
             XCTAssertEqual(window.last! - window.first!, 99)    // contiguous slices of the stream
         }
         XCTAssertEqual(try calibrationWindows(ids: ids, nsamples: 4, seqlen: 100), w)   // same seed, same windows
+        // The reference's starts: randint(0, n − seqlen − 1) with CPython's generator (values above).
+        let stream = try calibrationWindows(ids: Array(0..<2_000_000), nsamples: 5, seqlen: 2048)
+        XCTAssertEqual(stream.map { $0[0] }, [1_770_880, 807_917, 1_589_545, 1_866_976, 882_002])
+        XCTAssertNotEqual(try calibrationWindows(ids: ids, nsamples: 4, seqlen: 100, seed: 1), w, "another seed")
         XCTAssertThrowsError(try calibrationWindows(ids: Array(0..<50), nsamples: 1, seqlen: 100))
     }
 }

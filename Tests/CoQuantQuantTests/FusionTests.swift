@@ -16,8 +16,17 @@ func testOrthogonal(_ n: Int, seed: UInt64) throws -> Matrix<Double> {
     return try symmetricEigen(a).vectors
 }
 
+/// Largest |a − b|: infinity when the lengths differ, NaN when any difference is NaN, so `XCTAssertLessThan(…, tol)`
+/// fails on short or broken output.
 func maxAbsDiff(_ a: [Float], _ b: [Float]) -> Float {
-    zip(a, b).reduce(0) { max($0, abs($1.0 - $1.1)) }
+    guard a.count == b.count else { return .infinity }
+    var m: Float = 0
+    for (x, y) in zip(a, b) {
+        let d = abs(x - y)
+        if d.isNaN { return .nan }
+        m = max(m, d)
+    }
+    return m
 }
 
 /// Norm fusion and rotation fusion at full precision compute the same function (COQUANT_RESQ.md §6.1 item 6).

@@ -248,7 +248,9 @@ final class QuantizedFolderTests: XCTestCase {
                 }
                 _ = model.forward([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
                 let what = "\(method) down_proj bits \(downBits.map(String.init) ?? "default")"
+                XCTAssertGreaterThan(levels, 1, what + ": the hook saw down_proj's input")
                 XCTAssertLessThanOrEqual(levels, maxLevels, what)
+                if !method.usesSubspace { XCTAssertGreaterThan(mlpLevels, 1, what + ": the hook saw the MLP input") }
                 if downBits != nil { XCTAssertGreaterThan(levels, 16, what) }
                 if !method.usesSubspace { XCTAssertLessThanOrEqual(mlpLevels, 16, what + ": other inputs stay at 4 bits") }
             }

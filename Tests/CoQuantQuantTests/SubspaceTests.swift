@@ -109,7 +109,8 @@ final class SubspaceTests: XCTestCase {
                     let lowSide = b < n - k
                     let column = (0..<n).map { lowSide ? s[$0] * V[$0, b] : V[$0, b] / s[$0] }
                     let norm = column.reduce(0) { $0 + $1 * $1 }.squareRoot()
-                    worst = max(worst, abs((0..<n).reduce(0) { $0 + U[$1, a] * column[$1] }) / norm)
+                    let e = abs((0..<n).reduce(0) { $0 + U[$1, a] * column[$1] }) / norm
+                    worst = e.isNaN ? e : max(worst, e)    // max(worst, NaN) would drop the NaN
                 }
             }
             XCTAssertLessThan(worst, 1e-9, "spans of the compensated blocks, g = \(g)")
@@ -244,7 +245,12 @@ final class SubspaceTests: XCTestCase {
     func assertOrthogonal(_ Q: Matrix<Double>, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
         let I = matmul(Q, transA: true, Q)
         var worst = 0.0
-        for i in 0..<Q.cols { for j in 0..<Q.cols { worst = max(worst, abs(I[i, j] - (i == j ? 1 : 0))) } }
+        for i in 0..<Q.cols {
+            for j in 0..<Q.cols {
+                let e = abs(I[i, j] - (i == j ? 1 : 0))
+                worst = e.isNaN ? e : max(worst, e)    // max(worst, NaN) would drop the NaN
+            }
+        }
         XCTAssertLessThan(worst, 1e-10, "\(what): max |QᵀQ − I| \(worst)", file: file, line: line)
     }
 
@@ -318,7 +324,18 @@ final class SubspaceTests: XCTestCase {
         let bases = try buildBases(stats, model: model, objective: .weightActivation, granularity: .perLayer,
                                    highFraction: 0.125, kvWeightAware: false, seed: 7)
         var online = fuseSubspaceBases(model, bases, centerEmbeddings: false, normsFused: true)
+        let before = online.keyRotations
         online.quantizeKeyRotationsToInt8()
+        // Every entry is s·k, k an integer in [−128, 127], s = max|R|/127 over the layer's heads, within s/2 of R.
+        for l in before.indices {
+            let s = before[l].flatMap { $0 }.map(abs).max()! / 127
+            for (rBefore, rAfter) in zip(before[l].flatMap { $0 }, online.keyRotations[l].flatMap { $0 }) {
+                let k = rAfter / s
+                XCTAssertEqual(k, k.rounded(), accuracy: 1e-3, "layer \(l): \(rAfter) is not on the INT8 grid of step \(s)")
+                XCTAssertTrue((-128...127).contains(k.rounded()), "layer \(l): code \(k)")
+                XCTAssertLessThanOrEqual(abs(rAfter - rBefore), s / 2 * (1 + 1e-5), "layer \(l): rounding error")
+            }
+        }
         let Qk = Matrix(rows: 8, cols: 8, data: online.keyRotations[0][0].map(Double.init))
         let I = matmul(Qk, transA: true, Qk)
         let off = (0..<64).map { abs(I.data[$0] - ($0 % 9 == 0 ? 1 : 0)) }.max()!

@@ -31,6 +31,14 @@ final class LinearAlgebraTests: XCTestCase {
         XCTAssertEqual(c.data, [17, 22, 27, 22, 29, 36, 27, 36, 45].map { 3 * $0 })
     }
 
+    /// The tests' tolerance checks go through maxAbsDifference: a NaN anywhere must make it NaN (so `< tol` fails).
+    func testMaxAbsDifferenceKeepsNaN() {
+        let a = Matrix<Double>(rows: 1, cols: 3, data: [1, 2, 3])
+        XCTAssertEqual(a.maxAbsDifference(Matrix(rows: 1, cols: 3, data: [1, 2.5, 2])), 1)
+        XCTAssertTrue(a.maxAbsDifference(Matrix(rows: 1, cols: 3, data: [1, .nan, 3])).isNaN)
+        XCTAssertTrue(a.maxAbsDifference(Matrix(rows: 1, cols: 3, data: [.nan, 2, 9])).isNaN)
+    }
+
     func testCholeskyAndInverses() throws {
         let a = Matrix<Double>(rows: 2, cols: 2, data: [4, 2, 2, 3])   // L = [[2,0],[1,√2]]
         let l = try cholesky(a)
