@@ -31,7 +31,8 @@ public final class MappedFile: @unchecked Sendable {
     /// Bytes `[offset, offset + length)`, or an error naming the file when the range runs past its end.
     public func bytes(_ offset: Int, _ length: Int, what: @autoclosure () -> String) throws -> UnsafeRawBufferPointer {
         guard offset >= 0, length >= 0, offset <= count, length <= count - offset else {
-            throw ModelFileError(path, "\(what()) at bytes \(offset)..<\(offset &+ length) runs past the end of the file (\(count) bytes)")
+            // offset + length can overflow for a garbage length field: say both instead of their sum.
+            throw ModelFileError(path, "\(what()) (\(length) bytes at offset \(offset)) runs past the end of the file (\(count) bytes)")
         }
         return UnsafeRawBufferPointer(start: base + offset, count: length)
     }

@@ -153,8 +153,12 @@ public struct LayerCheckpointStore {
     /// Starts a fresh checkpoint folder (removing an old one).
     public func start() throws {
         try? FileManager.default.removeItem(atPath: folder)
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        try encodedOptions().write(to: URL(fileURLWithPath: folder + "/state.json"), options: .atomic)
+        do {
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            try encodedOptions().write(to: URL(fileURLWithPath: folder + "/state.json"), options: .atomic)
+        } catch {
+            throw ModelFileError(folder, "cannot create the checkpoint folder: \((error as NSError).localizedFailureReason ?? error.localizedDescription)")
+        }
     }
 
     public func save(layer l: Int, _ done: FinishedLayer) throws {

@@ -132,11 +132,23 @@ public struct QuantizeOptions: Codable, Sendable {
 }
 
 extension QuantizeOptions {
-    /// What the options alone rule out: ResQ/CoQuant quantize weights per output row, so no group size.
+    /// What the options alone rule out, checked before any work (a bad clip ratio found by the first forward pass
+    /// with fake quantization would come after hours of solving). ResQ/CoQuant quantize weights per output row, so
+    /// no group size.
     public func check() throws {
+        if let g = scheme.weightGroupSize, g <= 0 {
+            throw QuantError.invalidParameter("weight group size \(g) must be positive (--scheme …g128, --w-groupsize; -1 for per channel)")
+        }
         if method.usesSubspace, let g = scheme.weightGroupSize {
             throw QuantError.invalidParameter("--method \(method.rawValue) quantizes weights per output row: drop the group size \(g) from --scheme \(scheme.name)")
         }
+        for (flag, ratio) in [("--a-clip-ratio", activationClipRatio), ("--kv-clip-ratio", kvClipRatio)] where !(ratio > 0 && ratio <= 1) {
+            throw QuantError.invalidParameter("\(flag) \(ratio) must be in (0, 1]")
+        }
+        guard nsamples > 0 else { throw QuantError.invalidParameter("--nsamples \(nsamples) must be positive") }
+        guard seqlen >= 2 else { throw QuantError.invalidParameter("--seqlen \(seqlen) must be at least 2") }
+        guard percdamp >= 0 && percdamp.isFinite else { throw QuantError.invalidParameter("--percdamp \(percdamp) must be finite and ≥ 0") }
+        _ = try weightGrid()
     }
 
     /// What a model of configuration `c` rules out too: a weight group size must divide every linear's input

@@ -74,8 +74,12 @@ struct EvalCheckpointStore {
     /// Starts a fresh checkpoint folder (removing an old one).
     func start(_ settings: EvalSettings) throws {
         try? FileManager.default.removeItem(atPath: folder)
-        try FileManager.default.createDirectory(atPath: folder + "/samples", withIntermediateDirectories: true)
-        try encodeJSON(settings).write(to: URL(fileURLWithPath: folder + "/state.json"), options: .atomic)
+        do {
+            try FileManager.default.createDirectory(atPath: folder + "/samples", withIntermediateDirectories: true)
+            try encodeJSON(settings).write(to: URL(fileURLWithPath: folder + "/state.json"), options: .atomic)
+        } catch {
+            throw RunError("\(folder): cannot create the checkpoint folder: \((error as NSError).localizedFailureReason ?? error.localizedDescription)")
+        }
     }
 
     /// The finished docs of each task in `tasks` (in order) of an interrupted run with the same settings. A last line

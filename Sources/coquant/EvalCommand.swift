@@ -83,7 +83,11 @@ struct Eval: ParsableCommand {
         guard let tasks else { return [] }
         if tasks == "all" { return ZeroShotTask.all }
         var seen = Set<String>()
-        return try tasks.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { seen.insert($0).inserted }.map {
+        let names = tasks.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && seen.insert($0).inserted }
+        guard !names.isEmpty else {
+            throw ValidationError("--tasks names no task (choose from \(ZeroShotTask.all.map(\.name).joined(separator: ", ")), or all)")
+        }
+        return try names.map {
             do { return try ZeroShotTask.named($0) } catch { throw ValidationError("\(error)") }
         }
     }
@@ -97,6 +101,7 @@ struct Eval: ParsableCommand {
         if seqlen < 2 { throw ValidationError("--seqlen must be at least 2") }
         if klTopK < 1 { throw ValidationError("--kl-top-k must be at least 1") }
         if let maxLength, maxLength < 2 { throw ValidationError("--max-length must be at least 2") }
+        if let out { try checkCreatable(out, flag: "--out") }
         if let out, FileManager.default.fileExists(atPath: out), !overwrite {
             throw ValidationError("\(out) already exists (pass --overwrite to replace it)")
         }
@@ -134,15 +139,16 @@ struct Eval: ParsableCommand {
             }
         }
 
+        // The evaluated model first: a bad model path or --seqlen must fail before minutes of FP reference logits
+        // are computed and cached.
+        let loaded = try loadModel(model, quiet: output.quiet)
+        if seqlen > loaded.model.config.maxPositionEmbeddings && wikiText != nil {
+            throw RunError("--seqlen \(seqlen) is longer than the model's context (\(loaded.model.config.maxPositionEmbeddings))")
+        }
         var kl: KLDivergenceResult?
         var reference: (KLReference, String)?
         if let klVs, let wikiText {
             reference = (try klReference(fpPath: klVs, text: wikiText), klVs)
-        }
-
-        let loaded = try loadModel(model, quiet: output.quiet)
-        if seqlen > loaded.model.config.maxPositionEmbeddings && wikiText != nil {
-            throw RunError("--seqlen \(seqlen) is longer than the model's context (\(loaded.model.config.maxPositionEmbeddings))")
         }
         let scorer = LoglikelihoodScorer(model: loaded.model, tokenizer: loaded.tokenizer!, maxLength: maxLength)
         // Started only now, so that a model or option the run cannot use leaves nothing to resume.
@@ -226,6 +232,9 @@ struct Eval: ParsableCommand {
             return ref
         }
         let fp = try loadModel(fpPath, quiet: output.quiet)
+        if seqlen > fp.model.config.maxPositionEmbeddings {
+            throw RunError("--seqlen \(seqlen) is longer than the context of the --kl-vs model \(fpPath) (\(fp.model.config.maxPositionEmbeddings))")
+        }
         let ids = fp.tokenizer!.encode(text)
         let progress = output.progress("KL reference window")
         let ref = try KLReference.compute(model: fp.model, ids: ids, seqlen: seqlen, windows: klWindows,

@@ -38,6 +38,7 @@ struct Perplexity: ParsableCommand {
     func validate() throws {
         if let windows, windows < 1 { throw ValidationError("--windows must be at least 1") }
         if seqlen < 2 { throw ValidationError("--seqlen must be at least 2") }
+        if let checkpoint { try checkCreatable(checkpoint, flag: "--checkpoint") }
     }
 
     func run() throws {
@@ -58,7 +59,11 @@ struct Perplexity: ParsableCommand {
         var log: FileHandle?
         if let checkpoint {
             done = try readPerplexityCheckpoint(checkpoint, header: header)
-            if done.isEmpty { try (header + "\n").write(toFile: checkpoint, atomically: true, encoding: .utf8) }
+            if done.isEmpty {
+                do { try (header + "\n").write(toFile: checkpoint, atomically: true, encoding: .utf8) } catch {
+                    throw RunError("\(checkpoint): cannot write the checkpoint: \((error as NSError).localizedFailureReason ?? error.localizedDescription)")
+                }
+            }
             guard let handle = FileHandle(forWritingAtPath: checkpoint) else { throw RunError("\(checkpoint): cannot open for appending") }
             handle.seekToEndOfFile()
             log = handle

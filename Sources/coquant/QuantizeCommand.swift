@@ -49,7 +49,8 @@ struct Quantize: ParsableCommand {
     var aBits: Int?
     @Option(name: [.customLong("kv-bits"), .customLong("kv_bits")], help: "Override the scheme's KV-cache bits (16 = none).")
     var kvBits: Int?
-    @Option(name: [.customLong("w-groupsize"), .customLong("w_groupsize")], help: "Weight group size (-1: per channel).")
+    // .unconditional: "--w-groupsize -1" would otherwise read -1 as a flag.
+    @Option(name: [.customLong("w-groupsize"), .customLong("w_groupsize")], parsing: .unconditional, help: "Weight group size (-1: per channel).")
     var wGroupsize: Int?
     @Flag(name: [.customLong("w-asym"), .customLong("w_asym")], help: "Asymmetric weight grid. Default symmetric, as QuaRot, ResQ and CoQuant run (IST-DASLab/gptq's llama.py defaults to asymmetric: pass this to match its runs without --sym).")
     var wAsym = false
@@ -116,7 +117,10 @@ struct Quantize: ParsableCommand {
         if let wBits { s.weightBits = wBits }
         if let aBits { s.activationBits = aBits }
         if let kvBits { s.kvBits = kvBits }
-        if let wGroupsize { s.weightGroupSize = wGroupsize > 0 ? wGroupsize : nil }
+        if let wGroupsize {
+            guard wGroupsize > 0 || wGroupsize == -1 else { throw ValidationError("--w-groupsize \(wGroupsize) must be positive, or -1 for per channel") }
+            s.weightGroupSize = wGroupsize > 0 ? wGroupsize : nil
+        }
         for (flag, b) in [("weight", s.weightBits), ("activation", s.activationBits), ("KV", s.kvBits)]
             where !((2...8).contains(b) || (b == 16 && flag != "weight")) {
             throw ValidationError("unsupported \(flag) bit width \(b) (2–8\(flag == "weight" ? "" : ", or 16 for none"))")
@@ -166,14 +170,13 @@ struct Quantize: ParsableCommand {
             o.subspace = sub
         }
         do { try o.check() } catch { throw ValidationError("\(error)") }
-        guard nsamples > 0 else { throw ValidationError("--nsamples must be positive") }
-        guard percdamp >= 0 else { throw ValidationError("--percdamp must be ≥ 0") }
         return o
     }
 
     /// Every check that needs only the command line, so a mistyped option fails before a model is loaded.
     func validate() throws {
         _ = try options()
+        try checkCreatable(out, flag: "--out")
         if FileManager.default.fileExists(atPath: out) && !overwrite {
             throw ValidationError("\(out) already exists (pass --overwrite to replace it)")
         }
@@ -208,8 +211,18 @@ struct Quantize: ParsableCommand {
         if !output.quiet {
             printErr("calibration: \(calibPath), \(ids.count) tokens, \(opts.nsamples) windows × \(opts.seqlen) (seed \(opts.seed)); method \(opts.method.rawValue), solver \(opts.solver.rawValue), \(opts.scheme.name)")
         }
+        // The reference draws its windows from the whole train split (≈ 2.4M tokens); a shorter text still works, but
+        // its windows overlap more, so say so.
+        var calibrationWarnings: [String] = []
+        if ids.count < opts.nsamples * opts.seqlen {
+            calibrationWarnings.append("\(calibPath): \(ids.count) tokens, fewer than the \(opts.nsamples) × \(opts.seqlen) requested, so the calibration windows must overlap")
+        }
+        for w in calibrationWarnings where !output.quiet { printErr("warning: " + w) }
         if let sub = opts.subspace {
             _ = try highChannels(fraction: sub.highFraction, config: c)      // zero high channels: refuse before any work
+            if opts.nsamples * opts.seqlen < c.hiddenSize {
+                throw RunError("--nsamples \(opts.nsamples) × --seqlen \(opts.seqlen) = \(opts.nsamples * opts.seqlen) calibration tokens, fewer than the hidden size \(c.hiddenSize): the second moments would be rank-deficient")
+            }
         }
         let statsProgress = output.progress("statistics window")
         let start = ContinuousClock.now
@@ -223,22 +236,32 @@ struct Quantize: ParsableCommand {
         }
         // Not logged without a terminal: every layer prints its own line. The rate and ETA count this run's layers only.
         let progress = Progress(enabled: output.showProgress, label: "layer", resumedAt: finished.count)
-        let result = try quantizeModel(m, calibration: windows, options: opts, resume: finished, onLayer: { l, done in
-            try store.save(layer: l, done)
-            let reports = done.reports
-            let secs = seconds(since: start)
-            progress.update(l + 1, c.numHiddenLayers, seconds: secs, unit: "layer", perStep: 1)
-            if !output.quiet && !output.showProgress {
-                // One line per layer naming each linear's loss and solve time, so a slow or exploding linear shows at once.
-                let each = reports.map { r in
-                    String(format: "%@ %.3g (%.1fs)", String(r.name.split(separator: ".").last ?? ""), r.loss, r.seconds)
-                }.joined(separator: ", ")
-                printErr(String(format: "layer %d/%d: Σ loss %.4g, %.1f s — %@", l + 1, c.numHiddenLayers,
-                                reports.map(\.loss).reduce(0, +), reports.map(\.seconds).reduce(0, +), each))
-            }
-        }, onStatistics: { i in
-            statsProgress.update(i, windows.count, seconds: seconds(since: start), unit: "window", perStep: 1)
-        })
+        var savedLayers = 0
+        // A run that fails before its first layer is saved (an unreadable --bases or --statistics file, a singular
+        // statistic) leaves nothing worth resuming: remove OUT.partial/ so nothing half-written stays behind.
+        let result: QuantizationResult
+        do {
+            result = try quantizeModel(m, calibration: windows, options: opts, resume: finished, onLayer: { l, done in
+                try store.save(layer: l, done)
+                savedLayers += 1
+                let reports = done.reports
+                let secs = seconds(since: start)
+                progress.update(l + 1, c.numHiddenLayers, seconds: secs, unit: "layer", perStep: 1)
+                if !output.quiet && !output.showProgress {
+                    // One line per layer naming each linear's loss and solve time, so a slow or exploding linear shows at once.
+                    let each = reports.map { r in
+                        String(format: "%@ %.3g (%.1fs)", String(r.name.split(separator: ".").last ?? ""), r.loss, r.seconds)
+                    }.joined(separator: ", ")
+                    printErr(String(format: "layer %d/%d: Σ loss %.4g, %.1f s — %@", l + 1, c.numHiddenLayers,
+                                    reports.map(\.loss).reduce(0, +), reports.map(\.seconds).reduce(0, +), each))
+                }
+            }, onStatistics: { i in
+                statsProgress.update(i, windows.count, seconds: seconds(since: start), unit: "window", perStep: 1)
+            })
+        } catch {
+            if !resume && savedLayers == 0 { store.remove() }
+            throw error
+        }
         if !output.quiet, let bases = result.bases {
             printErr(String(format: "%@ bases (%@): r = %d of %d channels, %d of %d per head; statistics %.1f s, eigendecompositions %.1f s",
                             opts.method.rawValue, bases.granularity.rawValue, bases.high, c.hiddenSize, bases.headHigh, c.headDim,
@@ -256,7 +279,7 @@ struct Quantize: ParsableCommand {
         let bytes = try writeQuantizedFolder(out, loaded: loaded, result: result, options: opts)
         let report = QuantizeReport(model: model, options: opts, seconds: seconds(since: start),
                                     calibrationTokens: ids.count, linears: result.reports, outputBytes: bytes,
-                                    warnings: result.warnings,
+                                    warnings: calibrationWarnings + result.warnings,
                                     subspace: result.bases.map { b in
                                         SubspaceReport(high: b.high, headHigh: b.headHigh, statisticsSeconds: result.statisticsSeconds,
                                                        basesSeconds: result.basesSeconds, attentionEnergy: b.attentionEnergy,

@@ -116,3 +116,17 @@ func loadModel(_ path: String, quiet: Bool) throws -> LoadedModel {
     }
     return loaded
 }
+
+/// Refuses an output path that cannot be created (its nearest existing ancestor is a file or not writable), so a
+/// run does not find out only when it writes its result, hours later. `flag` names the option in the message.
+func checkCreatable(_ path: String, flag: String) throws {
+    var ancestor = URL(fileURLWithPath: path).standardizedFileURL.deletingLastPathComponent()
+    var isDirectory: ObjCBool = false
+    while !FileManager.default.fileExists(atPath: ancestor.path, isDirectory: &isDirectory) {
+        ancestor.deleteLastPathComponent()
+    }
+    guard isDirectory.boolValue else { throw ValidationError("\(flag) \(path): \(ancestor.path) is a file, not a folder") }
+    guard FileManager.default.isWritableFile(atPath: ancestor.path) else {
+        throw ValidationError("\(flag) \(path): \(ancestor.path) is not writable")
+    }
+}

@@ -407,6 +407,52 @@ final class CLITests: XCTestCase {
         assertNothingWritten(at: out)
     }
 
+    /// Option values that make no sense are refused before a model is loaded: a zero or negative group size (a
+    /// zero used to crash with a division by zero), clip ratios outside (0, 1] (found only by the first fake-quantized
+    /// forward pass, after every layer was solved), a non-finite damping, a too-short --seqlen.
+    func testBadOptionValuesAreRefusedBeforeAnyWork() throws {
+        let model = try tinyModelWithTokenizer(), out = path("out"), calib = try smallTextFile("calibration.txt")
+        let common = ["--nsamples", "2", "--seqlen", "16", "--calib-file", calib, "--out", out]
+        for (arguments, words) in [
+            (["--method", "rtn", "--scheme", "W4A16g0"], ["group size 0", "positive"]),
+            (["--method", "rtn", "--scheme", "W4A16g-1"], ["group size -1", "positive"]),
+            (["--method", "rtn", "--w-groupsize", "0"], ["--w-groupsize 0", "-1"]),
+            (["--method", "gptq", "--scheme", "W4A4KV4", "--a-clip-ratio=2"], ["--a-clip-ratio 2.0", "(0, 1]"]),
+            (["--method", "gptq", "--scheme", "W4A4KV4", "--kv-clip-ratio=0"], ["--kv-clip-ratio 0.0", "(0, 1]"]),
+            (["--method", "gptq", "--percdamp", "inf"], ["--percdamp inf", "finite"]),
+        ] {
+            let r = try coquant(["quantize", model] + arguments + common)
+            assertRefused(r, mentioning: words, usage: "quantize")
+            assertNothingWritten(at: out)
+            assertNothingWritten(at: out + ".partial")
+        }
+        let s = try coquant(["quantize", model, "--method", "rtn", "--nsamples", "2", "--seqlen", "0", "--calib-file", calib, "--out", out])
+        assertRefused(s, mentioning: ["--seqlen 0", "at least 2"], usage: "quantize")
+        // "-1" after --w-groupsize is its value (per channel), not an unknown flag.
+        assertSucceeded(try coquant(["quantize", model, "--method", "rtn", "--w-groupsize", "-1"] + common))
+    }
+
+    /// A --bases file that cannot be read fails the run before its first layer, and leaves no OUT.partial/ that a
+    /// later run would have to be told to resume or overwrite. An --out under a file is refused at once.
+    func testUnreadableBasesFileLeavesNothing() throws {
+        let model = try tinyModelWithTokenizer(), out = path("out"), bases = path("garbage.safetensors")
+        try Data(repeating: 0xff, count: 64).write(to: URL(fileURLWithPath: bases))
+        let r = try coquant(["quantize", model, "--method", "resq", "--scheme", "W4A4KV4", "--bases", bases, "--nsamples", "2",
+                             "--seqlen", "64", "--calib-file", try smallTextFile("calibration.txt"), "--out", out])
+        assertRefused(r, mentioning: [bases], usage: nil)
+        XCTAssertFalse(r.stderr.contains("..<-"), "no overflowed byte range in the message:\n\(r.stderr)")
+        assertNothingWritten(at: out)
+        assertNothingWritten(at: out + ".partial")
+
+        let file = path("a-file")
+        try "x".write(toFile: file, atomically: true, encoding: .utf8)
+        let u = try coquant(["quantize", model, "--method", "rtn", "--out", file + "/sub"])
+        assertRefused(u, mentioning: ["--out", file, "is a file"], usage: "quantize")
+        let e = try coquant(["eval", model, "--tasks", ",", "--limit", "1", "--out", path("run")])
+        assertRefused(e, mentioning: ["--tasks", "piqa"], usage: "eval")
+        assertNothingWritten(at: path("run"))
+    }
+
     func testMissingDataFolder() throws {
         let model = try tinyModelWithTokenizer(), missing = path("no-data"), out = path("run")
         let r = try coquant(["eval", model, "--tasks", "piqa", "--limit", "1", "--data", missing, "--out", out])
