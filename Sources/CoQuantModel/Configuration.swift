@@ -171,6 +171,9 @@ public struct ModelConfiguration: Codable, Sendable, Equatable {
 
     /// Reads and checks `config.json`.
     public static func load(_ path: String) throws -> ModelConfiguration {
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw ModelFileError(path, "no such file: a Hugging Face model folder needs config.json (or pass a GGUF file)")
+        }
         guard let data = FileManager.default.contents(atPath: path) else { throw ModelFileError(path, "cannot read") }
         let config: ModelConfiguration
         do {

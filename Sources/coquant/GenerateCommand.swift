@@ -41,7 +41,7 @@ struct Generate: ParsableCommand {
 
     func validate() throws {
         if maxTokens < 1 { throw ValidationError("--max-tokens must be at least 1") }
-        if temperature < 0 { throw ValidationError("--temperature must be ≥ 0") }
+        if !(temperature >= 0 && temperature.isFinite) { throw ValidationError("--temperature \(temperature) must be finite and ≥ 0") }
         if !(topP > 0 && topP <= 1) { throw ValidationError("--top-p must be in (0, 1]") }
     }
 

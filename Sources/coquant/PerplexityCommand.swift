@@ -48,10 +48,10 @@ struct Perplexity: ParsableCommand {
             throw RunError("--seqlen \(seqlen) is longer than the model's context (\(c.maxPositionEmbeddings))")
         }
         let path = try text ?? locateData(data, "wikitext-2-raw-v1/test.gptq_join.txt")
-        guard let raw = FileManager.default.contents(atPath: path), let string = String(data: raw, encoding: .utf8) else {
-            throw RunError("\(path): cannot read as UTF-8 text")
+        let ids = loaded.tokenizer!.encode(try readTextFile(path))
+        guard ids.count >= seqlen else {
+            throw RunError("\(path): \(ids.count) tokens, fewer than one window of --seqlen \(seqlen)")
         }
-        let ids = loaded.tokenizer!.encode(string)
         if !output.quiet { printErr("\(path): \(ids.count) tokens, \(ids.count / seqlen) windows of \(seqlen)") }
         // A full-test run is half an hour on two cores: with --checkpoint an interrupted one loses one window at most.
         let header = "# coquant ppl: model \(model), text \(path), \(ids.count) tokens, seqlen \(seqlen)"

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CoQuantEval
 import CoQuantModel
 import CoQuantQuant
 import CoQuantTensor
@@ -198,9 +199,7 @@ struct Quantize: ParsableCommand {
             throw RunError("--scheme \(opts.scheme.name)\(wGroupsize == nil ? "" : " (--w-groupsize)"): \(error)")
         }
         let calibPath = try calibFile ?? locateData(data, "wikitext-2-raw-v1/train.first1MB_nonempty_rows.txt")
-        guard let raw = FileManager.default.contents(atPath: calibPath), let text = String(data: raw, encoding: .utf8) else {
-            throw RunError("\(calibPath): cannot read as UTF-8 text")
-        }
+        let text = try readTextFile(calibPath)
         // The reference joins the non-empty train rows with "\n\n" and tokenizes once, without BOS.
         let joined = text.split(separator: "\n", omittingEmptySubsequences: true).joined(separator: "\n\n")
         let ids = loaded.tokenizer!.encode(joined, addSpecialTokens: false)
