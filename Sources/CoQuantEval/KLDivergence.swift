@@ -55,7 +55,8 @@ public struct KLReference: Equatable {
                         ref.topIds.append(Int32(i))
                         ref.topLogProbs.append(Float(lp))
                     }
-                    ref.restLogMass.append(Float(log(max(0, 1 - mass))))
+                    // With k = V nothing is left: 1 − mass is rounding noise (±1e-7), whose log would add a spurious term.
+                    ref.restLogMass.append(k == V ? -.infinity : Float(log(max(0, 1 - mass))))
                     ref.nll.append(Float(lse - Double(row[window[t + 1]])))
                 }
             }

@@ -32,7 +32,7 @@ public final class MappedFile: @unchecked Sendable {
     public func bytes(_ offset: Int, _ length: Int, what: @autoclosure () -> String) throws -> UnsafeRawBufferPointer {
         guard offset >= 0, length >= 0, offset <= count, length <= count - offset else {
             // offset + length can overflow for a garbage length field: say both instead of their sum.
-            throw ModelFileError(path, "\(what()) (\(length) bytes at offset \(offset)) runs past the end of the file (\(count) bytes)")
+            throw ModelFileError(path, "\(what()): \(length) bytes at offset \(offset) run past the end of the file (\(count) bytes)")
         }
         return UnsafeRawBufferPointer(start: base + offset, count: length)
     }

@@ -137,7 +137,7 @@ extension QuantizeOptions {
     /// no group size.
     public func check() throws {
         if let g = scheme.weightGroupSize, g <= 0 {
-            throw QuantError.invalidParameter("weight group size \(g) must be positive (--scheme …g128, --w-groupsize; -1 for per channel)")
+            throw QuantError.invalidParameter("--scheme \(scheme.name): group size \(g) must be positive (drop the g suffix for per channel)")
         }
         if method.usesSubspace, let g = scheme.weightGroupSize {
             throw QuantError.invalidParameter("--method \(method.rawValue) quantizes weights per output row: drop the group size \(g) from --scheme \(scheme.name)")

@@ -49,6 +49,7 @@ struct Perplexity: ParsableCommand {
         }
         let path = try text ?? locateData(data, "wikitext-2-raw-v1/test.gptq_join.txt")
         let ids = loaded.tokenizer!.encode(try readTextFile(path))
+        // perplexity() checks this too, but only after the checkpoint below is written, and without the file's name.
         guard ids.count >= seqlen else {
             throw RunError("\(path): \(ids.count) tokens, fewer than one window of --seqlen \(seqlen)")
         }
@@ -60,7 +61,11 @@ struct Perplexity: ParsableCommand {
         if let checkpoint {
             done = try readPerplexityCheckpoint(checkpoint, header: header)
             if done.isEmpty {
-                do { try (header + "\n").write(toFile: checkpoint, atomically: true, encoding: .utf8) } catch {
+                do {
+                    let parent = URL(fileURLWithPath: checkpoint).deletingLastPathComponent().path
+                    try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
+                    try (header + "\n").write(toFile: checkpoint, atomically: true, encoding: .utf8)
+                } catch {
                     throw RunError("\(checkpoint): cannot write the checkpoint: \((error as NSError).localizedFailureReason ?? error.localizedDescription)")
                 }
             }

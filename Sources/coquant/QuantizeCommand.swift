@@ -219,7 +219,8 @@ struct Quantize: ParsableCommand {
         for w in calibrationWarnings where !output.quiet { printErr("warning: " + w) }
         if let sub = opts.subspace {
             _ = try highChannels(fraction: sub.highFraction, config: c)      // zero high channels: refuse before any work
-            if opts.nsamples * opts.seqlen < c.hiddenSize {
+            // Only a statistics pass needs the tokens; bases read from --bases do not.
+            if !(sub.basesFile.map { FileManager.default.fileExists(atPath: $0) } ?? false), opts.nsamples * opts.seqlen < c.hiddenSize {
                 throw RunError("--nsamples \(opts.nsamples) × --seqlen \(opts.seqlen) = \(opts.nsamples * opts.seqlen) calibration tokens, fewer than the hidden size \(c.hiddenSize): the second moments would be rank-deficient")
             }
         }

@@ -433,8 +433,9 @@ final class CLITests: XCTestCase {
     }
 
     /// A --bases file that cannot be read fails the run before its first layer, and leaves no OUT.partial/ that a
-    /// later run would have to be told to resume or overwrite. An --out under a file is refused at once.
-    func testUnreadableBasesFileLeavesNothing() throws {
+    /// later run would have to be told to resume or overwrite. An --out under a file (absolute or relative) and an
+    /// empty --tasks are refused at once.
+    func testFailedRunsLeaveNothingAndBadOutputsAreRefused() throws {
         let model = try tinyModelWithTokenizer(), out = path("out"), bases = path("garbage.safetensors")
         try Data(repeating: 0xff, count: 64).write(to: URL(fileURLWithPath: bases))
         let r = try coquant(["quantize", model, "--method", "resq", "--scheme", "W4A4KV4", "--bases", bases, "--nsamples", "2",
@@ -448,6 +449,8 @@ final class CLITests: XCTestCase {
         try "x".write(toFile: file, atomically: true, encoding: .utf8)
         let u = try coquant(["quantize", model, "--method", "rtn", "--out", file + "/sub"])
         assertRefused(u, mentioning: ["--out", file, "is a file"], usage: "quantize")
+        let relative = try coquant(["quantize", model, "--method", "rtn", "--out", "a-file/sub"])
+        assertRefused(relative, mentioning: ["--out a-file/sub", "is a file"], usage: "quantize")
         let e = try coquant(["eval", model, "--tasks", ",", "--limit", "1", "--out", path("run")])
         assertRefused(e, mentioning: ["--tasks", "piqa"], usage: "eval")
         assertNothingWritten(at: path("run"))

@@ -34,9 +34,9 @@ final class BadInputTests: XCTestCase {
         let p = dir + "/x.safetensors"
         let cases: [(Data, String)] = [
             (Data([1, 2, 3]), "too short"),
-            (safetensors("{}", dataBytes: 0, headerLength: 1 << 40), "runs past the end"),
+            (safetensors("{}", dataBytes: 0, headerLength: 1 << 40), "past the end"),
             (safetensors("not json", dataBytes: 0), "not a JSON object"),
-            (safetensors(#"{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#, dataBytes: 8), "runs past the end"),
+            (safetensors(#"{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#, dataBytes: 8), "past the end"),
             (safetensors(#"{"w":{"dtype":"Q9","shape":[2],"data_offsets":[0,8]}}"#, dataBytes: 8), "unsupported dtype Q9"),
             (safetensors(#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, dataBytes: 8), "needs 12 bytes"),
             (safetensors(#"{"w":{"dtype":"F32","shape":[2]}}"#, dataBytes: 8), "malformed"),

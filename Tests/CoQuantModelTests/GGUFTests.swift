@@ -198,7 +198,7 @@ final class GGUFTests: XCTestCase {
         let full = gguf(kvCount: 1, kvs: { w in w.kvString("general.architecture", "llama") }, tensors: [q8Tensor])
         try assertRejects(full.prefix(10), "short.gguf", "too short for a GGUF header")
         // cut inside the length of the value string (header 24 + key 28 + type 4 + 4 of 8 length bytes)
-        try assertRejects(full.prefix(60), "cut.gguf", "string length of metadata 'general.architecture' (8 bytes at offset 56) runs past the end of the file (60 bytes)")
+        try assertRejects(full.prefix(60), "cut.gguf", "string length of metadata 'general.architecture': 8 bytes at offset 56 run past the end of the file (60 bytes)")
         // cut inside the tensor infos
         try assertRejects(full.prefix(90), "cut2.gguf", "of tensor 'blk.0.q8'")
     }
@@ -266,7 +266,7 @@ final class GGUFTests: XCTestCase {
     func testTensorDataPastEOF() throws {
         var data = gguf(kvCount: 0, kvs: { _ in }, tensors: [q8Tensor])
         data.removeLast(32)   // the padding and the last 4 data bytes
-        try assertRejects(data, "data.gguf", "data of tensor 'blk.0.q8' (Q8_0 [32, 2]) (68 bytes at offset 96) runs past the end of the file (160 bytes)")
+        try assertRejects(data, "data.gguf", "data of tensor 'blk.0.q8' (Q8_0 [32, 2]): 68 bytes at offset 96 run past the end of the file (160 bytes)")
         var w = GGUFBytes()
         w.header(tensors: 1, kvs: 0)
         w.tensorInfo("far", dims: [4], type: 0, offset: 1 << 40)
