@@ -428,6 +428,11 @@ final class CLITests: XCTestCase {
         }
         let s = try coquant(["quantize", model, "--method", "rtn", "--nsamples", "2", "--seqlen", "0", "--calib-file", calib, "--out", out])
         assertRefused(s, mentioning: ["--seqlen 0", "at least 2"], usage: "quantize")
+        // ResQ/CoQuant statistics need at least as many calibration tokens as the hidden size (64 here).
+        let few = try coquant(["quantize", model, "--method", "coquant", "--scheme", "W4A4KV4"] + common)
+        assertRefused(few, mentioning: ["--nsamples 2 × --seqlen 16", "hidden size 64"], usage: nil)
+        assertNothingWritten(at: out)
+        assertNothingWritten(at: out + ".partial")
         // "-1" after --w-groupsize is its value (per channel), not an unknown flag.
         assertSucceeded(try coquant(["quantize", model, "--method", "rtn", "--w-groupsize", "-1"] + common))
     }
