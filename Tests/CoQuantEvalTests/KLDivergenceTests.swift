@@ -6,6 +6,18 @@ import XCTest
 @testable import CoQuantEval
 
 final class KLDivergenceTests: XCTestCase {
+    /// Every decoder linear of `model` replaced by its RTN weights (per channel, symmetric): a perturbed copy.
+    func roundWeightsToNearest(_ model: LlamaModel, bits: Int) throws {
+        let grid = try QuantGrid.weight(bits: bits, scheme: .symmetric)
+        for l in model.layers.indices {
+            for name in DecoderLayer.linearNames {
+                let w = model.layers[l][linear: name]
+                let W = Matrix(rows: w.outFeatures, cols: w.inFeatures, data: w.weight.map(Double.init))
+                model.layers[l][linear: name].weight = try RTN().solve(W: W, grid: grid).values.data.map { Float($0) }
+            }
+        }
+    }
+
     func testTopIndices() {
         let x: [Float] = [0.5, 3, -1, 3, 2, 7]
         XCTAssertEqual(x.withUnsafeBufferPointer { topIndices($0.baseAddress!, x.count, 3) }, [5, 1, 3])
@@ -17,14 +29,7 @@ final class KLDivergenceTests: XCTestCase {
     func testTinyModelStatisticsMatchTheirDefinitions() throws {
         let dir = packageRoot + "/Tests/Fixtures/tiny-models/a_llama_gqa_tied"
         let fp = try ModelLoader.load(dir).model, q = try ModelLoader.load(dir).model
-        let grid = try QuantGrid.weight(bits: 3, scheme: .symmetric)
-        for l in q.layers.indices {
-            for name in DecoderLayer.linearNames {
-                let w = q.layers[l][linear: name]
-                let W = Matrix(rows: w.outFeatures, cols: w.inFeatures, data: w.weight.map(Double.init))
-                q.layers[l][linear: name].weight = try RTN().solve(W: W, grid: grid).values.data.map { Float($0) }
-            }
-        }
+        try roundWeightsToNearest(q, bits: 3)
         let V = fp.config.vocabSize, seqlen = 16, windows = 3
         let ids = (0..<(windows * seqlen + 5)).map { ($0 * 53 + 7) % V }
         let ref = try KLReference.compute(model: fp, ids: ids, seqlen: seqlen, windows: windows, topK: V)
@@ -99,14 +104,7 @@ final class KLDivergenceTests: XCTestCase {
         XCTAssertEqual(same.perplexityReference, ppl.perplexity, accuracy: 1e-4 * ppl.perplexity)
 
         let rtn = try ModelLoader.load(path).model
-        let grid = try QuantGrid.weight(bits: 4, scheme: .symmetric)
-        for l in rtn.layers.indices {
-            for name in DecoderLayer.linearNames {
-                let w = rtn.layers[l][linear: name]
-                let W = Matrix(rows: w.outFeatures, cols: w.inFeatures, data: w.weight.map(Double.init))
-                rtn.layers[l][linear: name].weight = try RTN().solve(W: W, grid: grid).values.data.map { Float($0) }
-            }
-        }
+        try roundWeightsToNearest(rtn, bits: 4)
         let q = try klDivergence(model: rtn, reference: ref, ids: ids)
         print(q.summary)
         XCTAssertGreaterThan(q.meanKL, 0.01)
