@@ -73,9 +73,8 @@ public struct GPTQ: WeightSolver {
         // Step 2 (L72-73): per-row parameters from the original W, before dead columns are zeroed (quirk Q2).
         // With groups they are recomputed at column 0 anyway, so only the per-channel case needs them.
         if gs == nil && cg == nil {
-            // Rows are independent; with the MSE clip search (80 candidates, a power per weight) this is seconds
-            // for a wide linear (Qwen2.5's down_proj: 896 × 4864), so both cores take half the rows each.
-            let workers = R >= 2 && R * C * (grid.mse == nil ? 1 : 80) >= 1 << 16 ? min(forwardWorkers, R) : 1
+            // With the MSE clip search this is seconds for a wide linear (Qwen2.5's down_proj: 896 × 4864).
+            let workers = parameterSearchWorkers(rows: R, cols: C, mse: grid.mse != nil)
             W.data.withUnsafeBufferPointer { pw in
                 scales.data.withUnsafeMutableBufferPointer { ps in
                     zeros.data.withUnsafeMutableBufferPointer { pz in

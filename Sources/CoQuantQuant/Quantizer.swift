@@ -85,6 +85,12 @@ public enum Granularity: Sendable, Equatable {
     public static func perTokenGroup(_ g: Int) -> Granularity { .perRowGroup(g) }
 }
 
+/// Workers that find the grid parameters of `rows` independent rows of `cols` weights: both cores once the work is
+/// well over the dispatch cost, which the MSE clip search (80 candidates, a power per weight) reaches soon.
+func parameterSearchWorkers(rows: Int, cols: Int, mse: Bool) -> Int {
+    rows >= 2 && rows * cols * (mse ? 80 : 1) >= 1 << 16 ? min(forwardWorkers, rows) : 1
+}
+
 /// The reference's weight clipping search (quant.py:78-95, `mse=True`): shrink the range by p = 1, 1 − 1/grid, …
 /// (int(maxShrink·grid) candidates: 80 with the defaults) and keep the p with the smallest Σ |q(x) − x|^norm,
 /// strictly smaller than the best so far, so the earliest (widest) candidate wins ties.
@@ -287,9 +293,7 @@ public func quantize(_ x: Matrix<Double>, grid: QuantGrid) throws -> QuantizedTe
                             run(0, rows * cols, 0)
                             return
                         }
-                        // Rows are independent; the MSE search (80 candidates, a pow each) is worth both cores.
-                        let work = rows * cols * (grid.mse == nil ? 1 : 80)
-                        let workers = work >= 1 << 16 && rows >= 2 ? min(forwardWorkers, rows) : 1
+                        let workers = parameterSearchWorkers(rows: rows, cols: cols, mse: grid.mse != nil)
                         parallelFor(workers) { w in
                             for r in (rows * w / workers)..<(rows * (w + 1) / workers) {
                                 for k in 0..<groups { run(r * cols + k * g, g, r * groups + k) }

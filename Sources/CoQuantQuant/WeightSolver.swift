@@ -127,9 +127,8 @@ public struct ColumnGrids: Sendable {
         let R = W.rows, C = W.cols, G = grids.count
         var scales = Matrix<Double>(zeros: R, G), zeros = Matrix<Double>(zeros: R, G)
         let members = (0..<G).map { k in (0..<C).filter { group[$0] == k } }
-        // Rows are independent, and with the MSE clip search (80 candidates, a pow per weight) this is a large
-        // share of a ResQ/CoQuant solve: split the rows over the cores.
-        let workers = R >= 2 && R * C * (grids.contains { $0.mse != nil } ? 80 : 1) >= 1 << 16 ? min(forwardWorkers, R) : 1
+        // With the MSE clip search this is a large share of a ResQ/CoQuant solve.
+        let workers = parameterSearchWorkers(rows: R, cols: C, mse: grids.contains { $0.mse != nil })
         scales.data.withUnsafeMutableBufferPointer { ps in
             zeros.data.withUnsafeMutableBufferPointer { pz in
                 parallelFor(workers) { w in

@@ -212,10 +212,8 @@ struct Quantize: ParsableCommand {
         }
         // The reference draws its windows from the whole train split (≈ 2.4M tokens); a shorter text still works, but
         // its windows overlap more, so say so.
-        var calibrationWarnings: [String] = []
-        if ids.count < opts.nsamples * opts.seqlen {
-            calibrationWarnings.append("\(calibPath): \(ids.count) tokens, fewer than the \(opts.nsamples) × \(opts.seqlen) requested, so the calibration windows must overlap")
-        }
+        let calibrationWarnings = ids.count >= opts.nsamples * opts.seqlen ? [] :
+            ["\(calibPath): \(ids.count) tokens, fewer than the \(opts.nsamples) × \(opts.seqlen) requested, so the calibration windows must overlap"]
         for w in calibrationWarnings where !output.quiet { printErr("warning: " + w) }
         if let sub = opts.subspace {
             _ = try highChannels(fraction: sub.highFraction, config: c)      // zero high channels: refuse before any work
