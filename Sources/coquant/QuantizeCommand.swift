@@ -83,14 +83,14 @@ struct Quantize: ParsableCommand {
     var calibFile: String?
     @Option(help: "Folder holding wikitext-2-raw-v1/ (default: ./data or the repository's data/).")
     var data: String?
-    @Option(help: "resq/coquant: per-layer (a basis per layer, online basis changes; the CoQuant reference) or shared (one basis; ResQ's official setting).")
-    var granularity = "per-layer"
+    @Option(help: "resq/coquant: per-layer (a basis per layer, online basis changes; the CoQuant reference) or shared (one basis; ResQ's official setting). Default per-layer.")
+    var granularity: String?
 
-    @Option(name: [.customLong("high-fraction"), .customLong("high_fraction")], help: "resq/coquant: share of channels kept at --high-bits.")
-    var highFraction = 0.125
+    @Option(name: [.customLong("high-fraction"), .customLong("high_fraction")], help: "resq/coquant: share of channels kept at --high-bits (default 0.125).")
+    var highFraction: Double?
 
-    @Option(name: [.customLong("high-bits"), .customLong("high_bits")], help: "resq/coquant: bits of the high-precision subspace.")
-    var highBits = 8
+    @Option(name: [.customLong("high-bits"), .customLong("high_bits")], help: "resq/coquant: bits of the high-precision subspace (default 8).")
+    var highBits: Int?
 
     @Flag(name: [.customLong("kv-weight-aware"), .customLong("use_kv_wa_cov")], help: "resq/coquant: weight-aware value/key bases (the reference's use_kv_wa_cov; off there by default).")
     var kvWeightAware = false
@@ -149,7 +149,17 @@ struct Quantize: ParsableCommand {
             guard (2...8).contains(b) || b == 16 else { throw ValidationError("--down-proj-a-bits \(b) must be 2–8 or 16") }
             o.downProjActivationBits = b
         }
+        // The subspace options mean nothing to the other methods: refuse them rather than ignore them silently, so
+        // a run named "quarot, high fraction 0.25" cannot be a plain QuaRot run under another name.
+        let subspaceOnly: [(String, Bool)] = [("--granularity", granularity != nil), ("--high-fraction", highFraction != nil),
+                                              ("--high-bits", highBits != nil), ("--kv-weight-aware", kvWeightAware),
+                                              ("--pre-fuse-lambda-compensation", preFuseLambdaCompensation),
+                                              ("--bases", bases != nil), ("--statistics", statistics != nil)]
+        if !m.usesSubspace, let (flag, _) = subspaceOnly.first(where: { $0.1 }) {
+            throw ValidationError("\(flag) applies only to --method resq or coquant (not \(m.rawValue))")
+        }
         if m.usesSubspace {
+            let granularity = granularity ?? "per-layer", highFraction = highFraction ?? 0.125, highBits = highBits ?? 8
             guard let g = BasisGranularity(rawValue: granularity) else {
                 throw ValidationError("unknown --granularity \(granularity) (choose from per-layer, shared)")
             }

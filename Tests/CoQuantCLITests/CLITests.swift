@@ -420,6 +420,10 @@ final class CLITests: XCTestCase {
             (["--method", "gptq", "--scheme", "W4A4KV4", "--a-clip-ratio=2"], ["--a-clip-ratio 2.0", "(0, 1]"]),
             (["--method", "gptq", "--scheme", "W4A4KV4", "--kv-clip-ratio=0"], ["--kv-clip-ratio 0.0", "(0, 1]"]),
             (["--method", "gptq", "--percdamp", "inf"], ["--percdamp inf", "finite"]),
+            // Subspace options are refused for the methods that have no subspace (they used to be ignored).
+            (["--method", "quarot", "--scheme", "W4A4KV4", "--high-fraction", "0.25"], ["--high-fraction", "resq or coquant", "quarot"]),
+            (["--method", "gptq", "--granularity", "shared"], ["--granularity", "resq or coquant", "gptq"]),
+            (["--method", "rtn", "--kv-weight-aware"], ["--kv-weight-aware", "resq or coquant", "rtn"]),
         ] {
             let r = try coquant(["quantize", model] + arguments + common)
             assertRefused(r, mentioning: words, usage: "quantize")
