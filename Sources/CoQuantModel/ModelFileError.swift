@@ -1,3 +1,5 @@
+import Foundation
+
 /// The one error a loader throws for bad input: which file, and what is wrong with it.
 /// The CLI prints `description` and exits non-zero.
 public struct ModelFileError: Error, CustomStringConvertible, Equatable {
@@ -10,4 +12,10 @@ public struct ModelFileError: Error, CustomStringConvertible, Equatable {
     }
 
     public var description: String { "\(file): \(problem)" }
+}
+
+extension Error {
+    /// Foundation's file errors put the useful part ("Not a directory", "Permission denied") in the failure reason
+    /// and only a generic sentence in the description; messages that already name the file want the reason.
+    public var failureReason: String { (self as NSError).localizedFailureReason ?? localizedDescription }
 }

@@ -157,7 +157,7 @@ public struct LayerCheckpointStore {
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
             try encodedOptions().write(to: URL(fileURLWithPath: folder + "/state.json"), options: .atomic)
         } catch {
-            throw ModelFileError(folder, "cannot create the checkpoint folder: \((error as NSError).localizedFailureReason ?? error.localizedDescription)")
+            throw ModelFileError(folder, "cannot create the checkpoint folder: \(error.failureReason)")
         }
     }
 

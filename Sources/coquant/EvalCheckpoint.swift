@@ -78,7 +78,7 @@ struct EvalCheckpointStore {
             try FileManager.default.createDirectory(atPath: folder + "/samples", withIntermediateDirectories: true)
             try encodeJSON(settings).write(to: URL(fileURLWithPath: folder + "/state.json"), options: .atomic)
         } catch {
-            throw RunError("\(folder): cannot create the checkpoint folder: \((error as NSError).localizedFailureReason ?? error.localizedDescription)")
+            throw RunError("\(folder): cannot create the checkpoint folder: \(error.failureReason)")
         }
     }
 

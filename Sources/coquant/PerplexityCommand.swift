@@ -66,7 +66,7 @@ struct Perplexity: ParsableCommand {
                     try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
                     try (header + "\n").write(toFile: checkpoint, atomically: true, encoding: .utf8)
                 } catch {
-                    throw RunError("\(checkpoint): cannot write the checkpoint: \((error as NSError).localizedFailureReason ?? error.localizedDescription)")
+                    throw RunError("\(checkpoint): cannot write the checkpoint: \(error.failureReason)")
                 }
             }
             guard let handle = FileHandle(forWritingAtPath: checkpoint) else { throw RunError("\(checkpoint): cannot open for appending") }
