@@ -52,11 +52,15 @@ public func writeQuantizedFolder(_ out: String, loaded: LoadedModel, result: Qua
         config["architectures"] = [c.modelType == "qwen2" ? "Qwen2ForCausalLM" : "LlamaForCausalLM"]
         config["torch_dtype"] = "float32"
         let s = options.scheme
+        let gridName: [GridScheme: String] = [.asymmetric: "asymmetric (s = (max − min)/(2^b − 1))",
+                                              .symmetric: "gptq quant.py symmetric (s = 2·max|w|/(2^b − 1), unsigned codes)",
+                                              .signedSymmetric: "quarot WeightQuantizer (s = max|w|/(2^(b−1) − 1), signed codes)"]
         var q: [String: Any] = [
             "quant_method": "coquant", "format": "coquant-packed-v1",
             "method": options.method.rawValue, "solver": options.solver.rawValue, "scheme": s.name,
             "weights": ["bits": s.weightBits, "storage_bits": result.packed.values.first?.bits ?? s.weightBits,
                         "group_size": s.weightGroupSize ?? -1, "symmetric": options.weightSymmetric,
+                        "grid": gridName[try options.weightGrid().scheme]!,
                         "mse_clip": options.weightClip, "act_order": options.actOrder, "percdamp": options.percdamp,
                         "targets": DecoderLayer.linearNames] as [String: Any],
             "modules_not_quantized": ["model.embed_tokens", "lm_head"],
@@ -127,8 +131,8 @@ public func prepareForInference(_ loaded: LoadedModel) throws {
         }
         subspace = SubspaceOnline(config: c, keyRotations: rotations, high: high, headHigh: headHigh)
     }
-    // The saved key rotation is already int8 where the KV cache is quantized; quantizing it again is a no-op
-    // (an int8 grid point stays put), so installFakeQuantization can treat it like a fresh run's.
+    // The folder stores the fp32 key rotation; installFakeQuantization rounds it to int8 here exactly as it did in
+    // the quantizing run (config.json's "int8 per tensor" describes the rotation as applied).
     try installFakeQuantization(loaded.model, scheme: options.scheme, options: options, subspace: subspace)
 }
 

@@ -47,7 +47,7 @@ public enum QuantError: Error, CustomStringConvertible, Equatable {
 }
 
 /// How the grid is placed over a slice's range [xmin, xmax].
-public enum GridScheme: Sendable, Equatable {
+public enum GridScheme: Sendable, Hashable {
     /// s = (xmax − xmin)/maxq, z = round(−xmin/s) (quant.py:72-76; QuaRot/CoQuant asymmetric quantizers).
     case asymmetric
     /// GPTQ's `quant.py` with `sym=True` (L59-63, L73-76): xmax ← max(|xmin|, xmax), xmin ← −xmax **only if

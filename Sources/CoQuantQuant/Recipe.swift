@@ -122,10 +122,13 @@ public struct QuantizeOptions: Codable, Sendable {
         if method == .quarot { headMixing = true }
     }
 
-    /// Symmetric weights are GPTQ's `quant.py` grid, except for the methods whose reference code is QuaRot's
-    /// (QuaRot, ResQ, CoQuant): its `WeightQuantizer` (signed codes, s = max|w|/(2^(b−1) − 1)).
+    /// Symmetric weights are GPTQ's `quant.py` grid, except where the reference code is QuaRot's: QuaRot, ResQ and
+    /// CoQuant, and any scheme that quantizes activations or the KV cache (RTN W4A4KV4 without rotation is QuaRot's
+    /// `main.py --w_rtn` without `--rotate`), so that every row of a W4A4KV4 table has the same weight grid:
+    /// `WeightQuantizer`'s signed codes, s = max|w|/(2^(b−1) − 1).
     public func weightGrid(bits: Int? = nil) throws -> QuantGrid {
-        let symmetric: GridScheme = method.usesSubspace || method == .quarot ? .signedSymmetric : .symmetric
+        let quarotCode = method.usesSubspace || method == .quarot || scheme.activationBits < 16 || scheme.kvBits < 16
+        let symmetric: GridScheme = quarotCode ? .signedSymmetric : .symmetric
         return try .weight(bits: bits ?? scheme.weightBits, scheme: weightSymmetric ? symmetric : .asymmetric,
                            groupSize: scheme.weightGroupSize, mse: weightClip ? .reference : nil)
     }
