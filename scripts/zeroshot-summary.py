@@ -12,6 +12,10 @@ fixture = json.load(open(os.path.join(os.path.dirname(__file__), "..", "Tests/Fi
 def metric(m):
     return "—" if m is None else f"{m['value']:.4f} ± {m['stderr']:.4f}" if m.get("stderr") is not None else f"{m['value']:.4f}"
 
+def resumed(t):
+    # A resumed run's time covers only the docs it scored itself.
+    return f" (last {t['docs'] - t['resumed_docs']} docs)" if t.get("resumed_docs") else ""
+
 print("| task | docs | acc | acc_norm / perplexity | time | lm-eval full run (fixture): acc | acc_norm |")
 print("|---|---:|---:|---:|---:|---:|---:|")
 for f in sorted(os.listdir(folder)):
@@ -24,4 +28,4 @@ for f in sorted(os.listdir(folder)):
         ref_acc = f"{ref['acc']:.4f} ± {ref['acc_stderr']:.4f}" if "acc" in ref else "—"
         ref_norm = f"{ref['acc_norm']:.4f} ± {ref['acc_norm_stderr']:.4f}" if "acc_norm" in ref else "—"
         second = metric(t.get("acc_norm")) if t.get("acc_norm") else metric(t.get("perplexity"))
-        print(f"| {t['task']} | {t['docs']} | {metric(t['acc'])} | {second} | {t['seconds'] / 60:.1f} min | {ref_acc} | {ref_norm} |")
+        print(f"| {t['task']} | {t['docs']} | {metric(t['acc'])} | {second} | {t['seconds'] / 60:.1f} min{resumed(t)} | {ref_acc} | {ref_norm} |")

@@ -482,20 +482,23 @@ public struct TaskResult: Codable, Sendable {
     public let perplexity: MetricValue?
     public let truncatedRequests: Int
     public let requests: Int
+    /// Wall time of this call; when it resumed an interrupted run, of its last `docs − resumedDocs` docs only.
     public let seconds: Double
+    /// Docs read back from an interrupted run rather than scored by this call.
+    public let resumedDocs: Int
     /// Per-doc outcomes (lm-eval's logged samples); not part of the encoded summary, the CLI writes them as JSONL.
     public var samples: [DocResult] = []
 
     enum CodingKeys: String, CodingKey {
         case task, outputType = "output_type", docs, acc, accNorm = "acc_norm", perplexity,
-             truncatedRequests = "truncated_requests", requests, seconds
+             truncatedRequests = "truncated_requests", requests, seconds, resumedDocs = "resumed_docs"
     }
 
     /// The figure papers average: acc_norm where the task reports it, else acc (QuaRot/FlatQuant convention).
     public var headline: MetricValue { accNorm ?? acc }
     public var headlineName: String { accNorm == nil ? "acc" : "acc_norm" }
 
-    public init(task: ZeroShotTask, samples: [DocResult], seconds: Double) {
+    public init(task: ZeroShotTask, samples: [DocResult], seconds: Double, resumedDocs: Int = 0) {
         self.task = task.name
         outputType = task.outputType
         docs = samples.count
@@ -512,6 +515,7 @@ public struct TaskResult: Codable, Sendable {
         truncatedRequests = samples.map(\.truncatedRequests).reduce(0, +)
         requests = samples.map(\.loglikelihoods.count).reduce(0, +)
         self.seconds = seconds
+        self.resumedDocs = resumedDocs
         self.samples = samples
     }
 
@@ -519,7 +523,8 @@ public struct TaskResult: Codable, Sendable {
         var s = String(format: "%@: acc %.4f ± %.4f", task, acc.value, acc.stderr ?? .nan)
         if let accNorm { s += String(format: ", acc_norm %.4f ± %.4f", accNorm.value, accNorm.stderr ?? .nan) }
         if let perplexity { s += String(format: ", perplexity %.3f ± %.3f", perplexity.value, perplexity.stderr ?? .nan) }
-        s += String(format: " (%d docs, %.1f s%@)", docs, seconds, truncatedRequests > 0 ? ", \(truncatedRequests) requests truncated" : "")
+        s += String(format: " (%d docs, %.1f s%@%@)", docs, seconds,
+                    resumedDocs > 0 ? " for the last \(docs - resumedDocs), \(resumedDocs) resumed" : "", truncatedRequests > 0 ? ", \(truncatedRequests) requests truncated" : "")
         return s
     }
 }
@@ -572,5 +577,5 @@ public func evaluate(task: ZeroShotTask, docs: [Doc], scorer: LoglikelihoodScore
         }
         start = end
     }
-    return TaskResult(task: task, samples: samples, seconds: seconds(since: clock))
+    return TaskResult(task: task, samples: samples, seconds: seconds(since: clock), resumedDocs: done.count)
 }

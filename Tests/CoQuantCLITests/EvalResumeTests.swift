@@ -28,10 +28,11 @@ extension CLITests {
         return folder
     }
 
-    /// results.json without its timings (`seconds` at every level), as sorted-key JSON text.
+    /// results.json without its timings (`seconds` at every level, and `resumed_docs`, which says what they cover),
+    /// as sorted-key JSON text.
     func resultsWithoutTimings(_ folder: String) throws -> String {
         func strip(_ value: Any) -> Any {
-            if let d = value as? [String: Any] { return d.filter { $0.key != "seconds" }.mapValues(strip) }
+            if let d = value as? [String: Any] { return d.filter { !["seconds", "resumed_docs"].contains($0.key) }.mapValues(strip) }
             if let a = value as? [Any] { return a.map(strip) }
             return value
         }
@@ -113,6 +114,12 @@ extension CLITests {
         XCTAssertEqual(try lines(run + "/samples/piqa.jsonl"), fullPiqa)
         XCTAssertEqual(try lines(run + "/samples/arc_easy.jsonl"), fullArc, "per-doc log-likelihoods and outcomes")
         XCTAssertEqual(try resultsWithoutTimings(run), try resultsWithoutTimings(full), "results.json apart from seconds")
+        // The timings say which docs they cover: all of the uninterrupted run's, the resumed run's unfinished ones.
+        func resumedDocs(_ folder: String) throws -> [Int?] {
+            (try jsonObject(folder + "/results.json")["tasks"] as? [[String: Any]] ?? []).map { $0["resumed_docs"] as? Int }
+        }
+        XCTAssertEqual(try resumedDocs(full), [0, 0])
+        XCTAssertEqual(try resumedDocs(run), [6, 3])
         XCTAssertEqual(try markdownWithoutTimings(run), try markdownWithoutTimings(full))
         XCTAssertTrue(try markdownWithoutTimings(run).contains("| arc_easy | acc |"), "the timing filter left the table")
     }
