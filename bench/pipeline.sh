@@ -8,6 +8,8 @@
 #   bench/pipeline.sh                  # NSAMPLES=128: hours on 2 cores
 #   NSAMPLES=16 bench/pipeline.sh      # a quicker look (the solve share is then larger than at 128)
 set -euo pipefail
+# Floating-point arithmetic without bc (not on a minimal Debian): awk is everywhere.
+calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
 cd "$(dirname "$0")/.."
 model=${MODEL:-${COQUANT_MODELS:-models}/SmolLM2-135M-Instruct.Q4_1.gguf}
 n=${NSAMPLES:-128}
@@ -26,8 +28,8 @@ for entry in $methods; do
   t0=$(date +%s.%N)
   .build/release/coquant quantize "$model" --method "$method" --scheme "$scheme" --nsamples "$n" "${extra[@]}" \
       --out "$out/$method-$scheme" --overwrite --quiet > "$out/$method-$scheme.log" 2>&1
-  wall[$entry]=$(echo "$(date +%s.%N) - $t0" | bc -l)
-  printf '%-18s %8.1f s  = %.2f × forward\n' "$method $scheme" "${wall[$entry]}" "$(echo "${wall[$entry]} / $forward" | bc -l)"
+  wall[$entry]=$(calc "$(date +%s.%N) - $t0")
+  printf '%-18s %8.1f s  = %.2f × forward\n' "$method $scheme" "${wall[$entry]}" "$(calc "${wall[$entry]} / $forward")"
 done
 if [ -n "${wall[gptq:W4A16]:-}" ] && [ -n "${wall[cdquant:W4A16]:-}" ]; then
   python3 - "$out/gptq-W4A16/report.json" "$out/cdquant-W4A16/report.json" <<'PY'
@@ -65,8 +67,8 @@ if [ "${EVAL:-1}" = 1 ]; then
   windows=$(( n < 148 ? n : 148 ))
   t0=$(date +%s.%N)
   .build/release/coquant ppl "$last_dir" --windows "$windows" --quiet > "$out/ppl.log" 2>&1
-  ppl_wall=$(echo "$(date +%s.%N) - $t0" | bc -l)
+  ppl_wall=$(calc "$(date +%s.%N) - $t0")
   printf 'evaluation: coquant ppl of %s over %d windows %.1f s = %.2f × forward per window\n' "$last" "$windows" \
-    "$ppl_wall" "$(echo "$ppl_wall / $windows / ($forward / $n)" | bc -l)"
+    "$ppl_wall" "$(calc "$ppl_wall / $windows / ($forward / $n)")"
 fi
 echo "load at end $(cut -d' ' -f1-3 /proc/loadavg)"

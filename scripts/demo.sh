@@ -4,7 +4,8 @@
 # against the FP model — WikiText-2 perplexity and KL divergence over the first WINDOWS test windows, PIQA accuracy
 # on its first LIMIT docs, folder size — and print the side-by-side report and a generation from the quantized model.
 # About 10 minutes on 2 cores with the defaults NSAMPLES=16 WINDOWS=4 LIMIT=100 (the papers' setting is
-# NSAMPLES=128 and all 148 windows: hours). METHOD/SCHEME pick another recipe (e.g. METHOD=coquant SCHEME=W4A4KV4).
+# NSAMPLES=128 and all 148 windows: hours). METHOD/SCHEME pick another recipe and FLAGS adds quantize options
+# (e.g. METHOD=coquant SCHEME=W4A4KV4 FLAGS=--w-clip, the reference scripts' weight clipping).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -15,7 +16,7 @@ method=${METHOD:-gptq} scheme=${SCHEME:-W4A16}
 name=$(echo "$method-$scheme" | tr 'A-Z' 'a-z')
 bin=.build/release/coquant
 $bin inspect "$model"
-$bin quantize "$model" --method "$method" --scheme "$scheme" --nsamples "${NSAMPLES:-16}" --out "out/demo-$name" --overwrite
+$bin quantize "$model" --method "$method" --scheme "$scheme" --nsamples "${NSAMPLES:-16}" ${FLAGS:-} --out "out/demo-$name" --overwrite
 $bin eval "$model" --tasks piqa --limit "${LIMIT:-100}" --ppl --windows "${WINDOWS:-4}" --out runs/demo-fp --overwrite
 $bin eval "out/demo-$name" --tasks piqa --limit "${LIMIT:-100}" --ppl --windows "${WINDOWS:-4}" --kl-vs "$model" \
     --out "runs/demo-$name" --overwrite
