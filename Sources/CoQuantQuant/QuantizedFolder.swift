@@ -52,15 +52,12 @@ public func writeQuantizedFolder(_ out: String, loaded: LoadedModel, result: Qua
         config["architectures"] = [c.modelType == "qwen2" ? "Qwen2ForCausalLM" : "LlamaForCausalLM"]
         config["torch_dtype"] = "float32"
         let s = options.scheme
-        let gridName: [GridScheme: String] = [.asymmetric: "asymmetric (s = (max − min)/(2^b − 1))",
-                                              .symmetric: "gptq quant.py symmetric (s = 2·max|w|/(2^b − 1), unsigned codes)",
-                                              .signedSymmetric: "quarot WeightQuantizer (s = max|w|/(2^(b−1) − 1), signed codes)"]
         var q: [String: Any] = [
             "quant_method": "coquant", "format": "coquant-packed-v1",
             "method": options.method.rawValue, "solver": options.solver.rawValue, "scheme": s.name,
             "weights": ["bits": s.weightBits, "storage_bits": result.packed.values.first?.bits ?? s.weightBits,
                         "group_size": s.weightGroupSize ?? -1, "symmetric": options.weightSymmetric,
-                        "grid": gridName[try options.weightGrid().scheme]!,
+                        "grid": try options.weightGrid().scheme.configName,
                         "mse_clip": options.weightClip, "act_order": options.actOrder, "percdamp": options.percdamp,
                         "targets": DecoderLayer.linearNames] as [String: Any],
             "modules_not_quantized": ["model.embed_tokens", "lm_head"],

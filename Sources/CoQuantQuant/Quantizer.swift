@@ -47,7 +47,7 @@ public enum QuantError: Error, CustomStringConvertible, Equatable {
 }
 
 /// How the grid is placed over a slice's range [xmin, xmax].
-public enum GridScheme: Sendable, Hashable {
+public enum GridScheme: Sendable, Equatable {
     /// s = (xmax − xmin)/maxq, z = round(−xmin/s) (quant.py:72-76; QuaRot/CoQuant asymmetric quantizers).
     case asymmetric
     /// GPTQ's `quant.py` with `sym=True` (L59-63, L73-76): xmax ← max(|xmin|, xmax), xmin ← −xmax **only if
@@ -58,6 +58,15 @@ public enum GridScheme: Sendable, Hashable {
     /// s = max(max|x|, 1e−5)/(2^(b−1) − 1), signed codes in [−2^(b−1), 2^(b−1) − 1], stored here offset by
     /// z = 2^(b−1) so that every scheme has codes in 0…maxq.
     case signedSymmetric
+
+    /// How `config.json` names the grid, so a folder says which reference's quantizer made its codes.
+    public var configName: String {
+        switch self {
+        case .asymmetric: "asymmetric (s = (max − min)/(2^b − 1))"
+        case .symmetric: "gptq quant.py symmetric (s = 2·max|w|/(2^b − 1), unsigned codes)"
+        case .signedSymmetric: "quarot WeightQuantizer (s = max|w|/(2^(b−1) − 1), signed codes)"
+        }
+    }
 }
 
 /// Whether the range of a slice is widened to contain 0 before the grid is placed (COQUANT_RESQ.md §3.2 and §5

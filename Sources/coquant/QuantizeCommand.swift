@@ -159,19 +159,24 @@ struct Quantize: ParsableCommand {
             throw ValidationError("\(flag) applies only to --method resq or coquant (not \(m.rawValue))")
         }
         if m.usesSubspace {
-            let granularity = granularity ?? "per-layer", highFraction = highFraction ?? 0.125, highBits = highBits ?? 8
-            guard let g = BasisGranularity(rawValue: granularity) else {
-                throw ValidationError("unknown --granularity \(granularity) (choose from per-layer, shared)")
+            var sub = SubspaceOptions()      // the reference scripts' defaults; the flags given replace them
+            if let granularity {
+                guard let g = BasisGranularity(rawValue: granularity) else {
+                    throw ValidationError("unknown --granularity \(granularity) (choose from per-layer, shared)")
+                }
+                sub.granularity = g
             }
-            guard highFraction > 0 && highFraction < 1 else { throw ValidationError("--high-fraction \(highFraction) must be in (0, 1)") }
-            guard (2...8).contains(highBits) else { throw ValidationError("--high-bits \(highBits) must be 2–8") }
-            var sub = SubspaceOptions()
-            sub.granularity = g
-            sub.highFraction = highFraction
-            sub.highBits = highBits
+            if let highFraction {
+                guard highFraction > 0 && highFraction < 1 else { throw ValidationError("--high-fraction \(highFraction) must be in (0, 1)") }
+                sub.highFraction = highFraction
+            }
+            if let highBits {
+                guard (2...8).contains(highBits) else { throw ValidationError("--high-bits \(highBits) must be 2–8") }
+                sub.highBits = highBits
+            }
             sub.kvWeightAware = kvWeightAware
             if preFuseLambdaCompensation {
-                guard m == .coquant, g == .perLayer else {
+                guard m == .coquant, sub.granularity == .perLayer else {
                     throw ValidationError("--pre-fuse-lambda-compensation needs --method coquant --granularity per-layer (the reference applies it to wa_cov per-layer bases only)")
                 }
                 sub.preFuseLambdaCompensation = true
