@@ -11,7 +11,9 @@ folder = sys.argv[1] if len(sys.argv) > 1 else "results/smollm2"
 runs = {}
 for f in sorted(os.listdir(folder)):
     if f.endswith(".json"):
-        runs[f[:-5]] = json.load(open(os.path.join(folder, f)))
+        r = json.load(open(os.path.join(folder, f)))
+        if "ppl" in r:    # the folder also holds zero-shot and KL results (scripts/zeroshot-summary.py)
+            runs[f[:-5]] = r
 
 print("| run | WikiText-2 PPL | windows | Σ layer loss | quantize s | eval s |")
 print("|---|---:|---:|---:|---:|---:|")

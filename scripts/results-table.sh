@@ -8,12 +8,18 @@
 #   scripts/results-table.sh subspace                   # the ResQ / CoQuant table (issue 4), 3 seeds
 #   python3 scripts/results-summary.py results/smollm2  # the Markdown table of what has finished
 #
-# Variables: MODEL (SmolLM2 GGUF), SET (smollm2), NSAMPLES (128), RTN_NSAMPLES (8), WINDOWS (all), RUNS (runs/,
-# git-ignored).
+#   SET=qwen2.5-coder-0.5b WINDOWS=40 scripts/results-table.sh fp quarot-cdquant-w4a4kv4-s0 …   # the Qwen table
+#
+# Variables: SET (smollm2; a name starting with qwen defaults MODEL to the Qwen2.5-Coder GGUF), MODEL (the set's
+# GGUF), NSAMPLES (128), RTN_NSAMPLES (8), WINDOWS (all), RUNS (runs/, git-ignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model=${MODEL:-${COQUANT_MODELS:-models}/SmolLM2-135M-Instruct.Q4_1.gguf}
 set_name=${SET:-smollm2}
+case $set_name in
+  qwen*) default_model=qwen2.5-coder-0.5b-instruct-q4_k_m.gguf ;;
+  *) default_model=SmolLM2-135M-Instruct.Q4_1.gguf ;;
+esac
+model=${MODEL:-${COQUANT_MODELS:-models}/$default_model}
 nsamples=${NSAMPLES:-128}
 runs=${RUNS:-runs}/$set_name
 results=results/$set_name
