@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quantize-and-evaluate runs for the results tables, resumable: each config writes results/$SET/NAME.json when it is
-# done and is skipped afterwards; an interrupted quantization continues with --resume. Several hours on 2 cores
-# (a calibrated config ≈ 35 min of quantization + ≈ 35 min of full-test perplexity), so run it in the background:
+# done and is skipped afterwards; an interrupted quantization continues with --resume. Hours on 2 cores (a 128 × 2048
+# W4A4KV4 config on SmolLM2 ≈ 11 min of quantization + ≈ 11 min of full-test perplexity with nothing else running,
+# ResQ/CoQuant add one statistics pass per seed; 2–3× that beside other jobs), so run it in the background:
 #
 #   nohup scripts/results-table.sh > /tmp/results.log 2>&1 &
 #   scripts/results-table.sh gptq-w4a16 rtn-w4a16      # only these configs
@@ -78,7 +79,7 @@ for name in "${order[@]}"; do
   target=$model
   quantize_seconds=0
   # RTN's weights do not depend on the calibration (its Hessians only feed the report's layer losses), so its runs
-  # calibrate on RTN_NSAMPLES windows (8) instead of an hour of passes for 128: the same model, cheaper losses.
+  # calibrate on RTN_NSAMPLES windows (8) instead of ≈ 10 min of passes for 128: the same model, cheaper losses.
   run_nsamples=$nsamples
   case $name in rtn-*) run_nsamples=${RTN_NSAMPLES:-8} ;; esac
   if [ "$name" != fp ]; then
@@ -106,7 +107,7 @@ for name in "${order[@]}"; do
   # A checkpoint holds a header line, then one line per scored window.
   eval_resumed=0; [ -f "$runs/$name.ppl.checkpoint" ] && [ "$(wc -l < "$runs/$name.ppl.checkpoint")" -gt 1 ] && eval_resumed=1
   t0=$(date +%s)
-  # The checkpoint lets a killed evaluation (half an hour on the full test) continue where it stopped.
+  # The checkpoint lets a killed evaluation (≈ 11 min on the full test, more beside other jobs) continue where it stopped.
   $bin ppl "$target" --json "${window_args[@]}" --checkpoint "$runs/$name.ppl.checkpoint" > "$results/$name.ppl.tmp"
   eval_seconds=$(( $(date +%s) - t0 ))
   python3 - "$name" "$target" "$results/$name.ppl.tmp" "$eval_seconds" "$run_nsamples" "${config[$name]}" "$eval_resumed" > "$result.tmp" <<'EOF'
