@@ -43,6 +43,12 @@ public func syrkAccumulate(_ x: UnsafePointer<Float>, rows n: Int, cols d: Int, 
     }
 }
 
+/// The upper triangle of C = XᵀX [d, d] in float32 (ssyrk; the lower triangle is left as it was), X [n, d] read
+/// with row stride `lda` ≥ d, so X may be a column slice of a wider matrix.
+public func syrkUpper(_ x: UnsafePointer<Float>, rows n: Int, cols d: Int, rowStride lda: Int, into c: UnsafeMutablePointer<Float>) {
+    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(d), Int32(n), 1, x, Int32(lda), 0, c, Int32(d))
+}
+
 /// Cholesky factor of a symmetric positive-definite matrix: upper U with A = UᵀU (`upper: true`) or lower L with
 /// A = LLᵀ. The unused triangle is zeroed.
 public func cholesky(_ a: Matrix<Double>, upper: Bool = false) throws -> Matrix<Double> {

@@ -237,6 +237,29 @@ final class SubspaceTests: XCTestCase {
 
     static let ids = [1, 17, 250, 3, 99, 299, 0, 42, 42, 7, 128]
 
+    /// The statistics' Gram accumulation (float32 products per core, float64 sums) equals XᵀX of a column slice
+    /// computed in float64, over two cores' row split and over two calls.
+    func testGramOfAColumnSliceAccumulatesXTX() {
+        let rows = 1100, cols = 160, offset = 32, width = 64       // rows·width² ≥ 2²² → split over the cores
+        var g = SeededGenerator(seed: 3)
+        var x = g.nextGaussians(rows * cols).map { Float($0) + 0.5 }
+        var G = Matrix<Double>(zeros: width, width)
+        x.withUnsafeMutableBufferPointer { p in
+            for _ in 0..<2 { addGram(&G, p.baseAddress!, rows: rows, cols: cols, offset: offset, width: width) }
+        }
+        var worst = 0.0, largest = 0.0
+        for i in 0..<width {
+            for j in 0..<width {
+                var exact = 0.0
+                for t in 0..<rows { exact += Double(x[t * cols + offset + i]) * Double(x[t * cols + offset + j]) }
+                worst = max(worst, abs(G[i, j] - 2 * exact))
+                largest = max(largest, abs(2 * exact))
+            }
+        }
+        XCTAssertLessThan(worst / largest, 1e-5, "float32 products per core stay close to the float64 Gram")
+        XCTAssertGreaterThan(largest, 100, "a real sum, not an empty one")
+    }
+
     func windows(_ count: Int, _ length: Int, vocab: Int, seed: UInt64) -> [[Int]] {
         var g = SeededGenerator(seed: seed)
         return (0..<count).map { _ in (0..<length).map { _ in Int(g.next() % UInt64(vocab)) } }
