@@ -301,28 +301,22 @@ struct ShapeCheckedTensors {
     }
 }
 
-/// G += Xᵀ X for the column slice [offset, offset + width) of x [rows, cols]: each core's rows as one float32 ssyrk,
-/// summed into the float64 G — the Hessians' split (GPTQ_CDQUANT.md §6.1), about twice dsyrk's throughput, and still
-/// more precise than the reference, whose accumulators are float32 (COQUANT_RESQ.md §1.4). The hooks run inside the
-/// forward pass's single-threaded-BLAS scope, so the rows are split over the cores here.
+/// G += Xᵀ X for the column slice [offset, offset + width) of x [rows, cols]: each core's rows as one float32 ssyrk
+/// added into its own float64 partial (`syrkAccumulate`, the Hessians' split, GPTQ_CDQUANT.md §6.1), then summed —
+/// still more precise than the reference, whose accumulators are float32 (COQUANT_RESQ.md §1.4). The hooks run
+/// inside the forward pass's single-threaded-BLAS scope, so the rows are split over the cores here.
 func addGram(_ G: inout Matrix<Double>, _ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int, offset: Int, width: Int) {
     let workers = rows * width * width >= 1 << 22 ? min(forwardWorkers, rows) : 1
-    let partials = UnsafeMutablePointer<Float>.allocate(capacity: workers * width * width)
-    defer { partials.deallocate() }
-    parallelFor(workers) { w in
-        let r0 = rows * w / workers, r1 = rows * (w + 1) / workers
-        syrkUpper(x + r0 * cols + offset, rows: r1 - r0, cols: width, rowStride: cols, into: partials + w * width * width)
-    }
-    G.data.withUnsafeMutableBufferPointer { g in
-        for i in 0..<width {
-            for j in i..<width {
-                var v = g[i * width + j]
-                for w in 0..<workers { v += Double(partials[w * width * width + i * width + j]) }
-                g[i * width + j] = v
-                g[j * width + i] = v
-            }
+    var partials = [Matrix<Double>](repeating: Matrix(zeros: width, width), count: workers)
+    partials.withUnsafeMutableBufferPointer { parts in
+        parallelFor(workers) { w in
+            let r0 = rows * w / workers, r1 = rows * (w + 1) / workers
+            var scratch: [Float] = []
+            syrkAccumulate(x + r0 * cols + offset, rows: r1 - r0, cols: width, rowStride: cols, alpha: 1,
+                           into: &parts[w], scratch: &scratch)
         }
     }
+    for p in partials { for i in G.data.indices { G.data[i] += p.data[i] } }
 }
 
 /// The bases of one model: eigenvectors P (ascending) and the random in-subspace rotations R. Q = P·R is what

@@ -24,13 +24,16 @@ public func syrkAccumulate(_ x: Matrix<Double>, alpha: Double = 1, keep: Double 
 /// `C ← keep · C + alpha · XᵀX` for a float32 X [n, d]: the product in float32 with ssyrk, added into the float64 C
 /// (GPTQ_CDQUANT.md §6.1: per-batch fp32 products, fp64 accumulation). Twice dsyrk's throughput and no float64 copy
 /// of X; one batch's sum of n ≤ a few thousand float32 products is far more precise than the reference's fp32 H.
-/// `scratch` is a [d·d] float32 buffer reused across calls.
-public func syrkAccumulate(_ x: UnsafePointer<Float>, rows n: Int, cols d: Int, alpha: Double, keep: Double = 1,
-                           into c: inout Matrix<Double>, scratch: inout [Float]) {
+/// `scratch` is a [d·d] float32 buffer reused across calls. Row t of X is at x + t·rowStride (default d), so X may
+/// be a column slice of a wider matrix.
+public func syrkAccumulate(_ x: UnsafePointer<Float>, rows n: Int, cols d: Int, rowStride: Int? = nil, alpha: Double,
+                           keep: Double = 1, into c: inout Matrix<Double>, scratch: inout [Float]) {
     precondition(c.rows == d && c.cols == d, "syrk: X is \(n)×\(d) but C is \(c.rows)×\(c.cols)")
+    let lda = rowStride ?? d
+    precondition(lda >= d, "syrk: row stride \(lda) < \(d) columns")
     if scratch.count != d * d { scratch = [Float](repeating: 0, count: d * d) }
     scratch.withUnsafeMutableBufferPointer { ps in
-        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(d), Int32(n), 1, x, Int32(d), 0, ps.baseAddress!, Int32(d))
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(d), Int32(n), 1, x, Int32(lda), 0, ps.baseAddress!, Int32(d))
         c.data.withUnsafeMutableBufferPointer { pc in
             for i in 0..<d {
                 for j in i..<d {
@@ -41,12 +44,6 @@ public func syrkAccumulate(_ x: UnsafePointer<Float>, rows n: Int, cols d: Int, 
             }
         }
     }
-}
-
-/// The upper triangle of C = XᵀX [d, d] in float32 (ssyrk; the lower triangle is left as it was), X [n, d] read
-/// with row stride `lda` ≥ d, so X may be a column slice of a wider matrix.
-public func syrkUpper(_ x: UnsafePointer<Float>, rows n: Int, cols d: Int, rowStride lda: Int, into c: UnsafeMutablePointer<Float>) {
-    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(d), Int32(n), 1, x, Int32(lda), 0, c, Int32(d))
 }
 
 /// Cholesky factor of a symmetric positive-definite matrix: upper U with A = UᵀU (`upper: true`) or lower L with
