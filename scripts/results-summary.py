@@ -4,8 +4,9 @@
 One row per run (perplexity ± standard error, windows, summed layer loss, quantize and evaluation wall time), then
 GPTQ vs CDQuant for every pair of runs whose names differ only in the solver: summed layer loss and the share of
 linears where CDQuant's loss is lower. Seeded runs (…-s0, -s1, -s2) are also summarised as mean ± spread, and
-ResQ/CoQuant runs get their stage timings (statistics, eigendecompositions, solves, the calibration passes, evaluation)."""
-import json, os, re, statistics, sys
+ResQ/CoQuant runs get their stage timings (statistics, eigendecompositions, solves, the calibration passes, evaluation).
+Runs that differ in one setting (ResQ → CoQuant, GPTQ → CDQuant, per-layer → shared) are compared window by window."""
+import json, math, os, re, statistics, sys
 
 folder = sys.argv[1] if len(sys.argv) > 1 else "results/smollm2"
 runs = {}
@@ -72,3 +73,20 @@ if staged:
         solves = sum(l["seconds"] for l in r["linears"])
         q = r.get("quantize_seconds", 0)
         print(f"| {name} | {s:.0f} | {e:.1f} | {solves:.0f} | {q - s - e - solves:.0f} | {q:.0f} | {r['eval_seconds']} |")
+
+# Two runs scored on the same windows: their per-window NLLs move together (hard windows are hard for both), so the
+# paired difference is far tighter than the two ± standard errors suggest. PPL = exp(mean window NLL), so
+# exp(mean Δ) is exactly the PPL ratio; the interval is exp(mean Δ ± 1.96 · SE of the paired Δ). It covers the
+# evaluation text's sampling only, not the calibration seed's: for that, compare the seeds' spread.
+changes = (("resq", "coquant"), ("gptq", "cdquant"), ("per-layer", "shared"))
+pairs = [(a, a.replace(x, y)) for a in runs for x, y in changes if x in a and a.replace(x, y) in runs]
+pairs = [(a, b) for a, b in pairs if runs[a]["ppl"].get("per_window_mean_nll")
+         and len(runs[a]["ppl"]["per_window_mean_nll"]) == len(runs[b]["ppl"].get("per_window_mean_nll", []))]
+if pairs:
+    print("\n| run A | run B | PPL B ÷ PPL A | 95 % interval (paired over windows) | B lower in |")
+    print("|---|---|---:|---:|---:|")
+    for a, b in pairs:
+        d = [y - x for x, y in zip(runs[a]["ppl"]["per_window_mean_nll"], runs[b]["ppl"]["per_window_mean_nll"])]
+        m, se = statistics.mean(d), statistics.stdev(d) / math.sqrt(len(d))
+        print(f"| {a} | {b} | {math.exp(m):.4f} | {math.exp(m - 1.96 * se):.4f} – {math.exp(m + 1.96 * se):.4f} | "
+              f"{sum(1 for x in d if x < 0)}/{len(d)} |")
