@@ -34,7 +34,7 @@ public func writeQuantizedFolder(_ out: String, loaded: LoadedModel, result: Qua
                 }
                 if let b = linear.bias { w.add(p + name + ".bias", b, shape: [b.count]) }
             }
-            // ResQ / CoQuant: the online residual basis changes (fp32, inputs quantized to 8 bits at inference) and
+            // ResQ / CoQuant: the online residual basis changes (fp32, inputs quantized to residual_bits at inference) and
             // the per-KV-head key rotation applied after RoPE.
             for (name, b) in [("basis_change_1", layer.basisChange1), ("basis_change_2", layer.basisChange2)] {
                 if let b { w.add(p + name + ".weight", b.weight, shape: [b.outFeatures, b.inFeatures]) }
@@ -88,7 +88,7 @@ public func writeQuantizedFolder(_ out: String, loaded: LoadedModel, result: Qua
                 "norms_fused": true, "embeddings_centered": options.centerEmbeddings,
                 "high_block": "the last high_channels input columns of q/k/v/gate/up, the last high_channels_per_head of every head for o_proj; down_proj uniform",
                 "storage": "<linear>.group_bits gives each column group's code width: the low block at bits, the high block at high_bits (down_proj: bits)",
-                "online": ["basis_change": bases.granularity == .perLayer ? "basis_change_1/2, inputs int8 per token" : "none",
+                "online": ["basis_change": bases.granularity == .perLayer ? "basis_change_1/2, inputs " + ((sub.residualBits ?? 8) < 16 ? "int\(sub.residualBits ?? 8) per token" : "fp32") : "none",
                            "keys_queries": "self_attn.key_rotation per KV head after RoPE" + (s.kvBits < 16 ? " (int8 per tensor)" : ""),
                            "down_proj_input": "hadamard(intermediate_size)"],
             ] as [String: Any]

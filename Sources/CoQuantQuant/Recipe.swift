@@ -78,6 +78,9 @@ public struct SubspaceOptions: Codable, Sendable, Equatable {
     /// The reference's `use_pre_fuse_lambda_compensation` (CoQuant per-layer; off by default). Optional so
     /// reports written before it existed still decode.
     public var preFuseLambdaCompensation: Bool?
+    /// Per-layer granularity: bits of the online basis changes' inputs (the residual stream, per token). nil: 8, the
+    /// reference's; 16 leaves them in full precision, to measure what that rounding costs.
+    public var residualBits: Int?
     /// Bases file: read when it exists (no statistics pass), written after computing them otherwise.
     public var basesFile: String?
     /// Second-moment statistics file: read when it exists and matches this model and these windows (no statistics
@@ -399,6 +402,7 @@ public func installFakeQuantization(_ model: LlamaModel, scheme: QuantScheme, op
         if scheme.kvBits < 16 { online.quantizeKeyRotationsToInt8() }
         var quantizers = try SubspaceQuantizers(activationBits: scheme.activationBits, kvBits: scheme.kvBits,
                                                 highBits: options.subspace?.highBits ?? 8,
+                                                residualBits: options.subspace?.residualBits ?? 8,
                                                 activationClipRatio: Float(options.activationClipRatio),
                                                 kvClipRatio: Float(options.kvClipRatio))
         if let b = options.downProjActivationBits, scheme.activationBits < 16 {

@@ -100,10 +100,13 @@ public struct SubspaceQuantizers: Sendable {
     public var kvHigh: ActivationQuantizer?
     public var keyLow: ActivationQuantizer?                // K cache: per (token, head) with 0 in range
     public var keyHigh: ActivationQuantizer?
-    public var int8: ActivationQuantizer?                  // residual basis changes; q, k before the key rotation
+    public var int8: ActivationQuantizer?                  // q, k before the key rotation
+    public var residual: ActivationQuantizer?              // per-layer basis-change inputs (the residual stream)
     public var downProj: ActivationQuantizer?              // down_proj input (after its Hadamard), uniform
 
-    public init(activationBits: Int, kvBits: Int, highBits: Int = 8, activationClipRatio: Float = 1, kvClipRatio: Float = 1) throws {
+    /// `residualBits`: the basis-change inputs' width, 8 as the reference (§2.4); 16 leaves them unquantized.
+    public init(activationBits: Int, kvBits: Int, highBits: Int = 8, residualBits: Int = 8,
+                activationClipRatio: Float = 1, kvClipRatio: Float = 1) throws {
         if activationBits < 16 {
             activationLow = try ActivationQuantizer(bits: activationBits, clipRatio: activationClipRatio)
             activationHigh = try ActivationQuantizer(bits: highBits, clipRatio: activationClipRatio)
@@ -117,7 +120,10 @@ public struct SubspaceQuantizers: Sendable {
             keyLow = try ActivationQuantizer(bits: kvBits, clipRatio: kvClipRatio)
             keyHigh = try ActivationQuantizer(bits: highBits, clipRatio: kvClipRatio)
         }
-        if activationBits < 16 || kvBits < 16 { int8 = try ActivationQuantizer(bits: 8) }
+        if activationBits < 16 || kvBits < 16 {
+            int8 = try ActivationQuantizer(bits: 8)
+            if residualBits < 16 { residual = try ActivationQuantizer(bits: residualBits) }
+        }
     }
 }
 
@@ -154,7 +160,7 @@ public func installSubspaceHooks(_ model: LlamaModel, online: SubspaceOnline, qu
             online.downProj.apply(x, rows: rows)
             try? q?.downProj?.apply(x, rows: rows, cols: cols)
         case .basisChangeInput:
-            try? q?.int8?.apply(x, rows: rows, cols: cols)
+            try? q?.residual?.apply(x, rows: rows, cols: cols)
         case .queries:
             if q?.keyLow != nil { try? q?.int8?.apply(x, rows: rows * H, cols: hd) }
             rotateHeads(x, rows: rows, heads: H, online.keyRotations[l]) { $0 / g }

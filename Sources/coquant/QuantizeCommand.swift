@@ -92,6 +92,9 @@ struct Quantize: ParsableCommand {
     @Option(name: [.customLong("high-bits"), .customLong("high_bits")], help: "resq/coquant: bits of the high-precision subspace (default 8).")
     var highBits: Int?
 
+    @Option(help: "resq/coquant per-layer: bits of the online basis changes' inputs, the residual stream per token (default 8, as the reference; 16 leaves them unquantized).")
+    var residualBits: Int?
+
     @Flag(name: [.customLong("kv-weight-aware"), .customLong("use_kv_wa_cov")], help: "resq/coquant: weight-aware value/key bases (the reference's use_kv_wa_cov; off there by default).")
     var kvWeightAware = false
 
@@ -152,7 +155,7 @@ struct Quantize: ParsableCommand {
         // The subspace options mean nothing to the other methods: refuse them rather than ignore them silently, so
         // a run named "quarot, high fraction 0.25" cannot be a plain QuaRot run under another name.
         let subspaceOnly: [(String, Bool)] = [("--granularity", granularity != nil), ("--high-fraction", highFraction != nil),
-                                              ("--high-bits", highBits != nil), ("--kv-weight-aware", kvWeightAware),
+                                              ("--high-bits", highBits != nil), ("--residual-bits", residualBits != nil), ("--kv-weight-aware", kvWeightAware),
                                               ("--pre-fuse-lambda-compensation", preFuseLambdaCompensation),
                                               ("--bases", bases != nil), ("--statistics", statistics != nil)]
         if !m.usesSubspace, let (flag, _) = subspaceOnly.first(where: { $0.1 }) {
@@ -173,6 +176,15 @@ struct Quantize: ParsableCommand {
             if let highBits {
                 guard (2...8).contains(highBits) else { throw ValidationError("--high-bits \(highBits) must be 2–8") }
                 sub.highBits = highBits
+            }
+            if let residualBits {
+                guard (2...8).contains(residualBits) || residualBits == 16 else {
+                    throw ValidationError("--residual-bits \(residualBits) must be 2–8, or 16 for none")
+                }
+                guard sub.granularity == .perLayer else {
+                    throw ValidationError("--residual-bits needs --granularity per-layer (the shared basis has no basis changes)")
+                }
+                sub.residualBits = residualBits
             }
             sub.kvWeightAware = kvWeightAware
             if preFuseLambdaCompensation {

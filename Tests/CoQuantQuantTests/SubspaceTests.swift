@@ -373,6 +373,21 @@ final class SubspaceTests: XCTestCase {
         let uniform = meanSquaredError(model.forward(Self.ids))
         XCTAssertGreaterThan(mixed, 0, "quantization changes the logits")
         XCTAssertLessThan(mixed, uniform, "8-bit high subspace beats uniform 4-bit")
+        // The per-layer basis-change inputs (the residual stream) are rounded at --residual-bits: 16 skips exactly that
+        // rounding (the K/V quantizers alone remain), and coarser rounding costs more.
+        func kvOnly(residualBits: Int) throws -> Double {
+            installSubspaceHooks(model, online: online, quantizers: try SubspaceQuantizers(activationBits: 16, kvBits: 8, residualBits: residualBits))
+            return meanSquaredError(model.forward(Self.ids))
+        }
+        var kvQuantizers = try SubspaceQuantizers(activationBits: 16, kvBits: 8)
+        XCTAssertEqual(kvQuantizers.residual?.bits, 8, "the reference's int8 by default")
+        kvQuantizers.residual = nil
+        installSubspaceHooks(model, online: online, quantizers: kvQuantizers)
+        let withoutResidual = meanSquaredError(model.forward(Self.ids))
+        XCTAssertEqual(try kvOnly(residualBits: 16), withoutResidual)
+        let (r8, r3) = (try kvOnly(residualBits: 8), try kvOnly(residualBits: 3))
+        XCTAssertGreaterThan(r8, withoutResidual)
+        XCTAssertGreaterThan(r3, r8)
     }
 
     /// Bad input: a high fraction outside (0, 1) or giving no channel, and calibration shorter than the hidden size.
