@@ -44,7 +44,8 @@ def loss_table(header, rows):
 # Separate GPTQ and CDQuant runs: each propagates its own quantized outputs, so past layer 0 their H differ.
 loss_table("GPTQ run vs its CDQuant run", [
     (g, [(a["loss"], b["loss"]) for a, b in zip(runs[g]["linears"], runs[c]["linears"])])
-    for g, c in ((n, n.replace("gptq", "cdquant")) for n in runs) if "gptq" in g and c in runs])
+    for g, c in ((n, n.replace("gptq", "cdquant")) for n in runs)
+    if "gptq" in g and c in runs and runs[g].get("linears") and runs[c].get("linears")])
 
 # Within a CDQuant run, each linear's GPTQ start was solved on the same H as CDQuant's result: the like-for-like
 # comparison. Runs made before the report scored the start on the undamped H have no startLoss (their initialLoss
