@@ -184,6 +184,9 @@ struct Quantize: ParsableCommand {
                 guard sub.granularity == .perLayer else {
                     throw ValidationError("--residual-bits needs --granularity per-layer (the shared basis has no basis changes)")
                 }
+                guard s.activationBits < 16 || s.kvBits < 16 else {
+                    throw ValidationError("--residual-bits needs quantized activations or KV cache (scheme \(s.name) keeps them in full precision, and the residual with them)")
+                }
                 sub.residualBits = residualBits
             }
             sub.kvWeightAware = kvWeightAware

@@ -427,6 +427,7 @@ final class CLITests: XCTestCase {
             (["--method", "quarot", "--scheme", "W4A4KV4", "--residual-bits", "16"], ["--residual-bits", "resq or coquant", "quarot"]),
             (["--method", "resq", "--scheme", "W4A4KV4", "--granularity", "shared", "--residual-bits", "16"], ["--residual-bits", "per-layer"]),
             (["--method", "coquant", "--scheme", "W4A4KV4", "--residual-bits", "12"], ["--residual-bits 12", "2–8, or 16"]),
+            (["--method", "coquant", "--scheme", "W4A16", "--residual-bits", "4"], ["--residual-bits", "W4A16", "full precision"]),
         ] {
             let r = try coquant(["quantize", model] + arguments + common)
             assertRefused(r, mentioning: words, usage: "quantize")
