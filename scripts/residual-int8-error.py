@@ -14,6 +14,7 @@ int8 step is set by the whole token, so the less energy a basis leaves in the lo
     python3 scripts/residual-int8-error.py runs/smollm2 0      # folder of statistics-s0 and bases-*-per-layer-s0
 """
 import json
+import os
 import struct
 import sys
 
@@ -21,6 +22,8 @@ import numpy as np
 
 
 def load(path):
+    if not os.path.exists(path):
+        sys.exit(f"{path}: not found (written by scripts/results-table.sh's ResQ/CoQuant per-layer runs)")
     with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
         header = json.loads(f.read(n))
