@@ -54,16 +54,19 @@ loss_table("CDQuant run: its GPTQ start vs its result, same H", [
     (n, [(l["startLoss"], l["loss"]) for l in r["linears"]])
     for n, r in runs.items() if r.get("linears") and all("startLoss" in l for l in r["linears"])])
 
-seeded = {}
+seeded = {}    # config → {seed: PPL}
 for name, r in runs.items():
     m = re.fullmatch(r"(.*)-s(\d+)", name)
     if m:
-        seeded.setdefault(m.group(1), []).append(r["ppl"]["perplexity"])
+        seeded.setdefault(m.group(1), {})[int(m.group(2))] = r["ppl"]["perplexity"]
 if seeded:
-    print("\n| config | seeds | PPL mean | spread (max − min) |")
-    print("|---|---:|---:|---:|")
+    seeds = sorted({s for v in seeded.values() for s in v})
+    print("\n| config | " + " | ".join(f"seed {s}" for s in seeds) + " | seeds | PPL mean | spread (max − min) |")
+    print("|---|" + "---:|" * (len(seeds) + 3))
     for k, v in seeded.items():
-        print(f"| {k} | {len(v)} | {statistics.mean(v):.4f} | {max(v) - min(v):.4f} |")
+        p = list(v.values())
+        print(f"| {k} | " + " | ".join(f"{v[s]:.3f}" if s in v else "—" for s in seeds) +
+              f" | {len(p)} | {statistics.mean(p):.3f} | {max(p) - min(p):.3f} |")
 
 staged = {n: r for n, r in runs.items() if r.get("subspace") and "statisticsSeconds" in r["subspace"]}
 if staged:
