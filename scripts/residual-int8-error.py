@@ -48,7 +48,8 @@ def round_int8(X):
 
 
 def main():
-    folder, seed = (sys.argv[1:3] + ["runs/smollm2", "0"][len(sys.argv[1:3]):])[:2]
+    folder = sys.argv[1] if len(sys.argv) > 1 else "runs/smollm2"
+    seed = sys.argv[2] if len(sys.argv) > 2 else "0"
     S, meta = load(f"{folder}/statistics-s{seed}.safetensors")
     if int(meta.get("sample_tokens", 0)) == 0:
         sys.exit(f"{folder}/statistics-s{seed}.safetensors: no sample tokens stored")
