@@ -13,29 +13,11 @@ int8 step is set by the whole token, so the less energy a basis leaves in the lo
 
     python3 scripts/residual-int8-error.py runs/smollm2 0      # folder of statistics-s0 and bases-*-per-layer-s0
 """
-import json
-import os
-import struct
 import sys
 
 import numpy as np
 
-
-def load(path):
-    if not os.path.exists(path):
-        sys.exit(f"{path}: not found (written by scripts/results-table.sh's ResQ/CoQuant per-layer runs)")
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    tensors = {}
-    for name, v in header.items():
-        if name == "__metadata__":
-            continue
-        assert v["dtype"] == "F64", f"{path}: {name} is {v['dtype']}, expected F64"
-        start, end = v["data_offsets"]
-        tensors[name] = np.frombuffer(data[start:end], dtype=np.float64).reshape(v["shape"])
-    return tensors, header.get("__metadata__", {})
+from statistics_file import load
 
 
 def round_int8(X):
