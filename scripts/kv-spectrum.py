@@ -13,6 +13,11 @@ file holds moments, not keys): Hadamard(head_dim) rotation, 4-bit per (token, he
 reports the rounding error relative to the energy outside the top direction.
 
     python3 scripts/kv-spectrum.py runs/qwen2.5-coder-0.5b/statistics-s0.safetensors runs/smollm2/statistics-s0.safetensors
+
+With `--bias MODEL.gguf` (needs `pip install gguf`) it also prints, per key head, ‖b‖² of the k_proj bias over the
+mean key energy trace(C)/tokens — RoPE keeps norms, so a value near 1 says the bias is nearly all of the key:
+
+    python3 scripts/kv-spectrum.py --bias models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf runs/qwen2.5-coder-0.5b/statistics-s0.safetensors
 """
 import sys
 
@@ -49,10 +54,26 @@ def error_outside_top(C, rng, n=4096):
     return (D ** 2).sum() / (rest ** 2).sum()
 
 
+def key_biases(path):
+    """{layer: k_proj bias as (KV heads, head_dim)} from a GGUF (qwen2 stores attn_k.bias unpermuted)."""
+    try:
+        import gguf
+    except ImportError:
+        sys.exit("--bias needs the gguf package: python3 -m pip install gguf")
+    tensors = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    return {int(name.split(".")[1]): np.array(t.data, dtype=np.float64)
+            for name, t in tensors.items() if name.endswith("attn_k.bias")}
+
+
 def main():
+    args = sys.argv[1:]
+    biases = None
+    if args[:1] == ["--bias"]:
+        biases, args = key_biases(args[1]), args[2:]
     rng = np.random.default_rng(0)
-    for path in sys.argv[1:] or ["runs/qwen2.5-coder-0.5b/statistics-s0.safetensors"]:
-        S, _ = load(path, keep=lambda name: name.endswith((".key_pos", ".value")))
+    for path in args or ["runs/qwen2.5-coder-0.5b/statistics-s0.safetensors"]:
+        S, meta = load(path, keep=lambda name: name.endswith((".key_pos", ".value")))
+        tokens = int(meta["tokens"])
         layers = len([k for k in S if k.endswith(".key_pos")])
         print(path)
         print("layer  key top-eigen share per head   value top-eigen share   simulated 4-bit key error ÷ energy outside top")
@@ -66,7 +87,11 @@ def main():
             summary["value"] += value
             summary["error"] += error
             fmt = lambda xs, f: " ".join(f % x for x in xs)
-            print(f"{i:5d}  {fmt(key, '%.3f'):28s}  {fmt(value, '%.3f'):22s}  {fmt(error, '%.3f')}")
+            line = f"{i:5d}  {fmt(key, '%.3f'):28s}  {fmt(value, '%.3f'):22s}  {fmt(error, '%.3f'):18s}"
+            if biases is not None:
+                b = biases[i].reshape(len(K), -1)
+                line += "  bias ‖b‖² ÷ key energy " + fmt([(b[h] ** 2).sum() / (np.trace(C) / tokens) for h, C in enumerate(K)], "%.3f")
+            print(line)
         for name, threshold in [("key", 0.9), ("value", 0.9), ("error", 0.1)]:
             xs = np.array(summary[name])
             print(f"  {name:5s}: median {np.median(xs):.3f}, max {xs.max():.3f}, "
