@@ -8,18 +8,11 @@
 #   scripts/quantizer-ablation.sh                      # SmolLM2
 set -euo pipefail
 cd "$(dirname "$0")/.."
-set_name=${SET:-smollm2}
-case $set_name in
-  qwen*) default_model=qwen2.5-coder-0.5b-instruct-q4_k_m.gguf ;;
-  *) default_model=SmolLM2-135M-Instruct.Q4_1.gguf ;;
-esac
-model=${MODEL:-${COQUANT_MODELS:-models}/$default_model}
+source scripts/model-set.sh
 windows=${WINDOWS:-8}
 out=results/$set_name/ablation
 work=${RUNS:-runs}/$set_name/ablation
 mkdir -p "$out" "$work"
-[ -x .build/release/coquant ] || swift build -c release --product coquant
-bin=.build/release/coquant
 
 names=(rotation-w8 rotation-w8-uncentered rotation-w8a4 rotation-w8kv4 rotation-w4 rotation-w8a8)
 declare -A flags=(

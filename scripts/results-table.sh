@@ -15,18 +15,11 @@
 # GGUF), NSAMPLES (128), RTN_NSAMPLES (8), WINDOWS (all), RUNS (runs/, git-ignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-set_name=${SET:-smollm2}
-case $set_name in
-  qwen*) default_model=qwen2.5-coder-0.5b-instruct-q4_k_m.gguf ;;
-  *) default_model=SmolLM2-135M-Instruct.Q4_1.gguf ;;
-esac
-model=${MODEL:-${COQUANT_MODELS:-models}/$default_model}
+source scripts/model-set.sh
 nsamples=${NSAMPLES:-128}
 runs=${RUNS:-runs}/$set_name
 results=results/$set_name
 mkdir -p "$runs" "$results"
-[ -x .build/release/coquant ] || swift build -c release --product coquant
-bin=.build/release/coquant
 
 # Every W4A4KV4 row (RTN without rotation, QuaRot, ResQ, CoQuant) uses the same quantizers, those of the
 # ResQ/CoQuant reference scripts, so that the rows differ only in their rotations/bases and solver: weights per
