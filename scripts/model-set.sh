@@ -7,5 +7,6 @@ case $set_name in
   *) default_model=SmolLM2-135M-Instruct.Q4_1.gguf ;;
 esac
 model=${MODEL:-${COQUANT_MODELS:-models}/$default_model}
+[ -e "$model" ] || { echo "$model: no such model (scripts/download-models.sh fetches the default ones, or set MODEL)" >&2; exit 1; }
 [ -x .build/release/coquant ] || swift build -c release --product coquant
 bin=.build/release/coquant
