@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from statistics_file import load
+from analysis import load, round_per_row
 
 
 def hadamard(n):
@@ -34,22 +34,13 @@ def hadamard(n):
     return H / np.sqrt(n)
 
 
-def round_keys(X, bits=4):
-    """QuaRot/ResQ key quantizer: per row, asymmetric, range including 0, clip 1.0."""
-    lo = np.minimum(X.min(1, keepdims=True), 0)
-    hi = np.maximum(X.max(1, keepdims=True), 0)
-    s = (hi - lo) / (2 ** bits - 1)
-    z = np.round(-lo / s)
-    return (np.clip(np.round(X / s) + z, 0, 2 ** bits - 1) - z) * s
-
-
 def error_outside_top(C, rng, n=4096):
     """Relative 4-bit error of Hadamard-rotated Gaussian keys with second moment C, measured against the energy
     outside C's top eigenvector."""
     e, V = np.linalg.eigh(C)
     X = (rng.standard_normal((n, len(C))) * np.sqrt(np.maximum(e, 0))) @ V.T
-    H = hadamard(len(C))
-    D = (X @ H - round_keys(X @ H)) @ H.T
+    Y = X @ hadamard(len(C))
+    D = Y - round_per_row(Y, 4)   # the error in the rotated basis has the same energy as in the original
     rest = X - np.outer(X @ V[:, -1], V[:, -1])
     return (D ** 2).sum() / (rest ** 2).sum()
 
@@ -69,8 +60,12 @@ def main():
     args = sys.argv[1:]
     biases = None
     if args[:1] == ["--bias"]:
+        if len(args) != 3:
+            sys.exit("--bias MODEL.gguf takes exactly one statistics file, collected from that model")
         biases, args = key_biases(args[1]), args[2:]
     rng = np.random.default_rng(0)
+    top = lambda C: np.linalg.eigvalsh(C)[-1] / np.trace(C)
+    fmt = lambda xs, f: " ".join(f % x for x in xs)
     for path in args or ["runs/qwen2.5-coder-0.5b/statistics-s0.safetensors"]:
         S, meta = load(path, keep=lambda name: name.endswith((".key_pos", ".value")))
         tokens = int(meta["tokens"])
@@ -80,13 +75,11 @@ def main():
         summary = {"key": [], "value": [], "error": []}
         for i in range(layers):
             K, V = S[f"layer.{i}.self_attn.key_pos"], S[f"layer.{i}.self_attn.value"]
-            top = lambda C: np.linalg.eigvalsh(C)[-1] / np.trace(C)
             key, value = [top(C) for C in K], [top(C) for C in V]
             error = [error_outside_top(C, rng) for C in K]
             summary["key"] += key
             summary["value"] += value
             summary["error"] += error
-            fmt = lambda xs, f: " ".join(f % x for x in xs)
             line = f"{i:5d}  {fmt(key, '%.3f'):28s}  {fmt(value, '%.3f'):22s}  {fmt(error, '%.3f'):18s}"
             if biases is not None:
                 b = biases[i].reshape(len(K), -1)

@@ -17,16 +17,7 @@ import sys
 
 import numpy as np
 
-from statistics_file import load
-
-
-def round_int8(X):
-    """The residual quantizer: per token, asymmetric, range including 0, 255 steps (ActivationQuantizer(bits: 8))."""
-    lo = np.minimum(X.min(1, keepdims=True), 0)
-    hi = np.maximum(X.max(1, keepdims=True), 0)
-    s = (hi - lo) / 255
-    z = np.round(-lo / s)
-    return (np.clip(np.round(X / s) + z, 0, 255) - z) * s
+from analysis import load, round_per_row
 
 
 def main():
@@ -47,7 +38,7 @@ def main():
             if i + 1 < L:
                 inputs.append(S[f"layer.{i + 1}.self_attn.sample"] @ Qm)
             for X in inputs:
-                D = X - round_int8(X)
+                D = X - round_per_row(X, 8)
                 total.append((D ** 2).sum(1) / (X ** 2).sum(1))
                 low.append((D[:, :-r] ** 2).sum(1) / (X[:, :-r] ** 2).sum(1))
                 share.append((X[:, -r:] ** 2).sum(1) / (X ** 2).sum(1))
