@@ -14,6 +14,7 @@ out=results/$set_name/ablation
 work=${RUNS:-runs}/$set_name/ablation
 mkdir -p "$out" "$work"
 
+common="--method quarot --solver rtn --nsamples 2 --seqlen 256"
 names=(rotation-w8 rotation-w8-uncentered rotation-w8a4 rotation-w8kv4 rotation-w4 rotation-w8a8)
 declare -A flags=(
   [rotation-w8]="--scheme W8A8 --a-bits 16 --kv-bits 16"
@@ -28,12 +29,12 @@ for name in "${names[@]}"; do
   if [ -f "$result" ]; then echo "== $name: done ($result)"; continue; fi
   echo "== $name: ${flags[$name]}"
   # shellcheck disable=SC2086
-  $bin quantize "$model" --method quarot --solver rtn --nsamples 2 --seqlen 256 ${flags[$name]} --out "$work/$name" --overwrite
+  $bin quantize "$model" $common ${flags[$name]} --out "$work/$name" --overwrite
   $bin ppl "$work/$name" --windows "$windows" --json > "$result.ppl"
-  python3 - "$name" "${flags[$name]}" "$model" "$result.ppl" > "$result.tmp" <<'PY'
+  python3 - "$name" "$common ${flags[$name]}" "$model" "$result.ppl" > "$result.tmp" <<'PY'
 import json, sys
 name, flags, model, ppl = sys.argv[1:5]
-json.dump({"name": name, "model": model, "flags": "--method quarot --solver rtn --nsamples 2 --seqlen 256 " + flags,
+json.dump({"name": name, "model": model, "flags": flags,
            "ppl": json.load(open(ppl))}, sys.stdout, indent=1)
 PY
   mv "$result.tmp" "$result"; rm -f "$result.ppl"
