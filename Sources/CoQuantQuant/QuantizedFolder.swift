@@ -89,7 +89,8 @@ public func writeQuantizedFolder(_ out: String, loaded: LoadedModel, result: Qua
                 "high_block": "the last high_channels input columns of q/k/v/gate/up, the last high_channels_per_head of every head for o_proj; down_proj uniform",
                 "storage": "<linear>.group_bits gives each column group's code width: the low block at bits, the high block at high_bits (down_proj: bits)",
                 "online": ["basis_change": bases.granularity == .perLayer ? "basis_change_1/2, inputs " + ((sub.residualBits ?? 8) < 16 ? "int\(sub.residualBits ?? 8) per token" : "fp32") : "none",
-                           "keys_queries": "self_attn.key_rotation per KV head after RoPE" + (s.kvBits < 16 ? " (int8 per tensor)" : ""),
+                           "keys_queries": "self_attn.key_rotation per KV head after RoPE" + (s.kvBits < 16 ? " (int8 per tensor)" : "")
+                                + (bases.keyBasis == .pooled ? "; one key basis per layer, pooled over its KV heads" : "; each KV head's own key basis"),
                            "down_proj_input": "hadamard(intermediate_size)"],
             ] as [String: Any]
         }

@@ -73,6 +73,9 @@ public struct SubspaceOptions: Codable, Sendable, Equatable {
     /// r = ⌊f·d⌋ hidden channels (and ⌊f·head_dim⌋ per head) kept at `highBits`.
     public var highFraction = 0.125
     public var highBits = 8
+    /// Post-RoPE key bases per KV head or pooled over the layer's heads; nil: the reference's for the granularity
+    /// (per-layer: per-head, shared: pooled). Optional so folders written before it existed still decode.
+    public var keyBasis: KeyBasis?
     /// The reference's `use_kv_wa_cov`: V and K bases weighted by o_proj's columns and the queries (off by default).
     public var kvWeightAware = false
     /// The reference's `use_pre_fuse_lambda_compensation` (CoQuant per-layer; off by default). Optional so
@@ -227,12 +230,13 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
         if let file = sub.basesFile, FileManager.default.fileExists(atPath: file) {
             bases = try SubspaceBases.read(file, config: model.config)
             let (r, rh) = try highChannels(fraction: sub.highFraction, config: model.config)
-            guard bases.objective == objective, bases.granularity == sub.granularity, bases.high == r, bases.headHigh == rh,
-                  bases.preFusionCompensation == compensate else {
-                func describe(_ o: BasisObjective, _ g: BasisGranularity, _ r: Int, _ rh: Int, _ comp: Bool) -> String {
-                    "\(o.rawValue) \(g.rawValue) with r = \(r)/\(rh)\(comp ? ", pre-fusion λ compensation" : "")"
+            let keyBasis = sub.keyBasis ?? .reference(for: sub.granularity)
+            guard bases.objective == objective, bases.granularity == sub.granularity, bases.keyBasis == keyBasis,
+                  bases.high == r, bases.headHigh == rh, bases.preFusionCompensation == compensate else {
+                func describe(_ o: BasisObjective, _ g: BasisGranularity, _ k: KeyBasis, _ r: Int, _ rh: Int, _ comp: Bool) -> String {
+                    "\(o.rawValue) \(g.rawValue) (\(k.rawValue) keys) with r = \(r)/\(rh)\(comp ? ", pre-fusion λ compensation" : "")"
                 }
-                throw SubspaceError(description: "\(file): bases are \(describe(bases.objective, bases.granularity, bases.high, bases.headHigh, bases.preFusionCompensation)), this run needs \(describe(objective, sub.granularity, r, rh, compensate))")
+                throw SubspaceError(description: "\(file): bases are \(describe(bases.objective, bases.granularity, bases.keyBasis, bases.high, bases.headHigh, bases.preFusionCompensation)), this run needs \(describe(objective, sub.granularity, keyBasis, r, rh, compensate))")
             }
             result.warnings.append("bases read from \(file) (no statistics pass)")
         } else {
@@ -253,7 +257,7 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
             result.statisticsSeconds = seconds(since: t)
             t = ContinuousClock.now
             bases = try buildBases(stats, model: model, objective: objective, granularity: sub.granularity,
-                                   highFraction: sub.highFraction, kvWeightAware: sub.kvWeightAware,
+                                   keyBasis: sub.keyBasis, highFraction: sub.highFraction, kvWeightAware: sub.kvWeightAware,
                                    preFusionNorms: preFusionNorms, seed: UInt64(options.seed))
             result.basesSeconds = seconds(since: t)
             if let file = sub.basesFile { try bases.write(to: file, config: model.config) }

@@ -31,6 +31,21 @@ public enum BasisGranularity: String, Codable, Sendable, CaseIterable {
     case shared
 }
 
+/// The post-RoPE key bases of a layer. `per-head`: each KV head's own (the CoQuant reference's per-layer bases).
+/// `pooled`: one for all KV heads of the layer, from their summed second moments (ResQ's official U_C, the default of
+/// `shared`). Pooling costs models whose heads' keys point in different directions: Qwen2's k_proj biases put most of
+/// each head's key energy in a few head-specific directions, which one pooled r_h-channel block cannot hold for both
+/// heads, so the 4-bit low block gets the overflow (README, "Qwen2.5-Coder-0.5B").
+public enum KeyBasis: String, Codable, Sendable, CaseIterable {
+    case perHead = "per-head"
+    case pooled
+
+    /// What the reference does for each granularity.
+    public static func reference(for granularity: BasisGranularity) -> KeyBasis {
+        granularity == .shared ? .pooled : .perHead
+    }
+}
+
 /// The reference's `quant_rel_error_coeff(b)` = 1/max((2^(b−1) − 1)², 1), and 0 at 16 bits or more.
 public func quantRelativeErrorCoefficient(bits: Int) -> Double {
     bits >= 16 ? 0 : 1 / max(pow(pow(2, Double(bits - 1)) - 1, 2), 1)
@@ -329,7 +344,8 @@ public struct SubspaceBases: Sendable {
     public var attention: [Matrix<Double>]          // P_attn per layer [d, d]
     public var mlp: [Matrix<Double>]                // P_mlp per layer
     public var values: [[Matrix<Double>]]           // P_v [layer][kv head] [hd, hd]
-    public var keys: [[Matrix<Double>]]             // P_k [layer][kv head]
+    public var keys: [[Matrix<Double>]]             // P_k [layer][kv head] (the same matrix for every head when pooled)
+    public var keyBasis: KeyBasis
     public var R1: Matrix<Double>                   // blockdiag(R1_1 [d−r], R1_2 [r])
     public var R2: Matrix<Double>                   // blockdiag(R2_1 [hd−r_h], R2_2 [r_h])
     /// Share of each basis's trace (of C_x, before damping) that its top-r subspace captures, per layer:
@@ -366,11 +382,12 @@ public func highChannels(fraction f: Double, config c: ModelConfiguration) throw
 /// `preFusionNorms` (per layer: input_layernorm and post_attention_layernorm weights before fusion) turns on the
 /// pre-fusion λ compensation of the attention and MLP bases; CoQuant per-layer only, as in the reference.
 public func buildBases(_ stats: SubspaceStatistics, model: LlamaModel, objective: BasisObjective,
-                       granularity: BasisGranularity, highFraction: Double, kvWeightAware: Bool,
+                       granularity: BasisGranularity, keyBasis: KeyBasis? = nil, highFraction: Double, kvWeightAware: Bool,
                        preFusionNorms: [(attention: [Double], mlp: [Double])]? = nil,
                        seed: UInt64) throws -> SubspaceBases {
     let c = model.config, d = c.hiddenSize, hd = c.headDim, L = c.numHiddenLayers, KV = c.numKeyValueHeads
     let (r, rh) = try highChannels(fraction: highFraction, config: c)
+    let keyBasis = keyBasis ?? .reference(for: granularity)
     if preFusionNorms != nil {
         guard objective == .weightActivation, granularity == .perLayer else {
             throw SubspaceError(description: "the pre-fusion λ compensation applies to CoQuant's per-layer bases only (method coquant, granularity per-layer)")
@@ -460,14 +477,15 @@ public func buildBases(_ stats: SubspaceStatistics, model: LlamaModel, objective
                 Mv = coquantObjective(Cx: Cv, Cw: Cw, high: rh)
             }
             vl.append(try dampedEigenbasis(Mv).P)
-            if granularity == .perLayer {
+            if keyBasis == .perHead {
                 let Ck = scaled(stats.keys[l][h], 1 / N)
                 let Mk = kvWeightAware ? coquantObjective(Cx: Ck, Cw: scaled(stats.queries![l][h], 1 / N), high: rh) : Ck
                 kl.append(try dampedEigenbasis(Mk).P)
             }
         }
-        if granularity == .shared {
-            // ResQ's U_C: one key basis per layer shared by its heads, from Σ_h H_key_pos[i, h]/(KV·N).
+        if keyBasis == .pooled {
+            // ResQ's U_C: one key basis per layer shared by its heads, from Σ_h H_key_pos[i, h]/(KV·N) (activation-only,
+            // as the reference, even with kvWeightAware).
             var Ck = Matrix<Double>(zeros: hd, hd)
             for h in 0..<KV { for i in Ck.data.indices { Ck.data[i] += stats.keys[l][h].data[i] / (Double(KV) * N) } }
             let P = try dampedEigenbasis(Ck).P
@@ -480,7 +498,7 @@ public func buildBases(_ stats: SubspaceStatistics, model: LlamaModel, objective
     let R1 = blockDiagonal(randomOrthogonalMatrix(d - r, generator: &rng), randomOrthogonalMatrix(r, generator: &rng))
     let R2 = blockDiagonal(randomOrthogonalMatrix(hd - rh, generator: &rng), randomOrthogonalMatrix(rh, generator: &rng))
     return SubspaceBases(objective: objective, granularity: granularity, high: r, headHigh: rh, attention: attention,
-                         mlp: mlp, values: values, keys: keys, R1: R1, R2: R2,
+                         mlp: mlp, values: values, keys: keys, keyBasis: keyBasis, R1: R1, R2: R2,
                          attentionEnergy: attentionEnergy, mlpEnergy: mlpEnergy,
                          preFusionCompensation: preFusionNorms != nil)
 }
@@ -504,7 +522,7 @@ extension SubspaceBases {
         let d = c.hiddenSize, hd = c.headDim, KV = c.numKeyValueHeads
         var w = SafeTensorsWriter()
         w.metadata = ["format": "coquant-bases-v1", "objective": objective.rawValue, "granularity": granularity.rawValue,
-                      "high": "\(high)", "head_high": "\(headHigh)",
+                      "key_basis": keyBasis.rawValue, "high": "\(high)", "head_high": "\(headHigh)",
                       "pre_fuse_lambda_compensation": preFusionCompensation ? "1" : "0",
                       "attention_energy": attentionEnergy.map { "\($0)" }.joined(separator: ","),
                       "mlp_energy": mlpEnergy.map { "\($0)" }.joined(separator: ",")]
@@ -528,6 +546,10 @@ extension SubspaceBases {
               let high = m["high"].flatMap({ Int($0) }), let headHigh = m["head_high"].flatMap({ Int($0) }) else {
             throw ModelFileError(path, "not a CoQuant bases file (metadata format coquant-bases-v1 with objective, granularity, high, head_high)")
         }
+        // Files written before key_basis existed used the reference's choice for their granularity.
+        guard let keyBasis = m["key_basis"].map(KeyBasis.init(rawValue:)) ?? .reference(for: granularity) else {
+            throw ModelFileError(path, "unknown key_basis \(m["key_basis"]!) (per-head or pooled)")
+        }
         let d = c.hiddenSize, hd = c.headDim, L = c.numHiddenLayers
         let t = ShapeCheckedTensors(file: f, path: path, config: c)
         let tensor = t.tensor, heads = t.heads
@@ -538,7 +560,7 @@ extension SubspaceBases {
             attention: try (0..<count).map { Matrix(rows: d, cols: d, data: try tensor("layer.\($0).self_attn", [d, d])) },
             mlp: try (0..<count).map { Matrix(rows: d, cols: d, data: try tensor("layer.\($0).mlp", [d, d])) },
             values: try (0..<L).map { try heads("layer.\($0).self_attn.value") },
-            keys: try (0..<L).map { try heads("layer.\($0).self_attn.key_pos") },
+            keys: try (0..<L).map { try heads("layer.\($0).self_attn.key_pos") }, keyBasis: keyBasis,
             R1: Matrix(rows: d, cols: d, data: try tensor("R1", [d, d])),
             R2: Matrix(rows: hd, cols: hd, data: try tensor("R2", [hd, hd])),
             attentionEnergy: energies("attention_energy"), mlpEnergy: energies("mlp_energy"),

@@ -86,6 +86,9 @@ struct Quantize: ParsableCommand {
     @Option(help: "resq/coquant: per-layer (a basis per layer, online basis changes; the CoQuant reference) or shared (one basis; ResQ's official setting). Default per-layer.")
     var granularity: String?
 
+    @Option(help: "resq/coquant: post-RoPE key bases per-head (each KV head its own) or pooled (one per layer over its KV heads). Default: per-head with per-layer, pooled with shared (the references' choices); per-head is much better where the heads' keys differ, e.g. Qwen2's biased keys.")
+    var keyBasis: String?
+
     @Option(name: [.customLong("high-fraction"), .customLong("high_fraction")], help: "resq/coquant: share of channels kept at --high-bits (default 0.125).")
     var highFraction: Double?
 
@@ -154,7 +157,7 @@ struct Quantize: ParsableCommand {
         }
         // The subspace options mean nothing to the other methods: refuse them rather than ignore them silently, so
         // a run named "quarot, high fraction 0.25" cannot be a plain QuaRot run under another name.
-        let subspaceOnly: [(String, Bool)] = [("--granularity", granularity != nil), ("--high-fraction", highFraction != nil),
+        let subspaceOnly: [(String, Bool)] = [("--granularity", granularity != nil), ("--key-basis", keyBasis != nil), ("--high-fraction", highFraction != nil),
                                               ("--high-bits", highBits != nil), ("--residual-bits", residualBits != nil), ("--kv-weight-aware", kvWeightAware),
                                               ("--pre-fuse-lambda-compensation", preFuseLambdaCompensation),
                                               ("--bases", bases != nil), ("--statistics", statistics != nil)]
@@ -168,6 +171,12 @@ struct Quantize: ParsableCommand {
                     throw ValidationError("unknown --granularity \(granularity) (choose from per-layer, shared)")
                 }
                 sub.granularity = g
+            }
+            if let keyBasis {
+                guard let k = KeyBasis(rawValue: keyBasis) else {
+                    throw ValidationError("unknown --key-basis \(keyBasis) (choose from per-head, pooled)")
+                }
+                sub.keyBasis = k
             }
             if let highFraction {
                 guard highFraction > 0 && highFraction < 1 else { throw ValidationError("--high-fraction \(highFraction) must be in (0, 1)") }
@@ -291,8 +300,8 @@ struct Quantize: ParsableCommand {
             throw error
         }
         if !output.quiet, let bases = result.bases {
-            printErr(String(format: "%@ bases (%@): r = %d of %d channels, %d of %d per head; statistics %.1f s, eigendecompositions %.1f s",
-                            opts.method.rawValue, bases.granularity.rawValue, bases.high, c.hiddenSize, bases.headHigh, c.headDim,
+            printErr(String(format: "%@ bases (%@, %@ keys): r = %d of %d channels, %d of %d per head; statistics %.1f s, eigendecompositions %.1f s",
+                            opts.method.rawValue, bases.granularity.rawValue, bases.keyBasis.rawValue, bases.high, c.hiddenSize, bases.headHigh, c.headDim,
                             result.statisticsSeconds, result.basesSeconds))
             let checks = result.errorChecks
             if checks.count > 1 {

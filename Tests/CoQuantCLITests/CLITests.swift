@@ -424,6 +424,8 @@ final class CLITests: XCTestCase {
             (["--method", "quarot", "--scheme", "W4A4KV4", "--high-fraction", "0.25"], ["--high-fraction", "resq or coquant", "quarot"]),
             (["--method", "gptq", "--granularity", "shared"], ["--granularity", "resq or coquant", "gptq"]),
             (["--method", "rtn", "--kv-weight-aware"], ["--kv-weight-aware", "resq or coquant", "rtn"]),
+            (["--method", "gptq", "--key-basis", "per-head"], ["--key-basis", "resq or coquant", "gptq"]),
+            (["--method", "resq", "--scheme", "W4A4KV4", "--key-basis", "per-token"], ["--key-basis per-token", "per-head, pooled"]),
             (["--method", "quarot", "--scheme", "W4A4KV4", "--residual-bits", "16"], ["--residual-bits", "resq or coquant", "quarot"]),
             (["--method", "resq", "--scheme", "W4A4KV4", "--granularity", "shared", "--residual-bits", "16"], ["--residual-bits", "per-layer"]),
             (["--method", "coquant", "--scheme", "W4A4KV4", "--residual-bits", "12"], ["--residual-bits 12", "2–8, or 16"]),

@@ -177,6 +177,16 @@ final class QuantizedFolderTests: XCTestCase {
         XCTAssertThrowsError(try quantizeModel(try ModelLoader.load(dir).model, calibration: windows, options: options)) {
             XCTAssertTrue("\($0)".contains("pre-fusion λ compensation, this run needs wa_cov per-layer"), "\($0)")
         }
+        // Nor are shared bases with pooled keys (the default) by a shared run asking for per-head keys.
+        let sharedFile = out + "-shared.safetensors"
+        defer { try? FileManager.default.removeItem(atPath: sharedFile) }
+        options.subspace!.basesFile = sharedFile
+        options.subspace!.granularity = .shared
+        XCTAssertEqual(try quantizeModel(try ModelLoader.load(dir).model, calibration: windows, options: options).bases!.keyBasis, .pooled)
+        options.subspace!.keyBasis = .perHead
+        XCTAssertThrowsError(try quantizeModel(try ModelLoader.load(dir).model, calibration: windows, options: options)) {
+            XCTAssertTrue("\($0)".contains("wa_cov shared (pooled keys)") && "\($0)".contains("this run needs wa_cov shared (per-head keys)"), "\($0)")
+        }
 
         // One statistics pass serves ResQ and CoQuant, per-layer and shared: a run reading the file gets the bases a
         // run with its own pass computes, bit for bit; a file from other windows is refused, naming the difference.

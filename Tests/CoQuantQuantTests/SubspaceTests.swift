@@ -313,6 +313,45 @@ final class SubspaceTests: XCTestCase {
         }
     }
 
+    /// Key bases (Qwen2 fixture: biased keys, 2 KV heads): the granularity's default is the reference's (per-layer
+    /// per-head, shared pooled); shared with per-head keys has exactly the per-layer run's key bases and still computes
+    /// the original function; pooled keys are one basis for both heads; the bases file keeps the choice.
+    func testKeyBasisChoice() throws {
+        let dir = fixturesDir + "/tiny-models/c_qwen2_bias_untied"
+        let reference = try ModelLoader.load(dir).model.forward(Self.ids)
+        let model = try ModelLoader.load(dir).model
+        let c = model.config
+        fuseNorms(model, centerEmbeddings: false)
+        let stats = SubspaceStatistics.collect(model, windows: windows(4, 32, vocab: c.vocabSize, seed: 1), withQueries: false)
+        func bases(_ g: BasisGranularity, _ k: KeyBasis?) throws -> SubspaceBases {
+            try buildBases(stats, model: model, objective: .activation, granularity: g, keyBasis: k,
+                           highFraction: 0.125, kvWeightAware: false, seed: 7)
+        }
+        let perLayer = try bases(.perLayer, nil), shared = try bases(.shared, nil), sharedPerHead = try bases(.shared, .perHead)
+        XCTAssertEqual(perLayer.keyBasis, .perHead)
+        XCTAssertEqual(shared.keyBasis, .pooled)
+        XCTAssertEqual(try bases(.perLayer, .pooled).keys.map { $0.map(\.data) }, shared.keys.map { $0.map(\.data) })
+        XCTAssertEqual(sharedPerHead.keys.map { $0.map(\.data) }, perLayer.keys.map { $0.map(\.data) })
+        XCTAssertEqual(sharedPerHead.attention.map(\.data), shared.attention.map(\.data), "the key basis changes nothing else")
+        for l in 0..<c.numHiddenLayers {
+            XCTAssertEqual(shared.keys[l][0].data, shared.keys[l][1].data, "layer \(l): pooled means one basis for both heads")
+            XCTAssertGreaterThan(zip(perLayer.keys[l][0].data, perLayer.keys[l][1].data).map { abs($0 - $1) }.max()!, 1e-3,
+                                 "layer \(l): the heads' own bases differ")
+            for P in sharedPerHead.keys[l] { assertOrthogonal(P, "layer \(l) per-head key basis") }
+        }
+
+        let file = NSTemporaryDirectory() + "coquant-key-basis-\(getpid()).safetensors"
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        try sharedPerHead.write(to: file, config: c)
+        let read = try SubspaceBases.read(file, config: c)
+        XCTAssertEqual(read.keyBasis, .perHead)
+        XCTAssertEqual(read.keys.map { $0.map(\.data) }, sharedPerHead.keys.map { $0.map(\.data) })
+
+        let online = fuseSubspaceBases(model, sharedPerHead, centerEmbeddings: false, normsFused: true)
+        installSubspaceHooks(model, online: online, quantizers: nil)
+        XCTAssertLessThan(maxAbsDiff(model.forward(Self.ids), reference), 1e-4, "shared bases with per-head keys")
+    }
+
     /// CoQuant per-layer with the pre-fusion λ compensation: orthogonal bases that differ from the uncompensated
     /// ones (the tiny models' norm weights are not 1), and the fused model still computes the original function.
     func testTinyModelPreFusionCompensation() throws {
