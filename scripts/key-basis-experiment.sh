@@ -2,7 +2,7 @@
 # What ResQ's pooled key basis costs in `shared` granularity: re-scores finished shared runs of scripts/results-table.sh
 # with each KV head's own key basis (the one `per-layer` computes) in place of the basis pooled over the layer's KV heads
 # (ResQ's official U_C, COQUANT_RESQ.md §2.3), everything else unchanged, and writes
-# results/$SET/<method>-<solver>-shared-keys-per-head-s<seed>.json. scripts/results-summary.py compares each with its run
+# results/$SET/<method>-<solver>-shared-keyswap-s<seed>.json. scripts/results-summary.py compares each with its run
 # window by window.
 #
 #   SET=qwen2.5-coder-0.5b WINDOWS=40 scripts/key-basis-experiment.sh resq-cdquant-shared-s0 coquant-cdquant-shared-s0
@@ -10,7 +10,8 @@
 # The key rotation is applied online after RoPE and fused into no weight, so swapping it is exact: the variant folder is
 # the shared run's, with every `self_attn.key_rotation` tensor copied from the per-layer run of the same method, solver
 # and seed (their key bases come from the same statistics, their R2 from the same seed: checked). The weights
-# stay those solved with the pooled basis in the calibration passes.
+# stay those solved with the pooled basis in the calibration passes; `quantize --key-basis per-head` (the results-table
+# configs <method>-<solver>-shared-keys-per-head-s<seed>) solves them with the per-head keys too.
 #
 # Variables: SET (smollm2), WINDOWS (all), RUNS (runs/), BIN (.build/release/coquant).
 set -euo pipefail
@@ -29,7 +30,7 @@ for name in "$@"; do
   for run in "$name" "$per_layer"; do
     [ -f "$runs/$run/report.json" ] || { echo "$runs/$run: no finished run (scripts/results-table.sh $run)" >&2; exit 1; }
   done
-  variant=${name/-shared-s/-shared-keys-per-head-s}
+  variant=${name/-shared-s/-shared-keyswap-s}
   result=$results/$variant.json
   if [ -f "$result" ]; then echo "== $variant: done ($result)"; continue; fi
   echo "== $variant: $(date -u +%FT%TZ)"

@@ -83,9 +83,11 @@ if staged:
 # exp(mean Δ) is exactly the PPL ratio; the interval is exp(mean Δ ± 1.96 · SE of the paired Δ). It covers the
 # evaluation text's sampling only, not the calibration seed's: for that, compare the seeds' spread.
 # per-layer-res16: scripts/residual-bits-experiment.sh, the same folder with the basis-change inputs unquantized.
-# shared-keys-per-head: scripts/key-basis-experiment.sh, the shared folder with per-head key bases (ResQ pools them).
+# shared-keyswap: scripts/key-basis-experiment.sh, the shared folder with per-head key bases swapped in (ResQ pools them);
+# shared-keys-per-head: the same quantized with --key-basis per-head (weights solved with those keys too).
 changes = (("resq", "coquant"), ("gptq", "cdquant"), ("per-layer-s", "shared-s"), ("per-layer-s", "per-layer-res16-s"),
-           ("shared-s", "shared-keys-per-head-s"))
+           ("shared-s", "shared-keyswap-s"), ("per-layer-s", "shared-keyswap-s"),
+           ("shared-s", "shared-keys-per-head-s"), ("per-layer-s", "shared-keys-per-head-s"))
 pairs = [(a, a.replace(x, y)) for a in runs for x, y in changes if x in a and a.replace(x, y) in runs]
 pairs = [(a, b) for a, b in pairs if runs[a]["ppl"].get("per_window_mean_nll")
          and len(runs[a]["ppl"]["per_window_mean_nll"]) == len(runs[b]["ppl"].get("per_window_mean_nll", []))]

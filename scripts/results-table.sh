@@ -55,6 +55,8 @@ for seed in 0 1 2; do
         config[$name]="--method $method --solver $solver --scheme W4A4KV4 --w-clip --granularity $granularity --seed $seed --bases $runs/bases-$method-$granularity-s$seed.safetensors --statistics $runs/statistics-s$seed.safetensors"
         subspace_order+=("$name")
       done
+      # Not in the table: shared with each KV head's own key basis (--key-basis per-head; the reference pools them).
+      config[$method-$solver-shared-keys-per-head-s$seed]="--method $method --solver $solver --scheme W4A4KV4 --w-clip --granularity shared --key-basis per-head --seed $seed --bases $runs/bases-$method-shared-keys-per-head-s$seed.safetensors --statistics $runs/statistics-s$seed.safetensors"
     done
   done
 done
