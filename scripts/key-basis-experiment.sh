@@ -16,13 +16,7 @@
 # Variables: SET (smollm2), WINDOWS (all), RUNS (runs/), BIN (.build/release/coquant).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-set_name=${SET:-smollm2}
-runs=${RUNS:-runs}/$set_name
-results=results/$set_name
-bin=${BIN:-.build/release/coquant}
-[ -x $bin ] || swift build -c release --product coquant
-window_args=()
-[ -n "${WINDOWS:-}" ] && window_args=(--windows "$WINDOWS")
+source scripts/rescore.sh
 
 for name in "$@"; do
   case $name in *-shared-s*) ;; *) echo "$name: not a shared run (per-layer runs already have per-head key bases)" >&2; exit 2 ;; esac
@@ -31,12 +25,7 @@ for name in "$@"; do
     [ -f "$runs/$run/report.json" ] || { echo "$runs/$run: no finished run (scripts/results-table.sh $run)" >&2; exit 1; }
   done
   variant=${name/-shared-s/-shared-keyswap-s}
-  result=$results/$variant.json
-  if [ -f "$result" ]; then echo "== $variant: done ($result)"; continue; fi
-  echo "== $variant: $(date -u +%FT%TZ)"
-  folder=$runs/exp/$variant
-  mkdir -p "$folder"
-  for f in config.json tokenizer.json tokenizer_config.json report.json; do ln -sfn "$(realpath "$runs/$name/$f")" "$folder/$f"; done
+  begin_variant "$variant" "$name" config.json tokenizer.json tokenizer_config.json report.json || continue
   if [ ! -f "$folder/model.safetensors" ]; then
     python3 - "$runs/$name" "$runs/$per_layer" "$folder/model.safetensors.tmp" <<'EOF'
 import json, shutil, struct, sys
@@ -64,14 +53,5 @@ print(f"{len(keys)} key rotations copied", file=sys.stderr)
 EOF
     mv "$folder/model.safetensors.tmp" "$folder/model.safetensors"
   fi
-  t0=$(date +%s)
-  $bin ppl "$folder" --json --quiet "${window_args[@]}" --checkpoint "$runs/exp/$variant.ppl.checkpoint" > "$result.ppl.tmp"
-  python3 - "$variant" "$name" "$per_layer" "$result.ppl.tmp" "$(( $(date +%s) - t0 ))" > "$result.tmp" <<'EOF'
-import json, sys
-variant, name, per_layer, ppl_file, seconds = sys.argv[1:6]
-print(json.dumps({"name": variant, "flags": f"{name}'s folder with {per_layer}'s per-head key rotations (self_attn.key_rotation)",
-                  "ppl": json.load(open(ppl_file)), "eval_seconds": int(seconds)}, indent=1))
-EOF
-  mv "$result.tmp" "$result"; rm -f "$result.ppl.tmp"
-  echo "== $variant: $(python3 -c "import json; print(json.load(open('$result'))['ppl']['perplexity'])")"
+  rescore "$variant" "$folder" "$name's folder with $per_layer's per-head key rotations (self_attn.key_rotation)"
 done

@@ -10,39 +10,19 @@
 # Variables: SET (smollm2), WINDOWS (all), RUNS (runs/), BIN (.build/release/coquant; it must know residualBits). ≈ 11 min per run on SmolLM2's full test set (2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-set_name=${SET:-smollm2}
-runs=${RUNS:-runs}/$set_name
-results=results/$set_name
-bin=${BIN:-.build/release/coquant}
-[ -x $bin ] || swift build -c release --product coquant
-window_args=()
-[ -n "${WINDOWS:-}" ] && window_args=(--windows "$WINDOWS")
+source scripts/rescore.sh
 
 for name in "$@"; do
   case $name in *-per-layer-s*) ;; *) echo "$name: not a per-layer run (only those have basis changes)" >&2; exit 2 ;; esac
   [ -f "$runs/$name/report.json" ] || { echo "$runs/$name: no finished run (scripts/results-table.sh $name)" >&2; exit 1; }
   variant=${name/-per-layer-s/-per-layer-res16-s}
-  result=$results/$variant.json
-  if [ -f "$result" ]; then echo "== $variant: done ($result)"; continue; fi
-  echo "== $variant: $(date -u +%FT%TZ)"
   # The variant folder links the run's tensors and tokenizer and carries its config with only residualBits changed.
-  folder=$runs/exp/$variant
-  mkdir -p "$folder"
-  for f in model.safetensors tokenizer.json tokenizer_config.json report.json; do ln -sfn "$(realpath "$runs/$name/$f")" "$folder/$f"; done
+  begin_variant "$variant" "$name" model.safetensors tokenizer.json tokenizer_config.json report.json || continue
   python3 - "$runs/$name/config.json" "$folder/config.json" <<'EOF'
 import json, sys
 c = json.load(open(sys.argv[1]))
 c["quantization_config"]["coquant_options"]["subspace"]["residualBits"] = 16
 json.dump(c, open(sys.argv[2], "w"), indent=2, sort_keys=True)
 EOF
-  t0=$(date +%s)
-  $bin ppl "$folder" --json "${window_args[@]}" --checkpoint "$runs/exp/$variant.ppl.checkpoint" > "$result.ppl.tmp"
-  python3 - "$variant" "$name" "$result.ppl.tmp" "$(( $(date +%s) - t0 ))" > "$result.tmp" <<'EOF'
-import json, sys
-variant, name, ppl_file, seconds = sys.argv[1:5]
-print(json.dumps({"name": variant, "flags": f"{name}'s folder, evaluated with residualBits 16 (basis-change inputs unquantized)",
-                  "ppl": json.load(open(ppl_file)), "eval_seconds": int(seconds)}, indent=1))
-EOF
-  mv "$result.tmp" "$result"; rm -f "$result.ppl.tmp"
-  echo "== $variant: $(python3 -c "import json; print(json.load(open('$result'))['ppl']['perplexity'])")"
+  rescore "$variant" "$folder" "$name's folder, evaluated with residualBits 16 (basis-change inputs unquantized)"
 done
