@@ -29,16 +29,16 @@ for name in "$@"; do
   if [ ! -f "$folder/model.safetensors" ]; then
     python3 - "$runs/$name" "$runs/$per_layer" "$folder/model.safetensors.tmp" <<'EOF'
 import json, shutil, struct, sys
+import numpy as np
+sys.path.insert(0, "scripts")
+from analysis import load
 shared, per_layer, out = sys.argv[1:4]
 def header(f):
     n = struct.unpack("<Q", f.read(8))[0]
     return 8 + n, json.loads(f.read(n))
-def tensor(path, key):
-    with open(path, "rb") as f:
-        start, h = header(f); a, b = h[key]["data_offsets"]; f.seek(start + a); return f.read(b - a)
 # A key rotation is the head's key basis times R2, the random rotation inside its two blocks: the same seed must give the same R2.
 bases = [json.load(open(f"{run}/config.json"))["quantization_config"]["coquant_options"]["subspace"]["basesFile"] for run in (shared, per_layer)]
-if tensor(bases[0], "R2") != tensor(bases[1], "R2"):
+if not np.array_equal(*(load(b, keep=lambda name: name == "R2")[0]["R2"] for b in bases)):
     sys.exit(f"{bases[0]} and {bases[1]}: different R2 (different seeds?), so the key rotations do not match the folder")
 shared, per_layer = shared + "/model.safetensors", per_layer + "/model.safetensors"
 shutil.copyfile(shared, out)
