@@ -10,7 +10,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "coquant", targets: ["coquant"]),
-        .library(name: "CoQuant", targets: ["CoQuantTensor", "CoQuantModel", "CoQuantQuant", "CoQuantEval"]),
+        .library(name: "CoQuant", targets: ["CoQuantTensor", "CoQuantModel", "CoQuantQuant", "CoQuantEval", "CoQuantRuntime"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -22,8 +22,13 @@ let package = Package(
         .target(name: "CoQuantModel", dependencies: ["CoQuantTensor"], swiftSettings: kernelFlags),
         .target(name: "CoQuantQuant", dependencies: ["CoQuantModel", "CoQuantTensor"], swiftSettings: kernelFlags),
         .target(name: "CoQuantEval", dependencies: ["CoQuantModel", "CoQuantTensor"], swiftSettings: kernelFlags),
+        // The integer kernels (vpmaddubsw needs C intrinsics); AVX2 paths carry target attributes and a cpuid check,
+        // so the C code itself builds for any x86-64. -O3: the tile loops must unroll into registers even in debug
+        // test builds' release-configured runs.
+        .target(name: "CCoQuantKernels", cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]),
+        .target(name: "CoQuantRuntime", dependencies: ["CoQuantModel", "CoQuantTensor", "CCoQuantKernels"], swiftSettings: kernelFlags),
         .executableTarget(name: "coquant", dependencies: [
-            "CoQuantModel", "CoQuantEval", "CoQuantQuant",
+            "CoQuantModel", "CoQuantEval", "CoQuantQuant", "CoQuantRuntime",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "coquant-bench", dependencies: ["CoQuantModel", "CoQuantQuant", "CoQuantEval"], path: "bench/Sources",
@@ -31,6 +36,7 @@ let package = Package(
         .testTarget(name: "CoQuantTensorTests", dependencies: ["CoQuantTensor", "CoQuantModel"]),
         .testTarget(name: "CoQuantModelTests", dependencies: ["CoQuantModel"]),
         .testTarget(name: "CoQuantQuantTests", dependencies: ["CoQuantQuant", "CoQuantModel", "CoQuantTensor"]),
+        .testTarget(name: "CoQuantRuntimeTests", dependencies: ["CoQuantRuntime", "CCoQuantKernels", "CoQuantQuant", "CoQuantModel", "CoQuantTensor"]),
         .testTarget(name: "CoQuantEvalTests", dependencies: ["CoQuantEval", "CoQuantModel", "CoQuantQuant", "CoQuantTensor"]),
         // Runs the built `coquant` executable as a subprocess (found next to the test bundle), so it links no module.
         .testTarget(name: "CoQuantCLITests"),

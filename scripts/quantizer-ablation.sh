@@ -29,8 +29,8 @@ for name in "${names[@]}"; do
   if [ -f "$result" ]; then echo "== $name: done ($result)"; continue; fi
   echo "== $name: ${flags[$name]}"
   # shellcheck disable=SC2086
-  $bin quantize "$model" $common ${flags[$name]} --out "$work/$name" --overwrite
-  $bin ppl "$work/$name" --windows "$windows" --json > "$result.ppl"
+  $bin quantize "$model" $common ${flags[$name]} --embeddings f32 --out "$work/$name" --overwrite
+  $bin ppl "$work/$name" --simulate --windows "$windows" --json > "$result.ppl"
   python3 - "$name" "$common ${flags[$name]}" "$model" "$result.ppl" > "$result.tmp" <<'PY'
 import json, sys
 name, flags, model, ppl = sys.argv[1:5]

@@ -25,7 +25,7 @@ begin_variant() {
 rescore() {
   local variant=$1 folder=$2 description=$3 result=$results/$1.json t0
   t0=$(date +%s)
-  $bin ppl "$folder" --json "${window_args[@]}" --checkpoint "$runs/exp/$variant.ppl.checkpoint" > "$result.ppl.tmp"
+  $bin ppl "$folder" --simulate --json "${window_args[@]}" --checkpoint "$runs/exp/$variant.ppl.checkpoint" > "$result.ppl.tmp"
   python3 - "$variant" "$description" "$result.ppl.tmp" "$(( $(date +%s) - t0 ))" > "$result.tmp" <<'PY'
 import json, sys
 variant, description, ppl_file, seconds = sys.argv[1:5]

@@ -94,8 +94,9 @@ for name in "${order[@]}"; do
       echo "$stamp" > "$target.flags"
       resume=(); [ -d "$target.partial" ] && resume=(--resume)
       t0=$(date +%s)
+      # The papers' protocol: embeddings and head at full precision (not part of the stamp: every table run uses it).
       # shellcheck disable=SC2086
-      $bin quantize "$model" ${config[$name]} --nsamples "$run_nsamples" --out "$target" --overwrite "${resume[@]}"
+      $bin quantize "$model" ${config[$name]} --embeddings f32 --nsamples "$run_nsamples" --out "$target" --overwrite "${resume[@]}"
       quantize_seconds=$(( $(date +%s) - t0 ))
     fi
   fi
@@ -103,7 +104,7 @@ for name in "${order[@]}"; do
   eval_resumed=0; [ -f "$runs/$name.ppl.checkpoint" ] && [ "$(wc -l < "$runs/$name.ppl.checkpoint")" -gt 1 ] && eval_resumed=1
   t0=$(date +%s)
   # The checkpoint lets a killed evaluation (≈ 11 min on the full test, more beside other jobs) continue where it stopped.
-  $bin ppl "$target" --json "${window_args[@]}" --checkpoint "$runs/$name.ppl.checkpoint" > "$results/$name.ppl.tmp"
+  $bin ppl "$target" --simulate --json "${window_args[@]}" --checkpoint "$runs/$name.ppl.checkpoint" > "$results/$name.ppl.tmp"
   eval_seconds=$(( $(date +%s) - t0 ))
   python3 - "$name" "$target" "$results/$name.ppl.tmp" "$eval_seconds" "$run_nsamples" "${config[$name]}" "$eval_resumed" > "$result.tmp" <<'EOF'
 import json, os, sys

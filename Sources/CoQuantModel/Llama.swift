@@ -9,12 +9,29 @@ import Foundation
 //   → oProj [T, d] (+ residual) → postAttentionLayernorm → gate/up [T, F] → down [T, d] (+ residual)
 //   → norm → lmHead [T, V]
 
-/// `y = x Wᵀ + b` with W stored [out, in] row-major, as checkpoints store it.
+/// A weight matrix [out, in] held in another form than fp32 rows: the Runtime's packed low-bit weights and integer
+/// kernels implement it, so the forward pass runs them without knowing how they are stored.
+public protocol LinearKernel: AnyObject, Sendable {
+    /// y[T, out] = x[T, in] · Ŵᵀ, no bias.
+    func apply(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>)
+    /// Bytes the weights take in memory (codes, scales, sums).
+    var byteCount: Int { get }
+}
+
+/// A LinearKernel whose rows can be read back one at a time: a packed embedding table, which a tied LM head shares.
+public protocol RowTableKernel: LinearKernel {
+    /// Ŵ[row, 0..<in] in fp32.
+    func row(_ r: Int, into out: UnsafeMutablePointer<Float>)
+}
+
+/// `y = x Wᵀ + b` with W stored [out, in] row-major, as checkpoints store it, or held by a `kernel` (then `weight`
+/// is empty).
 public struct Linear: Sendable {
     public var weight: [Float]
     public var bias: [Float]?
     public let inFeatures: Int
     public let outFeatures: Int
+    public var kernel: (any LinearKernel)?
 
     public init(weight: [Float], bias: [Float]? = nil, inFeatures: Int, outFeatures: Int) {
         precondition(weight.count == inFeatures * outFeatures)
@@ -24,10 +41,22 @@ public struct Linear: Sendable {
         self.outFeatures = outFeatures
     }
 
+    public init(kernel: any LinearKernel, bias: [Float]? = nil, inFeatures: Int, outFeatures: Int) {
+        weight = []
+        self.kernel = kernel
+        self.bias = bias
+        self.inFeatures = inFeatures
+        self.outFeatures = outFeatures
+    }
+
     /// y[T, out] = x[T, in] · Wᵀ (+ b).
     public func callAsFunction(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
-        weight.withUnsafeBufferPointer { w in
-            parallelSgemm(transB: true, rows, outFeatures, inFeatures, 1, x, inFeatures, w.baseAddress!, inFeatures, y, outFeatures)
+        if let kernel {
+            kernel.apply(x, rows: rows, into: y)
+        } else {
+            weight.withUnsafeBufferPointer { w in
+                parallelSgemm(transB: true, rows, outFeatures, inFeatures, 1, x, inFeatures, w.baseAddress!, inFeatures, y, outFeatures)
+            }
         }
         if let bias {
             for t in 0..<rows { for j in 0..<outFeatures { y[t * outFeatures + j] += bias[j] } }
@@ -156,6 +185,8 @@ public final class LlamaModel: @unchecked Sendable {
     public var layers: [DecoderLayer]
     public var norm: [Float]
     public var lmHead: Linear?                  // nil when tied to embedTokens
+    /// The embedding table in packed form (then `embedTokens` is empty); a tied LM head multiplies by it too.
+    public var embeddingKernel: (any RowTableKernel)?
     public var hook: ForwardHook?
 
     // RoPE tables [position, hd/2], grown on demand.
@@ -230,12 +261,12 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     public var parameterCount: Int {
-        var n = embedTokens.count + norm.count + (lmHead.map { $0.weight.count } ?? 0)
+        var n = config.vocabSize * config.hiddenSize + norm.count + (lmHead.map { $0.inFeatures * $0.outFeatures } ?? 0)
         for l in layers {
             n += l.inputLayernorm.count + l.postAttentionLayernorm.count
             for lin in [l.selfAttn.qProj, l.selfAttn.kProj, l.selfAttn.vProj, l.selfAttn.oProj, l.mlp.gateProj, l.mlp.upProj, l.mlp.downProj]
                 + [l.basisChange1, l.basisChange2].compactMap({ $0 }) {
-                n += lin.weight.count + (lin.bias?.count ?? 0)
+                n += lin.inFeatures * lin.outFeatures + (lin.bias?.count ?? 0)
             }
         }
         return n
@@ -245,9 +276,15 @@ public final class LlamaModel: @unchecked Sendable {
     public func embed(_ ids: [Int]) -> [Float] {
         let d = config.hiddenSize
         var x = [Float](repeating: 0, count: ids.count * d)
-        for (t, id) in ids.enumerated() {
-            precondition(id >= 0 && id < config.vocabSize, "token id \(id) is outside the vocabulary (\(config.vocabSize))")
-            for j in 0..<d { x[t * d + j] = embedTokens[id * d + j] }
+        x.withUnsafeMutableBufferPointer { px in
+            for (t, id) in ids.enumerated() {
+                precondition(id >= 0 && id < config.vocabSize, "token id \(id) is outside the vocabulary (\(config.vocabSize))")
+                if let embeddingKernel {
+                    embeddingKernel.row(id, into: px.baseAddress! + t * d)
+                } else {
+                    for j in 0..<d { px[t * d + j] = embedTokens[id * d + j] }
+                }
+            }
         }
         return x
     }
@@ -295,6 +332,8 @@ public final class LlamaModel: @unchecked Sendable {
             logits.withUnsafeMutableBufferPointer { pl in
                 if let lmHead {
                     lmHead(ph.baseAddress!, rows: n, into: pl.baseAddress!)
+                } else if let embeddingKernel {
+                    embeddingKernel.apply(ph.baseAddress!, rows: n, into: pl.baseAddress!)
                 } else {
                     embedTokens.withUnsafeBufferPointer { w in
                         parallelSgemm(transB: true, n, V, d, 1, ph.baseAddress!, d, w.baseAddress!, d, pl.baseAddress!, V)

@@ -9,18 +9,33 @@ public struct LoadedModel: @unchecked Sendable {
     /// Storage type of each source tensor (for `inspect`): checkpoint name → (dtype, shape).
     public let tensorTable: [(name: String, dtype: String, shape: [Int])]
     /// `config.json["quantization_config"]` of a folder CoQuant wrote (nil for an ordinary model).
-    public var quantizationConfig: [String: Any]? = nil
+    public var quantizationConfig: QuantizationConfig? = nil
+    /// Whether the packed tensors run as kernels (the Runtime) rather than dequantized to fp32 (the simulator).
+    public var packedKernels = false
+}
+
+/// How a quantized folder's packed tensors become kernels: the Runtime provides one. Without it they are
+/// dequantized to fp32 on load and run through the simulator.
+public struct PackedKernels {
+    public var linear: (_ name: String, _ weights: PackedPlanes) throws -> any LinearKernel
+    public var rows: (_ name: String, _ table: Int8Rows) throws -> any RowTableKernel
+    public init(linear: @escaping (String, PackedPlanes) throws -> any LinearKernel,
+                rows: @escaping (String, Int8Rows) throws -> any RowTableKernel) {
+        self.linear = linear
+        self.rows = rows
+    }
 }
 
 public enum ModelLoader {
     /// Loads `path`: a folder with config.json + safetensors, or a `.gguf` file. Weights are converted to fp32.
     /// `requireTokenizer` makes a missing tokenizer an error (commands that read or write text need one).
-    public static func load(_ path: String, requireTokenizer: Bool = false) throws -> LoadedModel {
+    /// `kernels`: run a quantized folder's packed tensors in place through these (ignored for other models).
+    public static func load(_ path: String, requireTokenizer: Bool = false, kernels: PackedKernels? = nil) throws -> LoadedModel {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw ModelFileError(path, "no such file or folder")
         }
-        let loaded = isDir.boolValue ? try loadFolder(path) : try loadGGUF(path)
+        let loaded = isDir.boolValue ? try loadFolder(path, kernels: kernels) : try loadGGUF(path)
         if requireTokenizer && loaded.tokenizer == nil {
             throw ModelFileError(path, "has no tokenizer (expected tokenizer.json in the folder, or tokenizer.ggml.* metadata in the GGUF)")
         }
@@ -29,12 +44,12 @@ public enum ModelLoader {
 
     // MARK: Hugging Face folder
 
-    static func loadFolder(_ folder: String) throws -> LoadedModel {
+    static func loadFolder(_ folder: String, kernels: PackedKernels?) throws -> LoadedModel {
         let config = try ModelConfiguration.load(folder + "/config.json")
         let ckpt = try SafeTensorsCheckpoint(folder: folder)
-        let quantization = try quantizationConfig(folder + "/config.json")
-        let weights = quantization?["weights"] as? [String: Any]
-        let weightBits = weights?["storage_bits"] as? Int ?? weights?["bits"] as? Int
+        let quantization = try QuantizationConfig.load(folder + "/config.json")
+        let kernels = quantization == nil ? nil : kernels
+        let v2 = (quantization?.formatVersion ?? 0) >= 2
         func tensor(_ name: String, _ shape: [Int]) throws -> [Float] {
             guard let info = ckpt.info(name) else {
                 throw ModelFileError(ckpt.files.first!.path, "missing tensor '\(name)' (config.json expects \(shape))")
@@ -44,13 +59,24 @@ public enum ModelLoader {
             }
             return try ckpt.floats(name)
         }
-        let model = try build(config, source: folder) { name, shape, required in
-            if let bits = weightBits, name.hasSuffix(".weight"), shape.count == 2,
-               let packed = try ckpt.packedLinear(String(name.dropLast(7)), bits: bits, rows: shape[0], cols: shape[1]) {
-                return packed.dequantized()
+        /// The packed form of `<prefix>.weight` [rows, cols]: v2 plane runs in place, or v1 codes repacked.
+        func planes(_ prefix: String, _ shape: [Int]) throws -> PackedPlanes? {
+            guard let bits = quantization?.weights.storageBits, shape.count == 2 else { return nil }
+            if v2 { return try ckpt.packedPlanes(prefix, bits: bits, rows: shape[0], cols: shape[1]) }
+            return try ckpt.packedLinear(prefix, bits: bits, rows: shape[0], cols: shape[1]).map(PackedPlanes.init)
+        }
+        let model = try build(config, source: folder, fetch: { name, shape, required in
+            if name.hasSuffix(".weight"), shape.count == 2 {
+                let prefix = String(name.dropLast(7))
+                if let rows = try ckpt.int8Rows(prefix, rows: shape[0], cols: shape[1]) { return rows.dequantized() }
+                if let p = try planes(prefix, shape) { return p.dequantized() }
             }
             return required || ckpt.info(name) != nil ? try tensor(name, shape) : nil
-        }
+        }, kernel: kernels.map { k in { name, shape in
+            let prefix = String(name.dropLast(7))
+            if let rows = try ckpt.int8Rows(prefix, rows: shape[0], cols: shape[1]) { return try k.rows(prefix, rows) }
+            return try planes(prefix, shape).map { try k.linear(prefix, $0) }
+        } })
         // ResQ / CoQuant per-layer bases: the online residual basis changes, when the folder has them.
         let d = config.hiddenSize
         for i in model.layers.indices {
@@ -68,26 +94,14 @@ public enum ModelLoader {
         }
         let table = ckpt.tensorNames.compactMap { n in ckpt.info(n).map { (name: n, dtype: $0.dtype, shape: $0.shape) } }
         return LoadedModel(model: model, tokenizer: tokenizer, path: folder, format: quantization == nil ? "safetensors" : "coquant",
-                           tensorTable: table, quantizationConfig: quantization)
-    }
-
-    /// The `quantization_config` of a config.json, checked to be one CoQuant can read.
-    static func quantizationConfig(_ path: String) throws -> [String: Any]? {
-        guard let data = FileManager.default.contents(atPath: path),
-              let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-              let q = json["quantization_config"] as? [String: Any] else { return nil }
-        guard q["quant_method"] as? String == "coquant" else {
-            throw ModelFileError(path, "quantization_config.quant_method \"\(q["quant_method"] ?? "none")\" is not supported (CoQuant reads its own \"coquant\" folders and unquantized models)")
-        }
-        if let bits = (q["weights"] as? [String: Any])?["bits"] as? Int, !(1...8).contains(bits) {
-            throw ModelFileError(path, "quantization_config.weights.bits \(bits) is outside 1...8")
-        }
-        return q
+                           tensorTable: table, quantizationConfig: quantization, packedKernels: kernels != nil)
     }
 
     /// Builds the model from HF-named tensors. `fetch(name, shape, required)` returns nil only for optional tensors
     /// that are absent (biases, an untied head that is really tied).
-    static func build(_ c: ModelConfiguration, source: String, fetch rawFetch: (String, [Int], Bool) throws -> [Float]?) throws -> LlamaModel {
+    /// `kernel(name, shape)` may hold a weight matrix as a kernel instead (then it is never fetched as fp32).
+    static func build(_ c: ModelConfiguration, source: String, fetch rawFetch: (String, [Int], Bool) throws -> [Float]?,
+                      kernel: ((String, [Int]) throws -> (any LinearKernel)?)? = nil) throws -> LlamaModel {
         func fetch(_ name: String, _ shape: [Int], _ required: Bool) throws -> [Float]? {
             let values = try rawFetch(name, shape, required)
             if let values, !values.allSatisfy(\.isFinite) { throw ModelFileError(source, "tensor '\(name)' contains NaN or Inf") }
@@ -95,8 +109,9 @@ public enum ModelLoader {
         }
         let d = c.hiddenSize, H = c.numAttentionHeads, KV = c.numKeyValueHeads, hd = c.headDim, F = c.intermediateSize
         func linear(_ name: String, _ out: Int, _ inp: Int, bias: Bool) throws -> Linear {
-            let w = try fetch(name + ".weight", [out, inp], true)!
             let b = bias ? try fetch(name + ".bias", [out], true) : nil
+            if let k = try kernel?(name + ".weight", [out, inp]) { return Linear(kernel: k, bias: b, inFeatures: inp, outFeatures: out) }
+            let w = try fetch(name + ".weight", [out, inp], true)!
             return Linear(weight: w, bias: b, inFeatures: inp, outFeatures: out)
         }
         var layers: [DecoderLayer] = []
@@ -114,11 +129,20 @@ public enum ModelLoader {
                                        postAttentionLayernorm: try fetch(p + "post_attention_layernorm.weight", [d], true)!,
                                        mlp: mlp))
         }
-        let embed = try fetch("model.embed_tokens.weight", [c.vocabSize, d], true)!
-        let head = c.tieWordEmbeddings ? nil : try fetch("lm_head.weight", [c.vocabSize, d], false)
-        return LlamaModel(config: c, embedTokens: embed, layers: layers,
-                          norm: try fetch("model.norm.weight", [d], true)!,
-                          lmHead: head.map { Linear(weight: $0, inFeatures: d, outFeatures: c.vocabSize) })
+        let embedKernel = try kernel?("model.embed_tokens.weight", [c.vocabSize, d]) as? any RowTableKernel
+        let embed = embedKernel == nil ? try fetch("model.embed_tokens.weight", [c.vocabSize, d], true)! : []
+        var head: Linear?
+        if !c.tieWordEmbeddings {
+            if let k = try kernel?("lm_head.weight", [c.vocabSize, d]) {
+                head = Linear(kernel: k, inFeatures: d, outFeatures: c.vocabSize)
+            } else if let w = try fetch("lm_head.weight", [c.vocabSize, d], false) {
+                head = Linear(weight: w, inFeatures: d, outFeatures: c.vocabSize)
+            }
+        }
+        let model = LlamaModel(config: c, embedTokens: embed, layers: layers, norm: try fetch("model.norm.weight", [d], true)!,
+                               lmHead: head)
+        model.embeddingKernel = embedKernel
+        return model
     }
 
     // MARK: GGUF

@@ -122,9 +122,10 @@ public struct SafeTensorsWriter {
         entries.append((name, "I32", shape, values.withUnsafeBufferPointer { Data(buffer: $0) }))
     }
 
-    public mutating func add(_ name: String, bytes: [UInt8], shape: [Int]) {
+    /// Raw one-byte elements: `U8` codes, or `I8` (pass the bit patterns).
+    public mutating func add(_ name: String, bytes: [UInt8], shape: [Int], dtype: String = "U8") {
         precondition(bytes.count == shape.reduce(1, *))
-        entries.append((name, "U8", shape, Data(bytes)))
+        entries.append((name, dtype, shape, Data(bytes)))
     }
 
     public func write(to path: String) throws {
@@ -166,18 +167,26 @@ public func writeFolderAtomically(_ folder: String, overwrite: Bool, fill: (Stri
 }
 
 extension SafeTensorsCheckpoint {
-    /// The packed linear `<prefix>.qweight/.scales/.zeros[/.g_idx]` if the checkpoint has one.
-    public func packedLinear(_ prefix: String, bits: Int, rows: Int, cols: Int) throws -> PackedLinear? {
-        guard let q = info(prefix + ".qweight") else { return nil }
-        let file = files[location[prefix + ".qweight"]!], path = file.path
+    /// `<prefix>.scales/.zeros[/.g_idx][/.group_bits]` of a packed linear, checked against its shape; nil when the
+    /// checkpoint has no `<prefix>.qweight`.
+    func packedGrid(_ prefix: String, bits: Int, rows: Int, cols: Int) throws
+        -> (scales: [Float], zeros: [Float], groupIndex: [Int32], groupBits: [Int]?)? {
+        guard info(prefix + ".qweight") != nil else { return nil }
+        let path = files[location[prefix + ".qweight"]!].path
+        for part in [".scales", ".zeros"] where info(prefix + part) == nil {
+            throw ModelFileError(path, "\(prefix).qweight has no \(prefix)\(part)")
+        }
         let scales = try floats(prefix + ".scales"), zeros = try floats(prefix + ".zeros")
-        guard let s = info(prefix + ".scales"), s.shape.count == 2, s.shape[0] == rows, scales.count == zeros.count else {
+        guard let s = info(prefix + ".scales"), s.shape.count == 2, s.shape[0] == rows, s.shape[1] > 0, scales.count == zeros.count else {
             throw ModelFileError(path, "\(prefix).scales / .zeros must be [\(rows), groups] and agree")
+        }
+        guard scales.allSatisfy(\.isFinite), zeros.allSatisfy({ $0.isFinite && $0 == $0.rounded() && abs($0) <= 255 }) else {
+            throw ModelFileError(path, "\(prefix).scales / .zeros hold non-finite scales or non-integer zero points")
         }
         let groups = s.shape[1]
         var gIdx: [Int32]
         if info(prefix + ".g_idx") != nil {
-            gIdx = try files[location[prefix + ".g_idx"]!].ints(prefix + ".g_idx").map { Int32($0) }
+            gIdx = try files[location[prefix + ".g_idx"]!].ints(prefix + ".g_idx").map { Int32(truncatingIfNeeded: $0) }
         } else {
             guard cols % groups == 0 else { throw ModelFileError(path, "\(prefix): \(groups) groups do not divide \(cols) columns") }
             gIdx = (0..<cols).map { Int32($0 / (cols / groups)) }
@@ -193,6 +202,14 @@ extension SafeTensorsCheckpoint {
             }
             groupBits = widths
         }
+        return (scales, zeros, gIdx, groupBits)
+    }
+
+    /// The v1 packed linear `<prefix>.qweight/.scales/.zeros[/.g_idx]` if the checkpoint has one.
+    public func packedLinear(_ prefix: String, bits: Int, rows: Int, cols: Int) throws -> PackedLinear? {
+        guard let (scales, zeros, gIdx, groupBits) = try packedGrid(prefix, bits: bits, rows: rows, cols: cols) else { return nil }
+        let q = info(prefix + ".qweight")!
+        let file = files[location[prefix + ".qweight"]!], path = file.path
         let offsets = PackedLinear.offsets(cols: cols, bits: bits, groupIndex: gIdx, groupBits: groupBits)
         let rowBytes = (offsets[cols] + 7) / 8
         guard q.dtype == "U8", q.shape == [rows, rowBytes] else {

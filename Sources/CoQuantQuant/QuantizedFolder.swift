@@ -5,17 +5,28 @@ import Foundation
 // The quantized folder of a run (format in CoQuantModel/QuantizedCheckpoint.swift) and how a loaded folder gets its
 // inference-time fake quantization and online rotations back.
 
-/// Writes config.json (with quantization_config), model.safetensors (packed linears + fp32 rest) and the tokenizer.
-/// Returns the size of model.safetensors.
+/// Writes config.json (with quantization_config), model.safetensors (packed linears in the v2 plane runs, int8 or
+/// fp32 embeddings/head, the fp32 rest) and the tokenizer. Returns the size of model.safetensors.
 public func writeQuantizedFolder(_ out: String, loaded: LoadedModel, result: QuantizationResult, options: QuantizeOptions) throws -> Int {
     let m = loaded.model, c = m.config
     var bytes = 0
     try writeFolderAtomically(out, overwrite: true) { dir in
         var w = SafeTensorsWriter()
         w.metadata = ["format": "pt", "producer": "coquant"]
-        w.add("model.embed_tokens.weight", m.embedTokens, shape: [c.vocabSize, c.hiddenSize])
+        // The run's own int8 tables (quantizing the dequantized values again could move a scale by an ulp).
+        func addTable(_ name: String, _ values: [Float], _ table: Int8Rows?) throws {
+            if let t = table {
+                w.add(name + ".codes", bytes: t.codes.map { UInt8(bitPattern: $0) }, shape: [c.vocabSize, c.hiddenSize], dtype: "I8")
+                w.add(name + ".row_scales", t.scales, shape: [c.vocabSize])
+            } else if options.embeddings == .int8 {
+                throw ModelFileError(out, "the run did not round its embeddings to int8 (a result from before --embeddings?)")
+            } else {
+                w.add(name + ".weight", values, shape: [c.vocabSize, c.hiddenSize])
+            }
+        }
+        try addTable("model.embed_tokens", m.embedTokens, result.embeddings)
         w.add("model.norm.weight", m.norm, shape: [c.hiddenSize])
-        if let head = m.lmHead { w.add("lm_head.weight", head.weight, shape: [c.vocabSize, c.hiddenSize]) }
+        if let head = m.lmHead { try addTable("lm_head", head.weight, result.lmHead) }
         for (i, layer) in m.layers.enumerated() {
             let p = "model.layers.\(i)."
             w.add(p + "input_layernorm.weight", layer.inputLayernorm, shape: [c.hiddenSize])
@@ -23,7 +34,9 @@ public func writeQuantizedFolder(_ out: String, loaded: LoadedModel, result: Qua
             for name in DecoderLayer.linearNames {
                 let linear = layer[linear: name]
                 if let packed = result.packed[p + name] {
-                    w.add(p + name + ".qweight", bytes: packed.packed, shape: [packed.rows, packed.rowBytes])
+                    let layout = PlaneLayout(cols: packed.cols, bits: packed.bits, groupIndex: packed.groupIndex, groupBits: packed.groupBits)
+                    w.add(p + name + ".qweight", bytes: layout.pack(rows: packed.rows, cols: packed.cols) { Int(packed.code($0, $1)) },
+                          shape: [packed.rows, layout.rowBytes])
                     w.add(p + name + ".scales", packed.scales, shape: [packed.rows, packed.groups])
                     w.add(p + name + ".zeros", packed.zeros, shape: [packed.rows, packed.groups])
                     let plain = (0..<packed.cols).map { Int32($0 / (packed.cols / packed.groups)) }
@@ -51,50 +64,8 @@ public func writeQuantizedFolder(_ out: String, loaded: LoadedModel, result: Qua
         config["tie_word_embeddings"] = m.lmHead == nil
         config["architectures"] = [c.modelType == "qwen2" ? "Qwen2ForCausalLM" : "LlamaForCausalLM"]
         config["torch_dtype"] = "float32"
-        let s = options.scheme
-        var q: [String: Any] = [
-            "quant_method": "coquant", "format": "coquant-packed-v1",
-            "method": options.method.rawValue, "solver": options.solver.rawValue, "scheme": s.name,
-            "weights": ["bits": s.weightBits, "storage_bits": result.packed.values.first?.bits ?? s.weightBits,
-                        "group_size": s.weightGroupSize ?? -1, "symmetric": options.weightSymmetric,
-                        "grid": try options.weightGrid().scheme.configName,
-                        "mse_clip": options.weightClip, "act_order": options.actOrder, "percdamp": options.percdamp,
-                        "targets": DecoderLayer.linearNames] as [String: Any],
-            "modules_not_quantized": ["model.embed_tokens", "lm_head"],
-            "calibration": ["dataset": "wikitext2-train-prefix", "nsamples": options.nsamples, "seqlen": options.seqlen,
-                            "seed": options.seed] as [String: Any],
-            "coquant_options": try JSONSerialization.jsonObject(with: JSONEncoder().encode(options)),
-        ]
-        q["activations"] = s.activationBits < 16
-            ? ["bits": s.activationBits, "down_proj_bits": options.downProjActivationBits ?? s.activationBits,
-               "symmetric": false, "granularity": "per-token", "clip_ratio": options.activationClipRatio,
-               "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]] as [String: Any]
-            : NSNull()
-        q["kv_cache"] = s.kvBits < 16
-            ? ["bits": s.kvBits, "symmetric": false, "granularity": "per-token-head", "group_size": c.headDim,
-               "clip_ratio": options.kvClipRatio, "keys": "post-rope"] as [String: Any]
-            : NSNull()
-        q["rotation"] = options.method == .quarot
-            ? ["residual": "random-hadamard", "seed": options.seed, "norms_fused": true, "embeddings_centered": options.centerEmbeddings,
-               "value_heads": "hadamard(head_dim), fused", "online": ["down_proj_input": "hadamard(intermediate_size)",
-                                                                     "queries_keys": "hadamard(head_dim) per head after RoPE",
-                                                                     "o_proj_input": options.headMixing == true ? "hadamard(num_attention_heads) across heads" : "none"]] as [String: Any]
-            : NSNull()
-        if let sub = options.subspace, let bases = result.bases {
-            q["subspace"] = [
-                "objective": bases.objective.rawValue, "granularity": bases.granularity.rawValue,
-                "high_fraction": sub.highFraction, "high_bits": sub.highBits, "high_channels": bases.high,
-                "high_channels_per_head": bases.headHigh, "kv_weight_aware": sub.kvWeightAware,
-                "norms_fused": true, "embeddings_centered": options.centerEmbeddings,
-                "high_block": "the last high_channels input columns of q/k/v/gate/up, the last high_channels_per_head of every head for o_proj; down_proj uniform",
-                "storage": "<linear>.group_bits gives each column group's code width: the low block at bits, the high block at high_bits (down_proj: bits)",
-                "online": ["basis_change": bases.granularity == .perLayer ? "basis_change_1/2, inputs " + ((sub.residualBits ?? 8) < 16 ? "int\(sub.residualBits ?? 8) per token" : "fp32") : "none",
-                           "keys_queries": "self_attn.key_rotation per KV head after RoPE" + (s.kvBits < 16 ? " (int8 per tensor)" : "")
-                                + (bases.keyBasis == .pooled ? "; one key basis per layer, pooled over its KV heads" : "; each KV head's own key basis"),
-                           "down_proj_input": "hadamard(intermediate_size)"],
-            ] as [String: Any]
-        }
-        config["quantization_config"] = q
+        let q = try quantizationConfig(result: result, options: options, config: c)
+        config["quantization_config"] = try JSONSerialization.jsonObject(with: JSONEncoder().encode(q))
         let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
         try data.write(to: URL(fileURLWithPath: dir + "/config.json"))
 
@@ -103,20 +74,59 @@ public func writeQuantizedFolder(_ out: String, loaded: LoadedModel, result: Qua
     return bytes
 }
 
+/// The folder's `quantization_config` (format v2) for a run's result.
+func quantizationConfig(result: QuantizationResult, options: QuantizeOptions, config c: ModelConfiguration) throws -> QuantizationConfig {
+    let s = options.scheme
+    let embeddings = options.embeddings ?? .f32
+    var subspace: QuantizationConfig.Subspace?
+    if let sub = options.subspace, let bases = result.bases {
+        subspace = .init(
+            objective: bases.objective.rawValue, granularity: bases.granularity.rawValue,
+            highFraction: sub.highFraction, highBits: sub.highBits, highChannels: bases.high, highChannelsPerHead: bases.headHigh,
+            kvWeightAware: sub.kvWeightAware, embeddingsCentered: options.centerEmbeddings,
+            highBlock: "the last high_channels input columns of q/k/v/gate/up, the last high_channels_per_head of every head for o_proj; down_proj uniform",
+            storage: "<linear>.group_bits gives each column group's code width: the low block at bits, the high block at high_bits (down_proj: bits)",
+            online: ["basis_change": bases.granularity == .perLayer ? "basis_change_1/2, inputs " + ((sub.residualBits ?? 8) < 16 ? "int\(sub.residualBits ?? 8) per token" : "fp32") : "none",
+                     "keys_queries": "self_attn.key_rotation per KV head after RoPE" + (s.kvBits < 16 ? " (int8 per tensor)" : "")
+                        + (bases.keyBasis == .pooled ? "; one key basis per layer, pooled over its KV heads" : "; each KV head's own key basis"),
+                     "down_proj_input": "hadamard(intermediate_size)"])
+    }
+    return QuantizationConfig(
+        format: "coquant-packed-v2", version: QuantizationConfig.currentVersion,
+        method: options.method.rawValue, solver: options.solver.rawValue, scheme: s.name,
+        weights: .init(bits: s.weightBits, storageBits: result.packed.values.first?.bits ?? s.weightBits,
+                       groupSize: s.weightGroupSize ?? -1, symmetric: options.weightSymmetric,
+                       grid: try options.weightGrid().scheme.configName, mseClip: options.weightClip, actOrder: options.actOrder,
+                       percdamp: options.percdamp, targets: DecoderLayer.linearNames, layout: "u4-plane-runs"),
+        embeddings: .init(format: embeddings.rawValue, lmHead: embeddings.rawValue),
+        modulesNotQuantized: embeddings == .f32 ? ["model.embed_tokens", "lm_head"] : [],
+        calibration: .init(dataset: "wikitext2-train-prefix", nsamples: options.nsamples, seqlen: options.seqlen, seed: options.seed),
+        activations: s.activationBits < 16
+            ? .init(bits: s.activationBits, downProjBits: options.downProjActivationBits ?? s.activationBits,
+                    clipRatio: options.activationClipRatio,
+                    targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]) : nil,
+        kvCache: s.kvBits < 16 ? .init(bits: s.kvBits, headDim: c.headDim, clipRatio: options.kvClipRatio) : nil,
+        rotation: options.method == .quarot
+            ? .init(residual: "random-hadamard", seed: options.seed, normsFused: true, embeddingsCentered: options.centerEmbeddings,
+                    valueHeads: "hadamard(head_dim), fused",
+                    online: ["down_proj_input": "hadamard(intermediate_size)", "queries_keys": "hadamard(head_dim) per head after RoPE",
+                             "o_proj_input": options.headMixing == true ? "hadamard(num_attention_heads) across heads" : "none"]) : nil,
+        subspace: subspace,
+        coquantOptions: try OpaqueJSON(encoding: options))
+}
+
 /// Re-installs what a quantized folder's `quantization_config` asks for at inference (activation and KV fake
 /// quantization). A model without one is left as it is.
 public func prepareForInference(_ loaded: LoadedModel) throws {
     guard let q = loaded.quantizationConfig else { return }
-    guard let raw = q["coquant_options"],
-          let options = try? JSONDecoder().decode(QuantizeOptions.self, from: JSONSerialization.data(withJSONObject: raw)) else {
+    guard let options = try? q.coquantOptions.decode(QuantizeOptions.self) else {
         throw ModelFileError(loaded.path + "/config.json", "quantization_config.coquant_options is missing or malformed")
     }
     var subspace: SubspaceOnline?
     if options.method.usesSubspace {
         let c = loaded.model.config, hd = c.headDim, KV = c.numKeyValueHeads
-        let sub = q["subspace"] as? [String: Any]
-        guard let high = sub?["high_channels"] as? Int, let headHigh = sub?["high_channels_per_head"] as? Int else {
-            throw ModelFileError(loaded.path + "/config.json", "quantization_config.subspace is missing or malformed")
+        guard let sub = q.subspace else {
+            throw ModelFileError(loaded.path + "/config.json", "quantization_config.subspace is missing")
         }
         let ckpt = try SafeTensorsCheckpoint(folder: loaded.path)
         let rotations: [[[Float]]] = try (0..<c.numHiddenLayers).map { l in
@@ -127,11 +137,13 @@ public func prepareForInference(_ loaded: LoadedModel) throws {
             let all = try ckpt.floats(name)
             return (0..<KV).map { Array(all[($0 * hd * hd)..<(($0 + 1) * hd * hd)]) }
         }
-        subspace = SubspaceOnline(config: c, keyRotations: rotations, high: high, headHigh: headHigh)
+        subspace = SubspaceOnline(config: c, keyRotations: rotations, high: sub.highChannels, headHigh: sub.highChannelsPerHead)
     }
     // The folder stores the fp32 key rotation; installFakeQuantization rounds it to int8 here exactly as it did in
-    // the quantizing run (config.json's "int8 per tensor" describes the rotation as applied).
-    try installFakeQuantization(loaded.model, scheme: options.scheme, options: options, subspace: subspace)
+    // the quantizing run (config.json's "int8 per tensor" describes the rotation as applied). Packed kernels quantize
+    // their own inputs, so with them only the other quantizers and the online ops go into the hook.
+    try installFakeQuantization(loaded.model, scheme: options.scheme, options: options, subspace: subspace,
+                                linearInputs: !loaded.packedKernels)
 }
 
 /// Per-layer checkpoints of a run in progress (`OUT.partial/`), so `--resume` continues after the last finished

@@ -97,6 +97,11 @@ public enum SolverKind: String, Codable, Sendable, CaseIterable {
     case rtn, gptq, cdquant
 }
 
+public enum EmbeddingStorage: String, Codable, Sendable, CaseIterable {
+    case int8 = "int8-row"
+    case f32
+}
+
 public struct QuantizeOptions: Codable, Sendable {
     public var method: Method
     public var scheme: QuantScheme
@@ -119,6 +124,9 @@ public struct QuantizeOptions: Codable, Sendable {
     /// QuaRot: the online Hadamard across heads at the o_proj input (its fused half in o_proj). nil in folders
     /// written before it existed, which were quantized without it.
     public var headMixing: Bool?
+    /// How the embedding table and the LM head are stored: int8 per row (llama.cpp keeps them at Q8_0) or fp32 (the
+    /// papers' protocol, which every research table uses). nil in folders written before it existed: fp32.
+    public var embeddings: EmbeddingStorage?
 
     public init(method: Method, scheme: QuantScheme, solver: SolverKind? = nil) {
         self.method = method
@@ -126,6 +134,7 @@ public struct QuantizeOptions: Codable, Sendable {
         self.solver = solver ?? (method == .rtn ? .rtn : method == .cdquant ? .cdquant : .gptq)
         if method.usesSubspace { subspace = SubspaceOptions() }
         if method == .quarot { headMixing = true }
+        embeddings = .int8
     }
 
     /// Symmetric weights are GPTQ's `quant.py` grid, except where the reference code is QuaRot's: QuaRot, ResQ and
@@ -187,6 +196,10 @@ public struct QuantizationResult {
     public var basesSeconds = 0.0
     /// ResQ / CoQuant with a statistics pass: the output-error model against measurement per layer and block input.
     public var errorChecks: [OutputErrorCheck] = []
+    /// The embedding table and untied LM head as int8 rows, when the options store them so (the model holds their
+    /// dequantized values).
+    public var embeddings: Int8Rows?
+    public var lmHead: Int8Rows?
 }
 
 /// Quantizes `model` in place: rotations (QuaRot), layer-wise weight solving on the calibration windows, and the
@@ -328,6 +341,19 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
         try onLayer(l, FinishedLayer(packed: result.packed.filter { $0.key.hasPrefix("model.layers.\(l).") }, reports: reports))
     }
     result.calibrationSeconds = seconds(since: start)
+    // The embeddings and head as the folder stores them, so the in-memory model still equals the folder.
+    if options.embeddings == .int8 {
+        let c = model.config
+        let table = Int8Rows(quantizing: model.embedTokens, rows: c.vocabSize, cols: c.hiddenSize)
+        model.embedTokens = table.dequantized()
+        result.embeddings = table
+        if var head = model.lmHead {
+            let rows = Int8Rows(quantizing: head.weight, rows: head.outFeatures, cols: head.inFeatures)
+            head.weight = rows.dequantized()
+            model.lmHead = head
+            result.lmHead = rows
+        }
+    }
     return result
 }
 
@@ -397,8 +423,10 @@ public func applyQuaRotRotations(_ model: LlamaModel, options: QuantizeOptions) 
 /// linear of the decoder layers (not the LM head, as the reference), and the K/V cache per (token, head); with
 /// QuaRot's online rotations applied first. ResQ / CoQuant pass the online state of their fused bases: their
 /// quantizers keep the high subspace at `highBits`, and the key rotation becomes INT8 when the KV cache is quantized.
+/// `linearInputs: false` leaves the inputs of the decoder's linears alone (the Runtime's kernels quantize them
+/// to integer codes with the same grids); everything else is installed as in the simulator.
 public func installFakeQuantization(_ model: LlamaModel, scheme: QuantScheme, options: QuantizeOptions,
-                                    subspace: SubspaceOnline? = nil) throws {
+                                    subspace: SubspaceOnline? = nil, linearInputs: Bool = true) throws {
     if options.method.usesSubspace {
         guard var online = subspace else {
             throw QuantError.invalidParameter("\(options.method.rawValue) needs the online state of its fused bases")
@@ -411,6 +439,10 @@ public func installFakeQuantization(_ model: LlamaModel, scheme: QuantScheme, op
                                                 kvClipRatio: Float(options.kvClipRatio))
         if let b = options.downProjActivationBits, scheme.activationBits < 16 {
             quantizers.downProj = b < 16 ? try ActivationQuantizer(bits: b, clipRatio: Float(options.activationClipRatio)) : nil
+        }
+        if !linearInputs {
+            quantizers.activationLow = nil; quantizers.activationHigh = nil
+            quantizers.headLow = nil; quantizers.headHigh = nil; quantizers.downProj = nil
         }
         installSubspaceHooks(model, online: online, quantizers: quantizers)
         return
@@ -430,7 +462,7 @@ public func installFakeQuantization(_ model: LlamaModel, scheme: QuantScheme, op
         downProj = b < 16 ? try ActivationQuantizer(bits: b, clipRatio: Float(options.activationClipRatio)) : nil
     }
     installHooks(model, online: options.method == .quarot ? OnlineRotations(config: model.config, headMixing: options.headMixing ?? false) : nil,
-                 activations: activations, keys: keys, values: values, downProj: downProj)
+                 activations: linearInputs ? activations : nil, keys: keys, values: values, downProj: linearInputs ? downProj : .some(nil))
 }
 
 /// `downProj`: the down_proj input's quantizer (default: `activations`), so that layer type can differ.

@@ -134,12 +134,12 @@ public func siluMultiply(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointe
     while i < n { let g = gate[i]; gate[i] = g / (1 + expf(-g)) * up[i]; i += 1 }
 }
 
-/// Runs `body(chunk)` for chunks 0..<count on both cores. Callers size chunks so each is well over the ≈ 0.5 µs
-/// dispatch cost (DESIGN.md §3).
+/// Runs `body(chunk)` for chunks 0..<count on both cores, on the persistent workers (WorkerPool.swift). Callers
+/// size chunks so each is well over the ≈ 1 µs hand-off.
 @inline(__always)
 public func parallelFor(_ count: Int, _ body: (Int) -> Void) {
     if count == 1 { body(0); return }
-    DispatchQueue.concurrentPerform(iterations: count, execute: body)
+    WorkerPool.shared.run(count, body)
 }
 
 /// Worker count of the forward pass's own parallel loops (both cores).

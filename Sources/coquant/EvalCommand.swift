@@ -78,6 +78,7 @@ struct Eval: ParsableCommand {
     var resume = false
 
     @OptionGroup var output: OutputOptions
+    @OptionGroup var execution: ExecutionOptions
 
     func taskList() throws -> [ZeroShotTask] {
         guard let tasks else { return [] }
@@ -142,7 +143,7 @@ struct Eval: ParsableCommand {
         // The evaluated model first: a bad model path or --seqlen must fail before minutes of FP reference logits
         // are computed and cached. The price: both models are in memory while the reference is computed (once; later
         // runs read the cache).
-        let loaded = try loadModel(model, quiet: output.quiet)
+        let loaded = try loadModel(model, quiet: output.quiet, simulate: execution.simulate)
         if seqlen > loaded.model.config.maxPositionEmbeddings && wikiText != nil {
             throw RunError("--seqlen \(seqlen) is longer than the model's context (\(loaded.model.config.maxPositionEmbeddings))")
         }
@@ -299,12 +300,12 @@ struct EvalRun: Codable {
          wikitext2: PerplexityResult?, kl: KLDivergenceResult?, klReferenceModel: String?, seconds: Double) {
         model = modelPath
         let q = loaded.quantizationConfig
-        method = (q?["method"] as? String) ?? "fp"
-        scheme = q?["scheme"] as? String
+        method = q?.method ?? "fp"
+        scheme = q?.scheme
         // An unquantized model runs in fp32 here (GGUF and HF weights are dequantized on load).
-        weightBits = ((q?["weights"] as? [String: Any])?["bits"] as? Int) ?? 32
-        activationBits = ((q?["activations"] as? [String: Any])?["bits"] as? Int) ?? (q == nil ? 32 : 16)
-        kvBits = ((q?["kv_cache"] as? [String: Any])?["bits"] as? Int) ?? (q == nil ? 32 : 16)
+        weightBits = q?.weights.bits ?? 32
+        activationBits = q?.activations?.bits ?? (q == nil ? 32 : 16)
+        kvBits = q?.kvCache?.bits ?? (q == nil ? 32 : 16)
         self.limit = limit
         self.maxLength = maxLength
         self.tasks = tasks

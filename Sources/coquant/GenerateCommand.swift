@@ -29,6 +29,7 @@ struct Generate: ParsableCommand {
     var chat = false
 
     @OptionGroup var output: OutputOptions
+    @OptionGroup var execution: ExecutionOptions
 
     struct Result: Codable {
         let prompt: String
@@ -46,7 +47,7 @@ struct Generate: ParsableCommand {
     }
 
     func run() throws {
-        let loaded = try loadModel(model, quiet: output.quiet)
+        let loaded = try loadModel(model, quiet: output.quiet, simulate: execution.simulate)
         let tokenizer = loaded.tokenizer!
         let text = chat ? "<|im_start|>user\n\(prompt)<|im_end|>\n<|im_start|>assistant\n" : prompt
         if chat && tokenizer.encode("<|im_start|>", addSpecialTokens: false).count != 1 {

@@ -34,6 +34,7 @@ struct Perplexity: ParsableCommand {
     var checkpoint: String?
 
     @OptionGroup var output: OutputOptions
+    @OptionGroup var execution: ExecutionOptions
 
     func validate() throws {
         if let windows, windows < 1 { throw ValidationError("--windows must be at least 1") }
@@ -42,7 +43,7 @@ struct Perplexity: ParsableCommand {
     }
 
     func run() throws {
-        let loaded = try loadModel(model, quiet: output.quiet)
+        let loaded = try loadModel(model, quiet: output.quiet, simulate: execution.simulate)
         let c = loaded.model.config
         if seqlen > c.maxPositionEmbeddings {
             throw RunError("--seqlen \(seqlen) is longer than the model's context (\(c.maxPositionEmbeddings))")

@@ -77,6 +77,9 @@ struct Quantize: ParsableCommand {
     var actOrder = false
     @Flag(inversion: .prefixedNo, help: "quarot: mean-centre the embedding rows when fusing norms, as QuaRot/ResQ/CoQuant do (not function-preserving for RMSNorm models; --no-center-embeddings keeps the function exactly).")
     var centerEmbeddings = true
+    @Option(help: ArgumentHelp("Storage of the embedding table and the LM head: int8 (one scale per row, as llama.cpp's Q8_0; the in-memory model is rounded the same way) or f32.",
+                               discussion: "The papers' protocol keeps both at full precision: the research tables use --embeddings f32."))
+    var embeddings = "int8"
     @Option(help: "Seed of the calibration sampler (and random rotations).")
     var seed: UInt32 = 0
     @Option(help: "Calibration text file (default: the repository's WikiText-2 train prefix).")
@@ -150,6 +153,11 @@ struct Quantize: ParsableCommand {
         o.percdamp = percdamp
         o.actOrder = actOrder
         o.centerEmbeddings = centerEmbeddings
+        switch embeddings.lowercased() {
+        case "int8", "int8-row": o.embeddings = .int8
+        case "f32", "fp32": o.embeddings = .f32
+        default: throw ValidationError("unknown --embeddings \(embeddings) (choose from int8, f32)")
+        }
         if int8DownProj { o.downProjActivationBits = 8 }
         if let b = downProjABits {
             guard (2...8).contains(b) || b == 16 else { throw ValidationError("--down-proj-a-bits \(b) must be 2–8 or 16") }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CoQuantModel
 import CoQuantQuant
+import CoQuantRuntime
 import Foundation
 
 /// Flags every command that computes figures shares.
@@ -105,13 +106,26 @@ func locateData(_ explicit: String?, _ relative: String) throws -> String {
     throw RunError("cannot find data file \(relative); looked in \(candidates.joined(separator: ", ")) (pass --data DIR or set COQUANT_DATA)")
 }
 
-func loadModel(_ path: String, quiet: Bool) throws -> LoadedModel {
+/// How a quantized folder runs: on the packed runtime (default) or through the fp32 fake-quantization simulator.
+struct ExecutionOptions: ParsableArguments {
+    @Flag(help: ArgumentHelp("Run a quantized folder through the fp32 simulator (weights dequantized, activations and KV cache fake-quantized) instead of the packed integer runtime.",
+                             discussion: "Both compute the same function up to float summation order; the simulator is what the research tables were measured with."))
+    var simulate = false
+}
+
+/// Loads `path` for inference: a quantized folder on the runtime's packed kernels unless `simulate`.
+func loadModel(_ path: String, quiet: Bool, simulate: Bool = true) throws -> LoadedModel {
     let start = ContinuousClock.now
-    let loaded = try ModelLoader.load(path, requireTokenizer: true)
+    if !simulate && !Runtime.hasAVX2 {
+        printErr("warning: this CPU has no AVX2: the runtime's kernels run their scalar references (slow)")
+    }
+    let loaded = simulate ? try ModelLoader.load(path, requireTokenizer: true) : try Runtime.load(path, requireTokenizer: true)
     try prepareForInference(loaded)
     if !quiet {
         let c = loaded.model.config
-        let scheme = loaded.quantizationConfig?["scheme"] as? String
+        let scheme = loaded.quantizationConfig.map {
+            $0.scheme + ($0.formatVersion >= 2 ? "" : ", format v1") + (loaded.packedKernels ? ", packed runtime" : ", fp32 simulator")
+        }
         printErr("loaded \(path) (\(c.modelType), \(c.numHiddenLayers) layers, d \(c.hiddenSize), \(loaded.format)\(scheme.map { " " + $0 } ?? "")) in \(ContinuousClock.now - start)")
     }
     return loaded

@@ -1,0 +1,457 @@
+// CoQuant runtime kernels: layouts and contracts in include/coquant_kernels.h. Each AVX2 function sits next to
+// the scalar reference that defines its result; cq_simd_enabled() picks between them at every call.
+#include "coquant_kernels.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+
+static int simd_requested = 1;
+
+int cq_cpu_has_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+
+void cq_set_simd(int enabled) { simd_requested = enabled; }
+
+int cq_simd_enabled(void) {
+    static int has = -1;
+    if (has < 0) has = cq_cpu_has_avx2();
+    return simd_requested && has;
+}
+
+int64_t cq_row_bytes(const cq_run *runs, int nruns) {
+    int64_t n = 0;
+    for (int i = 0; i < nruns; i++) n += (int64_t)runs[i].planes * runs[i].padded / 2;
+    return n;
+}
+
+int64_t cq_padded_cols(const cq_run *runs, int nruns) {
+    int64_t n = 0;
+    for (int i = 0; i < nruns; i++) n += runs[i].padded;
+    return n;
+}
+
+// Code of padded column j (0 ≤ j < padded) of one plane: byte j mod 16 of its 32-column chunk, low or high nibble.
+static inline int plane_code(const uint8_t *plane, int j) {
+    uint8_t b = plane[(j / 32) * 16 + (j % 16)];
+    return (j % 32) < 16 ? (b & 15) : (b >> 4);
+}
+
+void cq_row_code_sums(const uint8_t *w, int64_t row_bytes, int64_t rows, const cq_run *runs, int nruns, int32_t *sum_u) {
+    for (int64_t r = 0; r < rows; r++) {
+        for (int k = 0; k < nruns; k++) {
+            const cq_run *run = &runs[k];
+            int32_t s = 0;
+            for (int p = 0; p < run->planes; p++) {
+                const uint8_t *plane = w + r * row_bytes + run->byte_offset + (int64_t)p * run->padded / 2;
+                int32_t sp = 0;
+                for (int j = 0; j < run->padded; j++) sp += plane_code(plane, j);
+                s += p == 0 ? sp : 16 * sp;
+            }
+            sum_u[r * nruns + k] = s;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Activation quantization (the simulator's ActivationQuantizer, producing codes instead of fake-quantized floats).
+
+// Scale and zero point of one block of one token, exactly as ActivationQuantizer.quantizeSlice computes them.
+static void block_grid(const float *x, const cq_act_block *b, float *s_out, float *z_out) {
+    float lo = INFINITY, hi = -INFINITY;
+    for (int i = 0; i < b->count; i++) {
+        float v = x[b->col + i];
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+    }
+    if (!b->min_max || lo == hi) {
+        lo = lo < 0 ? lo : 0;
+        hi = hi > 0 ? hi : 0;
+    }
+    lo *= b->clip;
+    hi *= b->clip;
+    if (lo == 0 && hi == 0) { lo = -1; hi = 1; }
+    float maxq = (float)((1 << b->bits) - 1);
+    float s = (hi - lo) / maxq;
+    *s_out = s;
+    *z_out = nearbyintf(-lo / s);
+}
+
+static void quantize_codes_scalar(const float *x, int n, float s, float z, float maxq, int off, int8_t *a, int32_t *sum) {
+    int32_t acc = 0;
+    for (int i = 0; i < n; i++) {
+        float q = nearbyintf(x[i] / s) + z;
+        q = q < 0 ? 0 : (q > maxq ? maxq : q);
+        int v = (int)q - off;
+        a[i] = (int8_t)v;
+        acc += v;
+    }
+    *sum += acc;
+}
+
+AVX2 static void quantize_codes_avx2(const float *x, int n, float s, float z, float maxq, int off, int8_t *a, int32_t *sum) {
+    const __m256 sv = _mm256_set1_ps(s), zv = _mm256_set1_ps(z), zero = _mm256_setzero_ps(), mq = _mm256_set1_ps(maxq);
+    const __m256i offv = _mm256_set1_epi32(off);
+    __m256i acc = _mm256_setzero_si256();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 q = _mm256_add_ps(_mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + i), sv),
+                                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), zv);
+        q = _mm256_min_ps(_mm256_max_ps(q, zero), mq);
+        __m256i v = _mm256_sub_epi32(_mm256_cvtps_epi32(q), offv);
+        acc = _mm256_add_epi32(acc, v);
+        // int32 → int8 (values already in range): pack to 16 then 8 bits, undo the lane interleave.
+        __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
+        __m128i p16 = _mm_packs_epi32(lo, hi);
+        __m128i p8 = _mm_packs_epi16(p16, p16);
+        _mm_storel_epi64((__m128i *)(a + i), p8);
+    }
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+    *sum += _mm_cvtsi128_si32(s4);
+    if (i < n) quantize_codes_scalar(x + i, n - i, s, z, maxq, off, a + i, sum);
+}
+
+void cq_quantize_activations(const float *x, int64_t ldx, int64_t tokens, const cq_act_block *blocks, int nblocks,
+                             const cq_run *runs, int nruns, int64_t padded_cols,
+                             int8_t *a, float *s_a, int32_t *z_a, int32_t *sum_a) {
+    const int simd = cq_simd_enabled();
+    float s[nblocks > 0 ? nblocks : 1], z[nblocks > 0 ? nblocks : 1];
+    for (int64_t t = 0; t < tokens; t++) {
+        const float *xt = x + t * ldx;
+        int8_t *at = a + t * padded_cols;
+        for (int b = 0; b < nblocks; b++) block_grid(xt, &blocks[b], &s[b], &z[b]);
+        for (int k = 0; k < nruns; k++) {
+            const cq_run *run = &runs[k];
+            const cq_act_block *b = &blocks[run->block];
+            int off = b->bits == 8 ? 128 : 0;
+            float maxq = (float)((1 << b->bits) - 1);
+            int32_t sum = 0;
+            int8_t *dst = at + run->code_offset;
+            if (simd) quantize_codes_avx2(xt + run->col, run->count, s[run->block], z[run->block], maxq, off, dst, &sum);
+            else quantize_codes_scalar(xt + run->col, run->count, s[run->block], z[run->block], maxq, off, dst, &sum);
+            memset(dst + run->count, 0, (size_t)(run->padded - run->count));
+            s_a[t * nruns + k] = s[run->block];
+            z_a[t * nruns + k] = (int32_t)z[run->block] - off;
+            sum_a[t * nruns + k] = sum;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// W4A8 integer GEMM.
+
+// The epilogue's integer part for one (token, row, run): Σ(u − z_w)(a − z') from Σua, Σu, Σa. Exact in int64.
+static inline float corrected(int64_t dot, int32_t sum_u, int32_t sum_a, int32_t z_w, int32_t z_a, int32_t n) {
+    return (float)(dot - (int64_t)z_a * sum_u - (int64_t)z_w * sum_a + (int64_t)n * z_w * z_a);
+}
+
+void cq_gemm_w4a8_ref(const uint8_t *w, int64_t row_bytes, const cq_run *runs, int nruns,
+                      const float *s_w, const int32_t *z_w, int groups, const int32_t *sum_u,
+                      const int8_t *a, int64_t padded_cols, int64_t tokens,
+                      const float *s_a, const int32_t *z_a, const int32_t *sum_a,
+                      float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    for (int64_t t = 0; t < tokens; t++) {
+        for (int64_t r = r0; r < r1; r++) {
+            float acc = 0;
+            for (int k = 0; k < nruns; k++) {
+                const cq_run *run = &runs[k];
+                int64_t dot = 0;
+                for (int p = 0; p < run->planes; p++) {
+                    const uint8_t *plane = w + r * row_bytes + run->byte_offset + (int64_t)p * run->padded / 2;
+                    const int8_t *at = a + t * padded_cols + run->code_offset;
+                    int64_t d = 0;
+                    for (int j = 0; j < run->padded; j++) d += plane_code(plane, j) * at[j];
+                    dot += p == 0 ? d : 16 * d;
+                }
+                int g = run->group, tk = (int)(t * nruns + k);
+                acc += s_w[r * groups + g] * s_a[tk] *
+                       corrected(dot, sum_u[r * nruns + k], sum_a[tk], z_w[r * groups + g], z_a[tk], run->count);
+            }
+            y[t * ldy + r] = acc;
+        }
+    }
+}
+
+AVX2 static inline __m256i unpack32(const uint8_t *p) {
+    const __m128i m = _mm_set1_epi8(0x0F);
+    __m128i b = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
+}
+
+AVX2 static inline int32_t hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+// Σ u·a over `chunks` 32-column chunks for RB weight rows × TB tokens. Each vpmaddubsw pair sum is ≤ 2·15·128 =
+// 3840, so int16 partial sums of up to 8 chunks (≤ 30 720) cannot saturate; they widen to int32 every 8 chunks.
+#define DOT_TILE(RB, TB)                                                                                             \
+    AVX2 static void dot_tile_##RB##x##TB(const uint8_t *const *w, const int8_t *const *a, int chunks,              \
+                                          int32_t *out) {                                                           \
+        const __m256i ones = _mm256_set1_epi16(1);                                                                  \
+        __m256i acc[RB][TB];                                                                                        \
+        for (int i = 0; i < RB; i++)                                                                                \
+            for (int j = 0; j < TB; j++) acc[i][j] = _mm256_setzero_si256();                                        \
+        for (int k0 = 0; k0 < chunks; k0 += 8) {                                                                    \
+            int k1 = k0 + 8 < chunks ? k0 + 8 : chunks;                                                             \
+            __m256i acc16[RB][TB];                                                                                  \
+            for (int i = 0; i < RB; i++)                                                                            \
+                for (int j = 0; j < TB; j++) acc16[i][j] = _mm256_setzero_si256();                                  \
+            for (int k = k0; k < k1; k++) {                                                                         \
+                __m256i av[TB];                                                                                     \
+                for (int j = 0; j < TB; j++) av[j] = _mm256_loadu_si256((const __m256i *)(a[j] + 32 * k));          \
+                for (int i = 0; i < RB; i++) {                                                                      \
+                    __m256i wv = unpack32(w[i] + 16 * k);                                                           \
+                    for (int j = 0; j < TB; j++)                                                                    \
+                        acc16[i][j] = _mm256_add_epi16(acc16[i][j], _mm256_maddubs_epi16(wv, av[j]));               \
+                }                                                                                                   \
+            }                                                                                                       \
+            for (int i = 0; i < RB; i++)                                                                            \
+                for (int j = 0; j < TB; j++)                                                                        \
+                    acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(acc16[i][j], ones));                  \
+        }                                                                                                           \
+        for (int i = 0; i < RB; i++)                                                                                \
+            for (int j = 0; j < TB; j++) out[i * TB + j] = hsum_i32(acc[i][j]);                                     \
+    }
+DOT_TILE(4, 2)
+DOT_TILE(4, 1)
+DOT_TILE(1, 2)
+DOT_TILE(1, 1)
+
+// One tile of rows [r, r + RB) × tokens [t, t + TB), RB ∈ {1, 4}, TB ∈ {1, 2}.
+AVX2 static void gemm_tile(int RB, int TB, const uint8_t *w, int64_t row_bytes, const cq_run *runs, int nruns,
+                           const float *s_w, const int32_t *z_w, int groups, const int32_t *sum_u,
+                           const int8_t *a, int64_t padded_cols, const float *s_a, const int32_t *z_a,
+                           const int32_t *sum_a, float *y, int64_t ldy, int64_t r, int64_t t) {
+    float acc[8] = {0};
+    for (int k = 0; k < nruns; k++) {
+        const cq_run *run = &runs[k];
+        int64_t dot[8] = {0};
+        for (int p = 0; p < run->planes; p++) {
+            const uint8_t *wp[4];
+            const int8_t *ap[2];
+            for (int i = 0; i < RB; i++) wp[i] = w + (r + i) * row_bytes + run->byte_offset + (int64_t)p * run->padded / 2;
+            for (int j = 0; j < TB; j++) ap[j] = a + (t + j) * padded_cols + run->code_offset;
+            int32_t d[8];
+            int chunks = run->padded / 32;
+            if (RB == 4 && TB == 2) dot_tile_4x2(wp, ap, chunks, d);
+            else if (RB == 4) dot_tile_4x1(wp, ap, chunks, d);
+            else if (TB == 2) dot_tile_1x2(wp, ap, chunks, d);
+            else dot_tile_1x1(wp, ap, chunks, d);
+            for (int i = 0; i < RB * TB; i++) dot[i] += p == 0 ? d[i] : 16 * (int64_t)d[i];
+        }
+        for (int i = 0; i < RB; i++) {
+            int64_t ri = r + i;
+            for (int j = 0; j < TB; j++) {
+                int64_t tk = (t + j) * nruns + k;
+                int g = run->group;
+                acc[i * TB + j] += s_w[ri * groups + g] * s_a[tk] *
+                    corrected(dot[i * TB + j], sum_u[ri * nruns + k], sum_a[tk], z_w[ri * groups + g], z_a[tk], run->count);
+            }
+        }
+    }
+    for (int i = 0; i < RB; i++)
+        for (int j = 0; j < TB; j++) y[(t + j) * ldy + r + i] = acc[i * TB + j];
+}
+
+AVX2 static void gemm_w4a8_avx2(const uint8_t *w, int64_t row_bytes, const cq_run *runs, int nruns,
+                                const float *s_w, const int32_t *z_w, int groups, const int32_t *sum_u,
+                                const int8_t *a, int64_t padded_cols, int64_t tokens,
+                                const float *s_a, const int32_t *z_a, const int32_t *sum_a,
+                                float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    // Token blocks small enough that their codes stay in L2 while every row tile of the block streams past.
+    const int64_t tblock = 128;
+    for (int64_t tb = 0; tb < tokens; tb += tblock) {
+        int64_t te = tb + tblock < tokens ? tb + tblock : tokens;
+        int64_t r = r0;
+        for (; r + 4 <= r1; r += 4) {
+            int64_t t = tb;
+            for (; t + 2 <= te; t += 2)
+                gemm_tile(4, 2, w, row_bytes, runs, nruns, s_w, z_w, groups, sum_u, a, padded_cols, s_a, z_a, sum_a, y, ldy, r, t);
+            if (t < te)
+                gemm_tile(4, 1, w, row_bytes, runs, nruns, s_w, z_w, groups, sum_u, a, padded_cols, s_a, z_a, sum_a, y, ldy, r, t);
+        }
+        for (; r < r1; r++) {
+            int64_t t = tb;
+            for (; t + 2 <= te; t += 2)
+                gemm_tile(1, 2, w, row_bytes, runs, nruns, s_w, z_w, groups, sum_u, a, padded_cols, s_a, z_a, sum_a, y, ldy, r, t);
+            if (t < te)
+                gemm_tile(1, 1, w, row_bytes, runs, nruns, s_w, z_w, groups, sum_u, a, padded_cols, s_a, z_a, sum_a, y, ldy, r, t);
+        }
+    }
+}
+
+void cq_gemm_w4a8(const uint8_t *w, int64_t row_bytes, const cq_run *runs, int nruns,
+                  const float *s_w, const int32_t *z_w, int groups, const int32_t *sum_u,
+                  const int8_t *a, int64_t padded_cols, int64_t tokens,
+                  const float *s_a, const int32_t *z_a, const int32_t *sum_a,
+                  float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    if (cq_simd_enabled())
+        gemm_w4a8_avx2(w, row_bytes, runs, nruns, s_w, z_w, groups, sum_u, a, padded_cols, tokens, s_a, z_a, sum_a, y, ldy, r0, r1);
+    else
+        cq_gemm_w4a8_ref(w, row_bytes, runs, nruns, s_w, z_w, groups, sum_u, a, padded_cols, tokens, s_a, z_a, sum_a, y, ldy, r0, r1);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Weight-only products with fp32 activations.
+
+void cq_gather_runs(const float *x, int64_t ldx, int64_t tokens, const cq_run *runs, int nruns, int64_t padded_cols,
+                    float *xp, float *sum_x) {
+    for (int64_t t = 0; t < tokens; t++) {
+        for (int k = 0; k < nruns; k++) {
+            const cq_run *run = &runs[k];
+            float *dst = xp + t * padded_cols + run->code_offset;
+            const float *src = x + t * ldx + run->col;
+            float s = 0;
+            for (int j = 0; j < run->count; j++) { dst[j] = src[j]; s += src[j]; }
+            for (int j = run->count; j < run->padded; j++) dst[j] = 0;
+            sum_x[t * nruns + k] = s;
+        }
+    }
+}
+
+void cq_gemv_w4_f32_ref(const uint8_t *w, int64_t row_bytes, const cq_run *runs, int nruns,
+                        const float *s_w, const float *z_w, int groups,
+                        const float *x, int64_t padded_cols, int64_t tokens, const float *sum_x,
+                        float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    for (int64_t t = 0; t < tokens; t++) {
+        for (int64_t r = r0; r < r1; r++) {
+            float acc = 0;
+            for (int k = 0; k < nruns; k++) {
+                const cq_run *run = &runs[k];
+                float dot = 0;
+                for (int p = 0; p < run->planes; p++) {
+                    const uint8_t *plane = w + r * row_bytes + run->byte_offset + (int64_t)p * run->padded / 2;
+                    const float *xt = x + t * padded_cols + run->code_offset;
+                    float d = 0;
+                    for (int j = 0; j < run->padded; j++) d += (float)plane_code(plane, j) * xt[j];
+                    dot += p == 0 ? d : 16 * d;
+                }
+                int g = run->group;
+                acc += s_w[r * groups + g] * (dot - z_w[r * groups + g] * sum_x[t * nruns + k]);
+            }
+            y[t * ldy + r] = acc;
+        }
+    }
+}
+
+// Σ code·x over one plane of `chunks` 32-column chunks, for one row and one token.
+AVX2 static inline float plane_dot_f32(const uint8_t *plane, const float *x, int chunks) {
+    const __m128i m = _mm_set1_epi8(0x0F);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    for (int k = 0; k < chunks; k++) {
+        __m128i b = _mm_loadu_si128((const __m128i *)(plane + 16 * k));
+        __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+        const float *xk = x + 32 * k;
+        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), _mm256_loadu_ps(xk), a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), _mm256_loadu_ps(xk + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), _mm256_loadu_ps(xk + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), _mm256_loadu_ps(xk + 24), a3);
+    }
+    __m256 s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+AVX2 static void gemv_w4_f32_avx2(const uint8_t *w, int64_t row_bytes, const cq_run *runs, int nruns,
+                                  const float *s_w, const float *z_w, int groups,
+                                  const float *x, int64_t padded_cols, int64_t tokens, const float *sum_x,
+                                  float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+        for (int64_t t = 0; t < tokens; t++) {
+            float acc = 0;
+            for (int k = 0; k < nruns; k++) {
+                const cq_run *run = &runs[k];
+                const uint8_t *plane = w + r * row_bytes + run->byte_offset;
+                const float *xt = x + t * padded_cols + run->code_offset;
+                float dot = plane_dot_f32(plane, xt, run->padded / 32);
+                if (run->planes == 2) dot += 16 * plane_dot_f32(plane + run->padded / 2, xt, run->padded / 32);
+                int g = run->group;
+                acc += s_w[r * groups + g] * (dot - z_w[r * groups + g] * sum_x[t * nruns + k]);
+            }
+            y[t * ldy + r] = acc;
+        }
+    }
+}
+
+void cq_gemv_w4_f32(const uint8_t *w, int64_t row_bytes, const cq_run *runs, int nruns,
+                    const float *s_w, const float *z_w, int groups,
+                    const float *x, int64_t padded_cols, int64_t tokens, const float *sum_x,
+                    float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    if (cq_simd_enabled())
+        gemv_w4_f32_avx2(w, row_bytes, runs, nruns, s_w, z_w, groups, x, padded_cols, tokens, sum_x, y, ldy, r0, r1);
+    else
+        cq_gemv_w4_f32_ref(w, row_bytes, runs, nruns, s_w, z_w, groups, x, padded_cols, tokens, sum_x, y, ldy, r0, r1);
+}
+
+void cq_dequantize_rows(const uint8_t *w, int64_t row_bytes, const cq_run *runs, int nruns,
+                        const float *s_w, const float *z_w, int groups, int64_t cols,
+                        int64_t r0, int64_t r1, float *out) {
+    for (int64_t r = r0; r < r1; r++) {
+        float *o = out + (r - r0) * cols;
+        for (int k = 0; k < nruns; k++) {
+            const cq_run *run = &runs[k];
+            const uint8_t *plane = w + r * row_bytes + run->byte_offset;
+            float s = s_w[r * groups + run->group], z = z_w[r * groups + run->group];
+            for (int j = 0; j < run->count; j++) {
+                int u = plane_code(plane, j);
+                if (run->planes == 2) u += 16 * plane_code(plane + run->padded / 2, j);
+                o[run->col + j] = s * ((float)u - z);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Int8 rows × fp32 (embeddings and LM head).
+
+void cq_gemv_q8_f32_ref(const int8_t *w, int64_t cols, const float *scale, const float *x, int64_t ldx, int64_t tokens,
+                        float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    for (int64_t t = 0; t < tokens; t++) {
+        for (int64_t r = r0; r < r1; r++) {
+            float d = 0;
+            for (int64_t c = 0; c < cols; c++) d += (float)w[r * cols + c] * x[t * ldx + c];
+            y[t * ldy + r] = scale[r] * d;
+        }
+    }
+}
+
+AVX2 static void gemv_q8_f32_avx2(const int8_t *w, int64_t cols, const float *scale, const float *x, int64_t ldx,
+                                  int64_t tokens, float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+        const int8_t *wr = w + r * cols;
+        for (int64_t t = 0; t < tokens; t++) {
+            const float *xt = x + t * ldx;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            int64_t c = 0;
+            for (; c + 16 <= cols; c += 16) {
+                __m128i b = _mm_loadu_si128((const __m128i *)(wr + c));
+                a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), _mm256_loadu_ps(xt + c), a0);
+                a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8))), _mm256_loadu_ps(xt + c + 8), a1);
+            }
+            __m256 s = _mm256_add_ps(a0, a1);
+            __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_add_ss(h, _mm_movehdup_ps(h));
+            float d = _mm_cvtss_f32(h);
+            for (; c < cols; c++) d += (float)wr[c] * xt[c];
+            y[t * ldy + r] = scale[r] * d;
+        }
+    }
+}
+
+void cq_gemv_q8_f32(const int8_t *w, int64_t cols, const float *scale, const float *x, int64_t ldx, int64_t tokens,
+                    float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    if (cq_simd_enabled()) gemv_q8_f32_avx2(w, cols, scale, x, ldx, tokens, y, ldy, r0, r1);
+    else cq_gemv_q8_f32_ref(w, cols, scale, x, ldx, tokens, y, ldy, r0, r1);
+}

@@ -1,0 +1,172 @@
+import CCoQuantKernels
+import CoQuantModel
+import CoQuantTensor
+import Foundation
+
+// The Runtime's linear kernels: packed weights read in place (PlaneLayout.swift) multiplied by the C kernels
+// (coquant_kernels.h). Shapes: x [T, in] fp32 row-major → y [T, out].
+//
+//   activations quantized (W4A8, W4A4, W8A8, the ResQ/CoQuant mixed blocks): x → int8 codes per token and block,
+//       integer GEMM (u4 planes × s8), scales and zero points in the epilogue. Same function as the simulator's
+//       fake quantization; only the float summation order differs.
+//   activations fp32 (W4A16, W3A16): T ≤ 4 → GEMV that dequantizes on the fly, fp32 accumulation; longer → rows
+//       dequantized into fp32 tiles and multiplied by OpenBLAS sgemm.
+
+/// How one column range of a linear's input is quantized per token (the simulator's ActivationQuantizer).
+public struct ActivationBlock: Sendable, Equatable {
+    public var col: Int
+    public var count: Int
+    public var bits: Int
+    /// Plain min/max range (the per-head o_proj input of ResQ/CoQuant); false: 0 forced into the range.
+    public var minMax: Bool
+    public var clip: Float
+
+    public init(col: Int, count: Int, bits: Int, minMax: Bool = false, clip: Float = 1) {
+        self.col = col; self.count = count; self.bits = bits; self.minMax = minMax; self.clip = clip
+    }
+}
+
+public enum RuntimeError: Error, CustomStringConvertible {
+    case unsupported(String)
+    public var description: String { switch self { case .unsupported(let s): return s } }
+}
+
+/// Rows split over the workers in multiples of 4 (the GEMM's row tile), one worker when the work is small
+/// (a dispatch costs microseconds; DESIGN.md §3).
+func splitRows(_ rows: Int, work: Int, _ body: (Int, Int) -> Void) {
+    let workers = work >= 1 << 16 ? forwardWorkers : 1
+    if workers == 1 { body(0, rows); return }
+    parallelFor(workers) { w in
+        let r0 = (rows * w / workers) / 4 * 4, r1 = w == workers - 1 ? rows : (rows * (w + 1) / workers) / 4 * 4
+        if r1 > r0 { body(r0, r1) }
+    }
+}
+
+public final class PackedLinearKernel: LinearKernel, @unchecked Sendable {
+    public let weights: PackedPlanes
+    /// nil: fp32 activations (weight-only schemes).
+    public let activation: [ActivationBlock]?
+    let runs: [cq_run]
+    let blocks: [cq_act_block]
+    let zerosInt: [Int32]
+    let sumU: [Int32]
+
+    /// Fails when a run of weight columns straddles two activation blocks (the layout cannot compute that product).
+    public init(_ weights: PackedPlanes, activation: [ActivationBlock]?) throws {
+        self.weights = weights
+        self.activation = activation
+        let layout = weights.layout
+        let blocks = activation ?? [ActivationBlock(col: 0, count: weights.cols, bits: 8)]
+        runs = try layout.runs.map { r in
+            guard let b = blocks.firstIndex(where: { $0.col <= r.col && r.col + r.count <= $0.col + $0.count }) else {
+                throw RuntimeError.unsupported("weight columns \(r.col)..<\(r.col + r.count) (one group) span two activation blocks")
+            }
+            return cq_run(col: Int32(r.col), count: Int32(r.count), padded: Int32(r.padded), code_offset: Int32(r.paddedCol),
+                          byte_offset: Int32(r.byteOffset), planes: Int32(r.planes), group: Int32(r.group), block: Int32(b))
+        }
+        self.blocks = blocks.map { cq_act_block(col: Int32($0.col), count: Int32($0.count), bits: Int32($0.bits),
+                                                min_max: $0.minMax ? 1 : 0, clip: $0.clip) }
+        zerosInt = weights.zeros.map { Int32($0) }
+        var sums = [Int32](repeating: 0, count: weights.rows * layout.runs.count)
+        runs.withUnsafeBufferPointer { r in
+            cq_row_code_sums(weights.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), Int64(layout.rowBytes),
+                             Int64(weights.rows), r.baseAddress!, Int32(r.count), &sums)
+        }
+        sumU = sums
+    }
+
+    public var byteCount: Int {
+        weights.bytes.count + 4 * (weights.scales.count + weights.zeros.count + zerosInt.count + sumU.count)
+    }
+
+    public func apply(_ x: UnsafePointer<Float>, rows T: Int, into y: UnsafeMutablePointer<Float>) {
+        let w = weights, R = w.rows, C = w.cols, P = w.layout.paddedCols, nr = runs.count
+        let wb = w.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), rb = Int64(w.layout.rowBytes)
+        runs.withUnsafeBufferPointer { runs in
+            let runs = runs.baseAddress!
+            if activation != nil {
+                let a = UnsafeMutablePointer<Int8>.allocate(capacity: T * P)
+                var sa = [Float](repeating: 0, count: T * nr), za = [Int32](repeating: 0, count: T * nr), suma = za
+                defer { a.deallocate() }
+                blocks.withUnsafeBufferPointer { b in
+                    cq_quantize_activations(x, Int64(C), Int64(T), b.baseAddress!, Int32(b.count), runs, Int32(nr), Int64(P),
+                                            a, &sa, &za, &suma)
+                }
+                w.scales.withUnsafeBufferPointer { sw in zerosInt.withUnsafeBufferPointer { zw in sumU.withUnsafeBufferPointer { su in
+                    splitRows(R, work: T * R * C) { r0, r1 in
+                        cq_gemm_w4a8(wb, rb, runs, Int32(nr), sw.baseAddress!, zw.baseAddress!, Int32(w.groups), su.baseAddress!,
+                                     a, Int64(P), Int64(T), sa, za, suma, y, Int64(R), Int64(r0), Int64(r1))
+                    }
+                } } }
+            } else if T <= 4 {
+                var xp = [Float](repeating: 0, count: T * P), sx = [Float](repeating: 0, count: T * nr)
+                cq_gather_runs(x, Int64(C), Int64(T), runs, Int32(nr), Int64(P), &xp, &sx)
+                w.scales.withUnsafeBufferPointer { sw in w.zeros.withUnsafeBufferPointer { zw in
+                    splitRows(R, work: T * R * C) { r0, r1 in
+                        cq_gemv_w4_f32(wb, rb, runs, Int32(nr), sw.baseAddress!, zw.baseAddress!, Int32(w.groups),
+                                       xp, Int64(P), Int64(T), sx, y, Int64(R), Int64(r0), Int64(r1))
+                    }
+                } }
+            } else {
+                w.scales.withUnsafeBufferPointer { sw in w.zeros.withUnsafeBufferPointer { zw in
+                    dequantizedProduct(x, rows: T, into: y) { r0, r1, out in
+                        cq_dequantize_rows(wb, rb, runs, Int32(nr), sw.baseAddress!, zw.baseAddress!, Int32(w.groups), Int64(C),
+                                           Int64(r0), Int64(r1), out)
+                    }
+                } }
+            }
+        }
+    }
+
+    /// y = x·Ŵᵀ with Ŵ's rows dequantized tile by tile into fp32 (bounded scratch) and multiplied by sgemm.
+    func dequantizedProduct(_ x: UnsafePointer<Float>, rows T: Int,
+                            into y: UnsafeMutablePointer<Float>, dequantize: (Int, Int, UnsafeMutablePointer<Float>) -> Void) {
+        productByTiles(x, rows: T, out: weights.rows, in: weights.cols, into: y, dequantize: dequantize)
+    }
+}
+
+/// y[T, out] = x[T, in]·Ŵᵀ for any Ŵ that can be dequantized by row ranges: each worker takes its own rows, in tiles
+/// of at most 1024 rows (4 MB of fp32 for d = 1024), so scratch stays small even for a 150k-token vocabulary.
+func productByTiles(_ x: UnsafePointer<Float>, rows T: Int, out R: Int, in C: Int, into y: UnsafeMutablePointer<Float>,
+                    dequantize: (Int, Int, UnsafeMutablePointer<Float>) -> Void) {
+    withSingleThreadedBLAS {
+        splitRows(R, work: T * R * C) { r0, r1 in
+            let tile = 1024
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: min(tile, r1 - r0) * C)
+            defer { scratch.deallocate() }
+            var r = r0
+            while r < r1 {
+                let e = min(r + tile, r1)
+                dequantize(r, e, scratch)
+                Float.gemm(false, true, T, e - r, C, 1, x, C, scratch, C, 0, y + r, R)
+                r = e
+            }
+        }
+    }
+}
+
+/// Int8 rows with a scale each: the embedding table (and the tied LM head), or an untied LM head.
+public final class Int8RowsKernel: RowTableKernel, @unchecked Sendable {
+    public let table: Int8Rows
+
+    public init(_ table: Int8Rows) { self.table = table }
+
+    public var byteCount: Int { table.codes.count + 4 * table.scales.count }
+
+    public func row(_ r: Int, into out: UnsafeMutablePointer<Float>) { table.row(r, into: out) }
+
+    public func apply(_ x: UnsafePointer<Float>, rows T: Int, into y: UnsafeMutablePointer<Float>) {
+        let R = table.rows, C = table.cols, codes = table.codes.baseAddress!
+        table.scales.withUnsafeBufferPointer { s in
+            if T <= 4 {
+                splitRows(R, work: T * R * C) { r0, r1 in
+                    cq_gemv_q8_f32(codes, Int64(C), s.baseAddress!, x, Int64(C), Int64(T), y, Int64(R), Int64(r0), Int64(r1))
+                }
+            } else {
+                productByTiles(x, rows: T, out: R, in: C, into: y) { r0, r1, out in
+                    for r in r0..<r1 { self.table.row(r, into: out + (r - r0) * C) }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+import CCoQuantKernels
+import CoQuantModel
+import Foundation
+
+// Which kernel runs each packed tensor of a quantized folder, from its quantization_config: the activation blocks
+// below are where the simulator's hooks fake-quantize each linear's input (Recipe.swift `installHooks`,
+// SubspaceFusion.swift `installSubspaceHooks`); the runtime-vs-simulator tests hold the two to the same function.
+public enum Runtime {
+    /// Whether this CPU runs the fast paths; without AVX2 every kernel runs its scalar reference (correct, slow).
+    public static var hasAVX2: Bool { cq_cpu_has_avx2() != 0 }
+
+    /// The kernels for a folder with this configuration.
+    public static func kernels(config c: ModelConfiguration, quantization q: QuantizationConfig) -> PackedKernels {
+        PackedKernels(linear: { name, planes in
+            do {
+                return try PackedLinearKernel(planes, activation: activationBlocks(name, config: c, quantization: q))
+            } catch let e as RuntimeError {
+                throw ModelFileError(name, e.description)
+            }
+        }, rows: { _, table in Int8RowsKernel(table) })
+    }
+
+    /// The per-token quantization of the input of linear `name` ("model.layers.3.self_attn.o_proj"); nil when it
+    /// stays fp32 (weight-only schemes, the LM head).
+    static func activationBlocks(_ name: String, config c: ModelConfiguration, quantization q: QuantizationConfig) -> [ActivationBlock]? {
+        guard let a = q.activations, name.hasPrefix("model.layers.") else { return nil }
+        let clip = Float(a.clipRatio), module = name.split(separator: ".").suffix(2).joined(separator: ".")
+        switch module {
+        case "mlp.down_proj":
+            // ResQ/CoQuant's down_proj input is uniform (after its online Hadamard), as QuaRot's.
+            return a.downProjBits < 16 ? [ActivationBlock(col: 0, count: c.intermediateSize, bits: a.downProjBits, clip: clip)] : nil
+        case "self_attn.o_proj":
+            let width = c.numAttentionHeads * c.headDim
+            guard let s = q.subspace else { return [ActivationBlock(col: 0, count: width, bits: a.bits, clip: clip)] }
+            // Per (token, head): the head's first hd − r_h channels at the scheme's bits, its last r_h at high_bits,
+            // plain min/max ranges.
+            let hd = c.headDim, rh = s.highChannelsPerHead
+            return (0..<c.numAttentionHeads).flatMap { h in
+                [ActivationBlock(col: h * hd, count: hd - rh, bits: a.bits, minMax: true, clip: clip),
+                 ActivationBlock(col: h * hd + hd - rh, count: rh, bits: s.highBits, minMax: true, clip: clip)].filter { $0.count > 0 }
+            }
+        default:    // q/k/v, gate/up: the normed residual stream
+            let d = c.hiddenSize
+            guard let s = q.subspace else { return [ActivationBlock(col: 0, count: d, bits: a.bits, clip: clip)] }
+            let r = s.highChannels
+            return [ActivationBlock(col: 0, count: d - r, bits: a.bits, clip: clip),
+                    ActivationBlock(col: d - r, count: r, bits: s.highBits, clip: clip)].filter { $0.count > 0 }
+        }
+    }
+
+    /// Loads a model to run on the runtime: a quantized folder's packed tensors become kernels, read in place;
+    /// anything else loads as ModelLoader does (fp32).
+    public static func load(_ path: String, requireTokenizer: Bool = false) throws -> LoadedModel {
+        var kernels: PackedKernels?
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue,
+           let q = try QuantizationConfig.load(path + "/config.json") {
+            kernels = Self.kernels(config: try ModelConfiguration.load(path + "/config.json"), quantization: q)
+        }
+        return try ModelLoader.load(path, requireTokenizer: requireTokenizer, kernels: kernels)
+    }
+}

@@ -1,0 +1,182 @@
+import CCoQuantKernels
+import CoQuantModel
+@testable import CoQuantQuant
+@testable import CoQuantRuntime
+import CoQuantTensor
+import XCTest
+
+// Every kernel against its scalar reference (exact for the integer GEMM: the integer parts are exact and the
+// float epilogue runs in the same order) and against plain float math on the dequantized values.
+final class RuntimeKernelTests: XCTestCase {
+    var rng = SeededGenerator(seed: 7)
+
+    /// A random linear whose columns fall into `groups` runs of mixed widths (4-bit and, where `mixed`, 8-bit).
+    func randomLinear(rows: Int, cols: Int, runs: [Int], mixed: Bool, extreme: Bool = false) -> PackedLinear {
+        var groupIndex: [Int32] = []
+        for (g, n) in runs.enumerated() { groupIndex += Array(repeating: Int32(g), count: n) }
+        precondition(groupIndex.count == cols)
+        let widths = runs.indices.map { mixed && $0 % 2 == 1 ? 8 : 4 }
+        var codes = [Int32](repeating: 0, count: rows * cols)
+        for r in 0..<rows {
+            for c in 0..<cols {
+                let maxq = (1 << widths[Int(groupIndex[c])]) - 1
+                codes[r * cols + c] = extreme ? Int32(maxq) : Int32.random(in: 0...Int32(maxq), using: &rng)
+            }
+        }
+        let scales = (0..<(rows * runs.count)).map { _ in Float.random(in: 0.001...0.1, using: &rng) }
+        let zeros = (0..<(rows * runs.count)).map { i in Float(Int.random(in: 0...((1 << widths[i % runs.count]) - 1), using: &rng)) }
+        return PackedLinear(bits: mixed ? 8 : 4, rows: rows, cols: cols, codes: codes, scales: scales, zeros: zeros,
+                            groupIndex: groupIndex, groupBits: mixed ? widths : nil)
+    }
+
+    func testPlaneLayoutRoundTrips() {
+        let p = randomLinear(rows: 5, cols: 100, runs: [37, 50, 13], mixed: true)
+        let planes = PackedPlanes(p)
+        XCTAssertEqual(planes.layout.runs.map(\.padded), [64, 64, 32])
+        XCTAssertEqual(planes.layout.rowBytes, 32 + 64 + 16)
+        for r in 0..<5 { for c in 0..<100 { XCTAssertEqual(planes.code(r, c), Int(p.code(r, c))) } }
+        XCTAssertEqual(planes.dequantized(), p.dequantized())
+    }
+
+    /// Activation codes give back exactly the simulator's fake-quantized values, s·(a − z').
+    func testActivationCodesEqualTheSimulator() throws {
+        for (bits, minMax, clip) in [(4, false, Float(1)), (8, false, 1), (4, true, 0.9), (8, true, 1), (3, false, 0.95)] {
+            let T = 5, C = 77
+            var x = (0..<(T * C)).map { _ in Float.random(in: -3...2, using: &rng) }
+            for c in 0..<C { x[2 * C + c] = abs(x[2 * C + c]) + 0.5 }     // a token with no negative value
+            for c in 0..<C { x[3 * C + c] = 0 }                          // and an all-zero one
+            let q = try ActivationQuantizer(bits: bits, clipRatio: clip, rangeRule: minMax ? .minMax : .includeZero)
+            var simulated = x
+            try simulated.withUnsafeMutableBufferPointer { try q.apply($0.baseAddress!, rows: T, cols: C) }
+            let planes = PackedPlanes(randomLinear(rows: 1, cols: C, runs: [C], mixed: false))
+            let kernel = try PackedLinearKernel(planes, activation: [ActivationBlock(col: 0, count: C, bits: bits, minMax: minMax, clip: clip)])
+            for simd in [1, 0] {
+                cq_set_simd(Int32(simd))
+                defer { cq_set_simd(1) }
+                let P = planes.layout.paddedCols
+                var a = [Int8](repeating: 1, count: T * P), sa = [Float](repeating: 0, count: T), za = [Int32](repeating: 0, count: T), suma = za
+                kernel.runs.withUnsafeBufferPointer { runs in kernel.blocks.withUnsafeBufferPointer { blocks in
+                    cq_quantize_activations(x, Int64(C), Int64(T), blocks.baseAddress!, 1, runs.baseAddress!, 1, Int64(P), &a, &sa, &za, &suma)
+                } }
+                for t in 0..<T {
+                    var sum: Int32 = 0
+                    for c in 0..<C {
+                        XCTAssertEqual(sa[t] * Float(Int32(a[t * P + c]) - za[t]), simulated[t * C + c], "bits \(bits) token \(t) col \(c) simd \(simd)")
+                        sum += Int32(a[t * P + c])
+                    }
+                    XCTAssertEqual(sum, suma[t])
+                    XCTAssertTrue(a[(t * P + C)..<((t + 1) * P)].allSatisfy { $0 == 0 }, "padding codes must be 0")
+                }
+            }
+        }
+    }
+
+    /// Integer GEMM: AVX2 = scalar reference bit for bit, and both = float math on the dequantized operands.
+    func checkGEMM(rows: Int, tokens: Int, runs: [Int], mixed: Bool, blocks: [ActivationBlock], extreme: Bool = false,
+                   file: StaticString = #filePath, line: UInt = #line) throws {
+        let cols = runs.reduce(0, +)
+        let p = randomLinear(rows: rows, cols: cols, runs: runs, mixed: mixed, extreme: extreme)
+        let kernel = try PackedLinearKernel(PackedPlanes(p), activation: blocks)
+        var x = (0..<(tokens * cols)).map { _ in Float.random(in: -1...1, using: &rng) }
+        if extreme {    // codes at both ends of every block's range: the most negative products
+            for i in x.indices { x[i] = i % 2 == 0 ? -1 : 1e-3 }
+        }
+        var fast = [Float](repeating: .nan, count: tokens * rows), slow = fast
+        x.withUnsafeBufferPointer { kernel.apply($0.baseAddress!, rows: tokens, into: &fast) }
+        cq_set_simd(0)
+        x.withUnsafeBufferPointer { kernel.apply($0.baseAddress!, rows: tokens, into: &slow) }
+        cq_set_simd(1)
+        XCTAssertEqual(fast, slow, "AVX2 GEMM differs from the scalar reference", file: file, line: line)
+        // Float reference: simulator-style fake-quantized x times Ŵ, in float64.
+        var xq = x
+        for b in blocks {
+            let q = try ActivationQuantizer(bits: b.bits, clipRatio: b.clip, rangeRule: b.minMax ? .minMax : .includeZero)
+            try xq.withUnsafeMutableBufferPointer { try q.apply($0.baseAddress! + b.col, rows: tokens, cols: b.count, rowStride: cols) }
+        }
+        let w = p.dequantized()
+        for t in 0..<tokens {
+            for r in 0..<rows {
+                var d = 0.0, mag = 0.0
+                for c in 0..<cols { d += Double(xq[t * cols + c]) * Double(w[r * cols + c]); mag += abs(Double(xq[t * cols + c]) * Double(w[r * cols + c])) }
+                XCTAssertEqual(Double(fast[t * rows + r]), d, accuracy: 1e-5 * max(mag, 1e-6), "token \(t) row \(r)", file: file, line: line)
+            }
+        }
+    }
+
+    func testIntegerGEMM() throws {
+        // Per channel, 4-bit activations; rows not a multiple of the 4-row tile, odd token counts.
+        for (rows, tokens) in [(1, 1), (7, 1), (13, 3), (8, 2), (5, 5)] {
+            try checkGEMM(rows: rows, tokens: tokens, runs: [96], mixed: false, blocks: [ActivationBlock(col: 0, count: 96, bits: 4)])
+        }
+        // Groups of 64 with 8-bit activations (q − 128 reaches −128).
+        try checkGEMM(rows: 9, tokens: 4, runs: [64, 64, 64], mixed: false, blocks: [ActivationBlock(col: 0, count: 192, bits: 8)])
+        // ResQ/CoQuant q/k/v: a 4-bit low block and an 8-bit high block (two planes), each its own activation block.
+        try checkGEMM(rows: 11, tokens: 3, runs: [56, 8], mixed: true,
+                      blocks: [ActivationBlock(col: 0, count: 56, bits: 4), ActivationBlock(col: 56, count: 8, bits: 8)])
+        // o_proj per head: low/high per head, plain min/max ranges, clip.
+        try checkGEMM(rows: 6, tokens: 2, runs: [24, 8, 24, 8], mixed: true,
+                      blocks: [ActivationBlock(col: 0, count: 24, bits: 4, minMax: true, clip: 0.9), ActivationBlock(col: 24, count: 8, bits: 8, minMax: true, clip: 0.9),
+                               ActivationBlock(col: 32, count: 24, bits: 4, minMax: true, clip: 0.9), ActivationBlock(col: 56, count: 8, bits: 8, minMax: true, clip: 0.9)])
+        // One activation block over several weight groups (W4A8 g128-style), not multiples of 32.
+        try checkGEMM(rows: 4, tokens: 2, runs: [40, 40, 17], mixed: false, blocks: [ActivationBlock(col: 0, count: 97, bits: 8)])
+    }
+
+    /// The int16 saturation bound: 4096 columns of code 15 (and 255 in two planes) against activation codes of
+    /// −128 and 127 — 8 chunks of pair sums reach 30 720 in int16 without clamping.
+    func testIntegerGEMMExtremeCodes() throws {
+        try checkGEMM(rows: 5, tokens: 3, runs: [4096], mixed: false, blocks: [ActivationBlock(col: 0, count: 4096, bits: 8)], extreme: true)
+        try checkGEMM(rows: 4, tokens: 2, runs: [1024, 1024], mixed: true, blocks: [ActivationBlock(col: 0, count: 2048, bits: 8)], extreme: true)
+    }
+
+    func testRunStraddlingTwoActivationBlocksIsRefused() {
+        let p = PackedPlanes(randomLinear(rows: 2, cols: 64, runs: [64], mixed: false))
+        XCTAssertThrowsError(try PackedLinearKernel(p, activation: [ActivationBlock(col: 0, count: 32, bits: 4), ActivationBlock(col: 32, count: 32, bits: 4)]))
+    }
+
+    /// Weight-only products: the fp32 GEMV (decode) and the dequantize + sgemm path (prefill) against float math.
+    func testWeightOnlyProducts() throws {
+        for (runs, mixed) in [([128, 128, 64], false), ([70, 10], true)] {
+            let cols = runs.reduce(0, +), rows = 13
+            let p = randomLinear(rows: rows, cols: cols, runs: runs, mixed: mixed)
+            let kernel = try PackedLinearKernel(PackedPlanes(p), activation: nil)
+            let w = p.dequantized()
+            for tokens in [1, 3, 9] {
+                let x = (0..<(tokens * cols)).map { _ in Float.random(in: -1...1, using: &rng) }
+                for simd in [1, 0] {
+                    cq_set_simd(Int32(simd))
+                    var y = [Float](repeating: .nan, count: tokens * rows)
+                    x.withUnsafeBufferPointer { kernel.apply($0.baseAddress!, rows: tokens, into: &y) }
+                    cq_set_simd(1)
+                    for t in 0..<tokens {
+                        for r in 0..<rows {
+                            var d = 0.0
+                            for c in 0..<cols { d += Double(x[t * cols + c]) * Double(w[r * cols + c]) }
+                            XCTAssertEqual(Double(y[t * rows + r]), d, accuracy: 2e-5 * Double(cols), "tokens \(tokens) row \(r) simd \(simd)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    func testInt8Rows() {
+        let rows = 9, cols = 40
+        var w = (0..<(rows * cols)).map { _ in Float.random(in: -2...2, using: &rng) }
+        for c in 0..<cols { w[3 * cols + c] = 0 }       // an all-zero row keeps scale 1 and codes 0
+        let table = Int8Rows(quantizing: w, rows: rows, cols: cols)
+        let deq = table.dequantized()
+        for r in 0..<rows {
+            let m = (0..<cols).map { abs(w[r * cols + $0]) }.max()!
+            for c in 0..<cols { XCTAssertEqual(deq[r * cols + c], w[r * cols + c], accuracy: m / 254 + 1e-7) }
+        }
+        XCTAssertTrue(table.codes.allSatisfy { $0 >= -127 })
+        let kernel = Int8RowsKernel(table)
+        for tokens in [1, 2, 6] {
+            let x = (0..<(tokens * cols)).map { _ in Float.random(in: -1...1, using: &rng) }
+            var y = [Float](repeating: .nan, count: tokens * rows), ref = y
+            x.withUnsafeBufferPointer { kernel.apply($0.baseAddress!, rows: tokens, into: &y) }
+            cq_gemv_q8_f32_ref(table.codes.baseAddress!, Int64(cols), table.scales, x, Int64(cols), Int64(tokens), &ref, Int64(rows), 0, Int64(rows))
+            for i in y.indices { XCTAssertEqual(y[i], ref[i], accuracy: 1e-4) }
+        }
+    }
+}
