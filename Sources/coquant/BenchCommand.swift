@@ -1,4 +1,5 @@
 import ArgumentParser
+import CoQuantEval
 import CoQuantModel
 import Foundation
 
@@ -51,7 +52,7 @@ struct Bench: ParsableCommand {
         }
     }
 
-    struct Result: Codable {
+    struct Result: Encodable {
         let model: String
         let figures: Figures
         let baselineModel: String?
