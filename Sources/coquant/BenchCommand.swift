@@ -1,6 +1,7 @@
 import ArgumentParser
 import CoQuantEval
 import CoQuantModel
+import CoQuantTensor
 import Foundation
 
 struct Bench: ParsableCommand {
