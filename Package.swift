@@ -18,13 +18,13 @@ let package = Package(
     targets: [
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]),
-        .target(name: "CoQuantTensor", dependencies: ["COpenBLAS"], swiftSettings: kernelFlags),
+        .target(name: "CoQuantTensor", dependencies: ["COpenBLAS", "CCoQuantKernels"], swiftSettings: kernelFlags),
         .target(name: "CoQuantModel", dependencies: ["CoQuantTensor"], swiftSettings: kernelFlags),
         .target(name: "CoQuantQuant", dependencies: ["CoQuantModel", "CoQuantTensor"], swiftSettings: kernelFlags),
         .target(name: "CoQuantEval", dependencies: ["CoQuantModel", "CoQuantTensor"], swiftSettings: kernelFlags),
-        // The integer kernels (vpmaddubsw needs C intrinsics); AVX2 paths carry target attributes and a cpuid check,
-        // so the C code itself builds for any x86-64. -O3: the tile loops must unroll into registers even in debug
-        // test builds' release-configured runs.
+        // The hand-written kernels in C (vpmaddubsw needs intrinsics): the Runtime's integer GEMM and the decode
+        // attention Tensor wraps. AVX2 paths carry target attributes and a cpuid check, so the C code builds for any
+        // x86-64. -O3 also in debug builds: the tile loops must unroll into registers for the tests to run fast.
         .target(name: "CCoQuantKernels", cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]),
         .target(name: "CoQuantRuntime", dependencies: ["CoQuantModel", "CoQuantTensor", "CCoQuantKernels"], swiftSettings: kernelFlags),
         .executableTarget(name: "coquant", dependencies: [

@@ -4,6 +4,7 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -226,6 +227,42 @@ DOT_TILE(4, 1)
 DOT_TILE(1, 2)
 DOT_TILE(1, 1)
 
+// The same product with the weights already unpacked to one code per byte (32 bytes per chunk): prefill unpacks a
+// 4-row tile once per block of tokens, so the inner loop is two loads, eight vpmaddubsw and eight adds per chunk.
+AVX2 static void dot_tile_u8_4x2(const uint8_t *const *w, const int8_t *const *a, int chunks, int32_t *out) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[4][2];
+    for (int i = 0; i < 4; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
+    for (int k0 = 0; k0 < chunks; k0 += 8) {
+        int k1 = k0 + 8 < chunks ? k0 + 8 : chunks;
+        __m256i s[4][2];
+        for (int i = 0; i < 4; i++) s[i][0] = s[i][1] = _mm256_setzero_si256();
+        for (int k = k0; k < k1; k++) {
+            __m256i a0 = _mm256_loadu_si256((const __m256i *)(a[0] + 32 * k));
+            __m256i a1 = _mm256_loadu_si256((const __m256i *)(a[1] + 32 * k));
+            for (int i = 0; i < 4; i++) {
+                __m256i wv = _mm256_load_si256((const __m256i *)(w[i] + 32 * k));
+                s[i][0] = _mm256_add_epi16(s[i][0], _mm256_maddubs_epi16(wv, a0));
+                s[i][1] = _mm256_add_epi16(s[i][1], _mm256_maddubs_epi16(wv, a1));
+            }
+        }
+        for (int i = 0; i < 4; i++) {
+            acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(s[i][0], ones));
+            acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(s[i][1], ones));
+        }
+    }
+    for (int i = 0; i < 4; i++) { out[2 * i] = hsum_i32(acc[i][0]); out[2 * i + 1] = hsum_i32(acc[i][1]); }
+}
+
+// Unpacks rows [r, r + 4) to one code per byte: plane p of run k at u8 + i·stride + 2·byte_offset + p·padded.
+AVX2 static void unpack_rows_4(const uint8_t *w, int64_t row_bytes, int64_t r, uint8_t *u8, int64_t stride) {
+    for (int i = 0; i < 4; i++) {
+        const uint8_t *src = w + (r + i) * row_bytes;
+        uint8_t *dst = u8 + i * stride;
+        for (int64_t b = 0; b < row_bytes; b += 16) _mm256_store_si256((__m256i *)(dst + 2 * b), unpack32(src + b));
+    }
+}
+
 // One tile of rows [r, r + RB) × tokens [t, t + TB), RB ∈ {1, 4}, TB ∈ {1, 2}.
 AVX2 static void gemm_tile(int RB, int TB, const uint8_t *w, int64_t row_bytes, const cq_run *runs, int nruns,
                            const float *s_w, const int32_t *z_w, int groups, const int32_t *sum_u,
@@ -262,6 +299,37 @@ AVX2 static void gemm_tile(int RB, int TB, const uint8_t *w, int64_t row_bytes, 
         for (int j = 0; j < TB; j++) y[(t + j) * ldy + r + i] = acc[i * TB + j];
 }
 
+// gemm_tile's 4 × 2 case on unpacked rows (unpack_rows_4).
+AVX2 static void gemm_tile_unpacked(const uint8_t *u8, int64_t stride, const cq_run *runs, int nruns,
+                                    const float *s_w, const int32_t *z_w, int groups, const int32_t *sum_u,
+                                    const int8_t *a, int64_t padded_cols, const float *s_a, const int32_t *z_a,
+                                    const int32_t *sum_a, float *y, int64_t ldy, int64_t r, int64_t t) {
+    float acc[8] = {0};
+    for (int k = 0; k < nruns; k++) {
+        const cq_run *run = &runs[k];
+        int64_t dot[8] = {0};
+        for (int p = 0; p < run->planes; p++) {
+            const uint8_t *wp[4];
+            const int8_t *ap[2] = {a + t * padded_cols + run->code_offset, a + (t + 1) * padded_cols + run->code_offset};
+            for (int i = 0; i < 4; i++) wp[i] = u8 + i * stride + 2 * (int64_t)run->byte_offset + (int64_t)p * run->padded;
+            int32_t d[8];
+            dot_tile_u8_4x2(wp, ap, run->padded / 32, d);
+            for (int i = 0; i < 8; i++) dot[i] += p == 0 ? d[i] : 16 * (int64_t)d[i];
+        }
+        for (int i = 0; i < 4; i++) {
+            int64_t ri = r + i;
+            for (int j = 0; j < 2; j++) {
+                int64_t tk = (t + j) * nruns + k;
+                int g = run->group;
+                acc[i * 2 + j] += s_w[ri * groups + g] * s_a[tk] *
+                    corrected(dot[i * 2 + j], sum_u[ri * nruns + k], sum_a[tk], z_w[ri * groups + g], z_a[tk], run->count);
+            }
+        }
+    }
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 2; j++) y[(t + j) * ldy + r + i] = acc[i * 2 + j];
+}
+
 AVX2 static void gemm_w4a8_avx2(const uint8_t *w, int64_t row_bytes, const cq_run *runs, int nruns,
                                 const float *s_w, const int32_t *z_w, int groups, const int32_t *sum_u,
                                 const int8_t *a, int64_t padded_cols, int64_t tokens,
@@ -269,11 +337,20 @@ AVX2 static void gemm_w4a8_avx2(const uint8_t *w, int64_t row_bytes, const cq_ru
                                 float *y, int64_t ldy, int64_t r0, int64_t r1) {
     // Token blocks small enough that their codes stay in L2 while every row tile of the block streams past.
     const int64_t tblock = 128;
+    // Prefill: 4-row tiles unpacked once per token block into an aligned scratch (2 bytes per packed byte).
+    const int unpacked = tokens >= 8;
+    const int64_t stride = (2 * row_bytes + 63) / 64 * 64;
+    uint8_t *u8 = unpacked ? aligned_alloc(64, (size_t)(4 * stride)) : NULL;
     for (int64_t tb = 0; tb < tokens; tb += tblock) {
         int64_t te = tb + tblock < tokens ? tb + tblock : tokens;
         int64_t r = r0;
         for (; r + 4 <= r1; r += 4) {
             int64_t t = tb;
+            if (unpacked) {
+                unpack_rows_4(w, row_bytes, r, u8, stride);
+                for (; t + 2 <= te; t += 2)
+                    gemm_tile_unpacked(u8, stride, runs, nruns, s_w, z_w, groups, sum_u, a, padded_cols, s_a, z_a, sum_a, y, ldy, r, t);
+            }
             for (; t + 2 <= te; t += 2)
                 gemm_tile(4, 2, w, row_bytes, runs, nruns, s_w, z_w, groups, sum_u, a, padded_cols, s_a, z_a, sum_a, y, ldy, r, t);
             if (t < te)
@@ -287,6 +364,7 @@ AVX2 static void gemm_w4a8_avx2(const uint8_t *w, int64_t row_bytes, const cq_ru
                 gemm_tile(1, 1, w, row_bytes, runs, nruns, s_w, z_w, groups, sum_u, a, padded_cols, s_a, z_a, sum_a, y, ldy, r, t);
         }
     }
+    free(u8);
 }
 
 void cq_gemm_w4a8(const uint8_t *w, int64_t row_bytes, const cq_run *runs, int nruns,
@@ -454,4 +532,116 @@ void cq_gemv_q8_f32(const int8_t *w, int64_t cols, const float *scale, const flo
                     float *y, int64_t ldy, int64_t r0, int64_t r1) {
     if (cq_simd_enabled()) gemv_q8_f32_avx2(w, cols, scale, x, ldx, tokens, y, ldy, r0, r1);
     else cq_gemv_q8_f32_ref(w, cols, scale, x, ldx, tokens, y, ldy, r0, r1);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Decode attention over the fp32 KV cache.
+
+void cq_attention_f32_ref(const float *q, const float *k, const float *v, float *ctx, int64_t rows, int64_t start,
+                          int H, int KV, int hd, float scale, float *scratch, int h0, int h1) {
+    const int64_t ld = (int64_t)KV * hd;
+    for (int64_t t = 0; t < rows; t++) {
+        int64_t n = start + t + 1;
+        for (int h = h0; h < h1; h++) {
+            const float *qh = q + (t * H + h) * hd;
+            const int64_t g = h / (H / KV);
+            float m = -INFINITY, sum = 0;
+            for (int64_t p = 0; p < n; p++) {
+                float d = 0;
+                for (int i = 0; i < hd; i++) d += qh[i] * k[p * ld + g * hd + i];
+                scratch[p] = d * scale;
+                m = scratch[p] > m ? scratch[p] : m;
+            }
+            for (int64_t p = 0; p < n; p++) { scratch[p] = expf(scratch[p] - m); sum += scratch[p]; }
+            float *c = ctx + (t * H + h) * hd;
+            for (int i = 0; i < hd; i++) c[i] = 0;
+            for (int64_t p = 0; p < n; p++)
+                for (int i = 0; i < hd; i++) c[i] += scratch[p] / sum * v[p * ld + g * hd + i];
+        }
+    }
+}
+
+// e^x for 8 lanes (Cephes expf: Cody–Waite reduction, degree-6 polynomial; ≈ 2 ulp), as Kernels.swift's exp8.
+AVX2 static inline __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654f)), _mm256_set1_ps(88.72283f));
+    __m256 shifted = _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _mm256_set1_ps(12582912.0f));
+    __m256 n = _mm256_sub_ps(shifted, _mm256_set1_ps(12582912.0f));
+    __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f)));
+    r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(-2.12194440e-4f)));
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r), _mm256_set1_ps(1.0f));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(_mm256_castps_si256(shifted), _mm256_set1_epi32(0x4B400000)),
+                                                      _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+AVX2 static inline float hsum_ps(__m256 s) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+// hd a multiple of 8 and at most 256.
+AVX2 static void attention_f32_avx2(const float *q, const float *k, const float *v, float *ctx, int64_t rows, int64_t start,
+                                    int H, int KV, int hd, float scale, float *scratch, int h0, int h1) {
+    const int64_t ld = (int64_t)KV * hd;
+    const int nv = hd / 8;
+    for (int64_t t = 0; t < rows; t++) {
+        int64_t n = start + t + 1;
+        for (int h = h0; h < h1; h++) {
+            const float *qh = q + (t * H + h) * hd;
+            const int64_t g = h / (H / KV);
+            __m256 qv[32];
+            for (int j = 0; j < nv; j++) qv[j] = _mm256_mul_ps(_mm256_loadu_ps(qh + 8 * j), _mm256_set1_ps(scale));
+            __m256 mx = _mm256_set1_ps(-INFINITY);
+            int64_t p = 0;
+            for (; p < n; p++) {
+                const float *kp = k + p * ld + g * hd;
+                __m256 d0 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(kp));
+                __m256 d1 = _mm256_setzero_ps();
+                for (int j = 1; j + 1 < nv; j += 2) {
+                    d1 = _mm256_fmadd_ps(qv[j], _mm256_loadu_ps(kp + 8 * j), d1);
+                    d0 = _mm256_fmadd_ps(qv[j + 1], _mm256_loadu_ps(kp + 8 * j + 8), d0);
+                }
+                if (nv % 2 == 0) d1 = _mm256_fmadd_ps(qv[nv - 1], _mm256_loadu_ps(kp + 8 * (nv - 1)), d1);
+                scratch[p] = hsum_ps(_mm256_add_ps(d0, d1));
+            }
+            float m = -INFINITY;
+            for (p = 0; p + 8 <= n; p += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(scratch + p));
+            for (int i = 0; i < 8; i++) m = ((float *)&mx)[i] > m ? ((float *)&mx)[i] : m;
+            for (; p < n; p++) m = scratch[p] > m ? scratch[p] : m;
+            __m256 sumv = _mm256_setzero_ps(), mv = _mm256_set1_ps(m);
+            float sum = 0;
+            for (p = 0; p + 8 <= n; p += 8) {
+                __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(scratch + p), mv));
+                _mm256_storeu_ps(scratch + p, e);
+                sumv = _mm256_add_ps(sumv, e);
+            }
+            for (; p < n; p++) { scratch[p] = expf(scratch[p] - m); sum += scratch[p]; }
+            float inv = 1 / (sum + hsum_ps(sumv));
+            __m256 acc[32];
+            for (int j = 0; j < nv; j++) acc[j] = _mm256_setzero_ps();
+            for (p = 0; p < n; p++) {
+                const float *vp = v + p * ld + g * hd;
+                __m256 w = _mm256_set1_ps(scratch[p]);
+                for (int j = 0; j < nv; j++) acc[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vp + 8 * j), acc[j]);
+            }
+            float *c = ctx + (t * H + h) * hd;
+            for (int j = 0; j < nv; j++) _mm256_storeu_ps(c + 8 * j, _mm256_mul_ps(acc[j], _mm256_set1_ps(inv)));
+        }
+    }
+}
+
+void cq_attention_f32(const float *q, const float *k, const float *v, float *ctx, int64_t rows, int64_t start,
+                      int H, int KV, int hd, float scale, float *scratch, int h0, int h1) {
+    if (cq_simd_enabled() && hd % 8 == 0 && hd <= 256)
+        attention_f32_avx2(q, k, v, ctx, rows, start, H, KV, hd, scale, scratch, h0, h1);
+    else
+        cq_attention_f32_ref(q, k, v, ctx, rows, start, H, KV, hd, scale, scratch, h0, h1);
 }

@@ -289,10 +289,25 @@ public final class LlamaModel: @unchecked Sendable {
         return x
     }
 
+    /// Prompt tokens per forward pass when filling a KV cache: a long prompt goes through in chunks, so its
+    /// activations (the [T, F] MLP buffers above all) stay a few MB instead of growing with the prompt.
+    public var prefillChunk = 512
+
     /// Logits for `ids` at positions cache.length ..< cache.length + T (0 ..< T without a cache): [T or 1, V].
-    /// With a cache, the new keys and values are appended to it.
+    /// With a cache, the new keys and values are appended to it, `prefillChunk` tokens at a time.
     public func forward(_ ids: [Int], cache: KVCache? = nil, logits rows: LogitsRows = .all) -> [Float] {
-        withSingleThreadedBLAS { forwardBody(ids, cache: cache, packing: nil, logits: rows) }
+        withSingleThreadedBLAS {
+            guard cache != nil, ids.count > prefillChunk, rows == .last else {
+                return forwardBody(ids, cache: cache, packing: nil, logits: rows)
+            }
+            var start = 0, logits: [Float] = []
+            while start < ids.count {
+                let end = min(start + prefillChunk, ids.count)
+                logits = forwardBody(Array(ids[start..<end]), cache: cache, packing: nil, logits: .last)
+                start = end
+            }
+            return logits
+        }
     }
 
     /// Logits of the packed sequences `ids` (laid out by `packing`) at the packed rows `rows` selects.
@@ -421,7 +436,12 @@ public final class LlamaModel: @unchecked Sendable {
                                 cache.values[l].withUnsafeMutableBufferPointer { $0.baseAddress!.advanced(by: start * KV * hd).update(from: v, count: T * KV * hd) }
                                 cache.keys[l].withUnsafeBufferPointer { ck in
                                     cache.values[l].withUnsafeBufferPointer { cv in
-                                        attention(q, ck.baseAddress!, cv.baseAddress!, ctx, rows: T, start: start)
+                                        if T <= 4 {
+                                            attentionDecode(q, ck.baseAddress!, cv.baseAddress!, ctx, rows: T, start: start,
+                                                            heads: H, kvHeads: KV, headDim: hd)
+                                        } else {
+                                            attention(q, ck.baseAddress!, cv.baseAddress!, ctx, rows: T, start: start)
+                                        }
                                     }
                                 }
                             } else if let packing {

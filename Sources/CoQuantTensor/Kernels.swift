@@ -1,3 +1,4 @@
+import CCoQuantKernels
 import COpenBLAS
 import Foundation
 
@@ -177,5 +178,19 @@ func parallelSgemmBody(transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Floa
             let c0 = n * w / workers, c1 = n * (w + 1) / workers
             Float.gemm(false, transB, m, c1 - c0, k, alpha, a, lda, transB ? b + c0 * ldb : b + c0, ldb, 0, c + c0, ldc)
         }
+    }
+}
+
+/// Causal attention of a few new query rows (decoding) over a position-major fp32 KV cache, spread over the query
+/// heads: q, ctx [rows, H·hd]; k, v [start + rows, KV·hd]. Same function as the GEMM path of the prefill, without
+/// packing the whole cache into a GEMM panel per token (coquant_kernels.h).
+public func attentionDecode(_ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>, _ v: UnsafePointer<Float>,
+                            _ ctx: UnsafeMutablePointer<Float>, rows: Int, start: Int, heads H: Int, kvHeads KV: Int, headDim hd: Int) {
+    let workers = min(forwardWorkers, H), scale = 1 / Float(hd).squareRoot()
+    parallelFor(workers) { w in
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: start + rows)
+        defer { scratch.deallocate() }
+        cq_attention_f32(q, k, v, ctx, Int64(rows), Int64(start), Int32(H), Int32(KV), Int32(hd), scale, scratch,
+                         Int32(H * w / workers), Int32(H * (w + 1) / workers))
     }
 }

@@ -105,12 +105,15 @@ final class RuntimeKernelTests: XCTestCase {
 
     func testIntegerGEMM() throws {
         // Per channel, 4-bit activations; rows not a multiple of the 4-row tile, odd token counts.
-        for (rows, tokens) in [(1, 1), (7, 1), (13, 3), (8, 2), (5, 5)] {
+        // Prefill (≥ 8 tokens) unpacks 4-row tiles first; decode reads the nibbles directly.
+        for (rows, tokens) in [(1, 1), (7, 1), (13, 3), (8, 2), (5, 5), (9, 17), (12, 8), (4, 131)] {
             try checkGEMM(rows: rows, tokens: tokens, runs: [96], mixed: false, blocks: [ActivationBlock(col: 0, count: 96, bits: 4)])
         }
         // Groups of 64 with 8-bit activations (q − 128 reaches −128).
         try checkGEMM(rows: 9, tokens: 4, runs: [64, 64, 64], mixed: false, blocks: [ActivationBlock(col: 0, count: 192, bits: 8)])
         // ResQ/CoQuant q/k/v: a 4-bit low block and an 8-bit high block (two planes), each its own activation block.
+        try checkGEMM(rows: 11, tokens: 19, runs: [56, 8], mixed: true,
+                      blocks: [ActivationBlock(col: 0, count: 56, bits: 4), ActivationBlock(col: 56, count: 8, bits: 8)])
         try checkGEMM(rows: 11, tokens: 3, runs: [56, 8], mixed: true,
                       blocks: [ActivationBlock(col: 0, count: 56, bits: 4), ActivationBlock(col: 56, count: 8, bits: 8)])
         // o_proj per head: low/high per head, plain min/max ranges, clip.
@@ -125,6 +128,7 @@ final class RuntimeKernelTests: XCTestCase {
     /// −128 and 127 — 8 chunks of pair sums reach 30 720 in int16 without clamping.
     func testIntegerGEMMExtremeCodes() throws {
         try checkGEMM(rows: 5, tokens: 3, runs: [4096], mixed: false, blocks: [ActivationBlock(col: 0, count: 4096, bits: 8)], extreme: true)
+        try checkGEMM(rows: 8, tokens: 10, runs: [4096], mixed: false, blocks: [ActivationBlock(col: 0, count: 4096, bits: 8)], extreme: true)
         try checkGEMM(rows: 4, tokens: 2, runs: [1024, 1024], mixed: true, blocks: [ActivationBlock(col: 0, count: 2048, bits: 8)], extreme: true)
     }
 
@@ -177,6 +181,23 @@ final class RuntimeKernelTests: XCTestCase {
             x.withUnsafeBufferPointer { kernel.apply($0.baseAddress!, rows: tokens, into: &y) }
             cq_gemv_q8_f32_ref(table.codes.baseAddress!, Int64(cols), table.scales, x, Int64(cols), Int64(tokens), &ref, Int64(rows), 0, Int64(rows))
             for i in y.indices { XCTAssertEqual(y[i], ref[i], accuracy: 1e-4) }
+        }
+    }
+
+    /// Decode attention over the fp32 cache: AVX2 against the scalar reference (the model tests check it against the
+    /// prefill's GEMM path through the KV-cache decode).
+    func testDecodeAttention() {
+        for (H, KV, hd, start, rows) in [(9, 3, 64, 100, 1), (9, 3, 64, 7, 3), (4, 4, 24, 33, 2), (2, 1, 8, 0, 1)] {
+            let n = start + rows
+            let q = (0..<(rows * H * hd)).map { _ in Float.random(in: -2...2, using: &rng) }
+            let k = (0..<(n * KV * hd)).map { _ in Float.random(in: -2...2, using: &rng) }
+            let v = (0..<(n * KV * hd)).map { _ in Float.random(in: -1...1, using: &rng) }
+            var fast = [Float](repeating: .nan, count: rows * H * hd), slow = fast
+            var scratch = [Float](repeating: 0, count: n)
+            attentionDecode(q, k, v, &fast, rows: rows, start: start, heads: H, kvHeads: KV, headDim: hd)
+            cq_attention_f32_ref(q, k, v, &slow, Int64(rows), Int64(start), Int32(H), Int32(KV), Int32(hd),
+                                 1 / Float(hd).squareRoot(), &scratch, 0, Int32(H))
+            for i in fast.indices { XCTAssertEqual(fast[i], slow[i], accuracy: 1e-5, "H \(H) KV \(KV) hd \(hd) start \(start)") }
         }
     }
 }

@@ -113,3 +113,12 @@ void cq_gemv_q8_f32_ref(const int8_t *w, int64_t cols, const float *scale, const
                         float *y, int64_t ldy, int64_t r0, int64_t r1);
 
 #endif
+
+/// Causal attention of `rows` query rows over a position-major fp32 KV cache, for query heads [h0, h1):
+/// q and ctx [rows, H·hd]; k and v [start + rows, KV·hd] (query head h reads KV head h / (H/KV)); row t sees
+/// positions 0 … start + t. scale = 1/√hd. scratch holds start + rows floats. The decode path: no packing of K into
+/// a GEMM panel, which at a 2k context costs more than the products themselves.
+void cq_attention_f32(const float *q, const float *k, const float *v, float *ctx, int64_t rows, int64_t start,
+                      int H, int KV, int hd, float scale, float *scratch, int h0, int h1);
+void cq_attention_f32_ref(const float *q, const float *k, const float *v, float *ctx, int64_t rows, int64_t start,
+                          int H, int KV, int hd, float scale, float *scratch, int h0, int h1);
