@@ -33,7 +33,9 @@ q4=out/bench/$name.Q4_0.gguf
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== llama.cpp Q4_0 ($q4)"
-llama=$("$venv/bin/python" bench/llamacpp.py "$q4" --threads 2 --rounds "$rounds" 2>/dev/null)
+ids=Tests/Fixtures/smollm2/wikitext2_test_ids.safetensors     # the WikiText-2 test text in the model's own tokens
+case $name in *qwen*|*Qwen*) ids=Tests/Fixtures/qwen2/wikitext2_test_ids.safetensors ;; esac
+llama=$("$venv/bin/python" bench/llamacpp.py "$q4" --threads 2 --rounds "$rounds" --ids "$ids" 2>/dev/null)
 echo "$llama"
 [ -n "${RESULTS:-}" ] && mkdir -p "$RESULTS" && echo "$llama" > "$RESULTS/llamacpp-q4_0.json"
 for ms in "${schemes[@]}"; do

@@ -472,9 +472,55 @@ void cq_gemv_w4_f32(const uint8_t *w, int64_t row_bytes, const cq_run *runs, int
         cq_gemv_w4_f32_ref(w, row_bytes, runs, nruns, s_w, z_w, groups, x, padded_cols, tokens, sum_x, y, ldy, r0, r1);
 }
 
+// One plane chunk of 32 codes → fp32 s·(u − z) (+ 16·s·hi for the second plane of an 8-bit run, added in place).
+AVX2 static void dequantize_rows_avx2(const uint8_t *w, int64_t row_bytes, const cq_run *runs, int nruns,
+                                      const float *s_w, const float *z_w, int groups, int64_t cols,
+                                      int64_t r0, int64_t r1, float *out) {
+    const __m128i m = _mm_set1_epi8(0x0F);
+    for (int64_t r = r0; r < r1; r++) {
+        float *o = out + (r - r0) * cols;
+        for (int k = 0; k < nruns; k++) {
+            const cq_run *run = &runs[k];
+            const uint8_t *plane = w + r * row_bytes + run->byte_offset;
+            const float s = s_w[r * groups + run->group], z = z_w[r * groups + run->group];
+            const __m256 sv = _mm256_set1_ps(s), zv = _mm256_set1_ps(z);
+            int full = run->count / 32;
+            for (int c = 0; c < full; c++) {
+                __m128i b = _mm_loadu_si128((const __m128i *)(plane + 16 * c));
+                __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+                __m256 v[4] = {_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))),
+                               _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)))};
+                __m256 extra[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+                if (run->planes == 2) {
+                    __m128i b2 = _mm_loadu_si128((const __m128i *)(plane + run->padded / 2 + 16 * c));
+                    __m128i lo2 = _mm_and_si128(b2, m), hi2 = _mm_and_si128(_mm_srli_epi16(b2, 4), m);
+                    extra[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo2));
+                    extra[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo2, 8)));
+                    extra[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi2));
+                    extra[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi2, 8)));
+                }
+                for (int j = 0; j < 4; j++) {
+                    // s·((lo + 16·hi) − z), the code formed exactly in float before the one rounding multiply.
+                    __m256 u = _mm256_add_ps(v[j], _mm256_mul_ps(extra[j], _mm256_set1_ps(16)));
+                    _mm256_storeu_ps(o + run->col + 32 * c + 8 * j, _mm256_mul_ps(sv, _mm256_sub_ps(u, zv)));
+                }
+            }
+            for (int j = 32 * full; j < run->count; j++) {
+                int u = plane_code(plane, j);
+                if (run->planes == 2) u += 16 * plane_code(plane + run->padded / 2, j);
+                o[run->col + j] = s * ((float)u - z);
+            }
+        }
+    }
+}
+
 void cq_dequantize_rows(const uint8_t *w, int64_t row_bytes, const cq_run *runs, int nruns,
                         const float *s_w, const float *z_w, int groups, int64_t cols,
                         int64_t r0, int64_t r1, float *out) {
+    if (cq_simd_enabled()) {
+        dequantize_rows_avx2(w, row_bytes, runs, nruns, s_w, z_w, groups, cols, r0, r1, out);
+        return;
+    }
     for (int64_t r = r0; r < r1; r++) {
         float *o = out + (r - r0) * cols;
         for (int k = 0; k < nruns; k++) {
@@ -644,4 +690,10 @@ void cq_attention_f32(const float *q, const float *k, const float *v, float *ctx
         attention_f32_avx2(q, k, v, ctx, rows, start, H, KV, hd, scale, scratch, h0, h1);
     else
         cq_attention_f32_ref(q, k, v, ctx, rows, start, H, KV, hd, scale, scratch, h0, h1);
+}
+
+void cq_pause(void) {
+#if defined(__x86_64__)
+    _mm_pause();
+#endif
 }

@@ -1,12 +1,19 @@
 import Foundation
 
-// The quantized model folder CoQuant writes (`quant_method: "coquant"`, format `coquant-packed-v1`):
+// The quantized model folder CoQuant writes (`quant_method: "coquant"`; its `quantization_config` is typed in
+// QuantizationConfig.swift):
 //   config.json            the HF config plus `quantization_config` (weights, activations, KV cache, rotations)
-//   model.safetensors      per quantized linear `<name>.qweight` U8 [R, ⌈Σ_c bits_c / 8⌉] (codes bit-packed
-//                          little-endian, row by row), `<name>.scales` F32 [R, G], `<name>.zeros` F32 [R, G] (zero
-//                          point in code units), `<name>.g_idx` I32 [C] when groups are not c / group_size, and
-//                          `<name>.group_bits` I32 [G] when groups have their own bit widths (ResQ/CoQuant: the low
-//                          block at 4 bits, the high one at 8; bits_c = group_bits[g_idx[c]], else storage_bits);
+//   model.safetensors      per quantized linear `<name>.qweight` U8, `<name>.scales` F32 [R, G], `<name>.zeros` F32
+//                          [R, G] (zero point in code units), `<name>.g_idx` I32 [C] when groups are not
+//                          c / group_size, and `<name>.group_bits` I32 [G] when groups have their own bit widths
+//                          (ResQ/CoQuant: the low block at 4 bits, the high one at 8; bits_c = group_bits[g_idx[c]],
+//                          else storage_bits). `.qweight` is
+//                            v2 (`coquant-packed-v2`): the runtime's 4-bit plane runs (PlaneLayout.swift), and the
+//                               embeddings / LM head `<name>.codes` I8 [V, d] + `<name>.row_scales` F32 [V] (Int8Rows)
+//                               unless the run kept them fp32;
+//                            v1 (`coquant-packed-v1`): [R, ⌈Σ_c bits_c / 8⌉], codes bit-packed little-endian row by
+//                               row (PackedLinear below, which is also the in-memory form of a run's result), fp32
+//                               embeddings and head;
 //                          everything else F32
 //   tokenizer.json, tokenizer_config.json, report.json, report.md
 // Ŵ[r, c] = scales[r, g] · (code[r, c] − zeros[r, g]) with g = g_idx[c] (or c / group_size, or 0 per channel).

@@ -1,10 +1,11 @@
+import CCoQuantKernels
 import Foundation
 import Synchronization
 
 /// The forward pass's persistent workers. A decoded token runs ≈ 250 small parallel loops (each linear's GEMV is
 /// tens of microseconds); `DispatchQueue.concurrentPerform` costs several microseconds per call and far more when
 /// its threads have gone cold, a large share of such a loop. These threads stay hot: after a loop they spin for
-/// about a millisecond waiting for the next, then sleep on a semaphore until woken.
+/// a few milliseconds waiting for the next, then sleep on a semaphore until woken.
 ///
 /// One loop runs at a time: a `run` that finds the pool busy (a nested loop, or another thread's) runs its tasks on
 /// the calling thread, in order.
@@ -49,7 +50,8 @@ final class WorkerPool: @unchecked Sendable {
             generation.add(1, ordering: .releasing)
             for slot in slots where slot.sleeping.exchange(false, ordering: .acquiringAndReleasing) { slot.wake.signal() }
             runTasks(body, count)
-            while done.load(ordering: .acquiring) < threads { spinPause() }
+            var spins = 0
+            while done.load(ordering: .acquiring) < threads { spins += 1; spinPause(spins) }
             self.body = nil
         }
         busy.store(false, ordering: .releasing)
@@ -69,7 +71,7 @@ final class WorkerPool: @unchecked Sendable {
             var spins = 0
             while generation.load(ordering: .acquiring) == seen {
                 spins += 1
-                if spins < 20_000 { spinPause(); continue }
+                if spins < 200_000 { spinPause(spins); continue }
                 // Idle for a while: sleep until `run` wakes us (re-checking, so a bump between the two is not lost).
                 let slot = slots[index]
                 slot.sleeping.store(true, ordering: .sequentiallyConsistent)
@@ -87,10 +89,9 @@ final class WorkerPool: @unchecked Sendable {
     }
 }
 
+/// `pause` (tens of nanoseconds, so a hand-off is noticed at once), and every 256th spin a sched_yield, so a
+/// runnable thread that shares this core (OpenBLAS's, another process's) gets through.
 @inline(__always)
-private func spinPause() {
-    #if arch(x86_64)
-    // One `pause` would do; sched_yield also lets a runnable thread that shares this core through.
-    sched_yield()
-    #endif
+private func spinPause(_ spins: Int) {
+    if spins & 255 == 0 { sched_yield() } else { cq_pause() }
 }

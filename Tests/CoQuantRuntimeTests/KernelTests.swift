@@ -36,6 +36,18 @@ final class RuntimeKernelTests: XCTestCase {
         XCTAssertEqual(planes.layout.rowBytes, 32 + 64 + 16)
         for r in 0..<5 { for c in 0..<100 { XCTAssertEqual(planes.code(r, c), Int(p.code(r, c))) } }
         XCTAssertEqual(planes.dequantized(), p.dequantized())
+        // The prefill's tile dequantization gives exactly the simulator's weights, in both code paths.
+        let kernel = try! PackedLinearKernel(planes, activation: nil)
+        for simd in [1, 0] {
+            cq_set_simd(Int32(simd))
+            var out = [Float](repeating: .nan, count: 5 * 100)
+            kernel.runs.withUnsafeBufferPointer { runs in
+                cq_dequantize_rows(planes.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), Int64(planes.layout.rowBytes),
+                                   runs.baseAddress!, Int32(runs.count), planes.scales, planes.zeros, Int32(planes.groups), 100, 0, 5, &out)
+            }
+            cq_set_simd(1)
+            XCTAssertEqual(out, p.dequantized(), "simd \(simd)")
+        }
     }
 
     /// Activation codes give back exactly the simulator's fake-quantized values, s·(a − z').

@@ -46,7 +46,7 @@ func differingRows(_ a: [Float], _ b: [Float], cols: Int, tolerance: Float) -> (
 /// simulator does the same to itself: its own KV-cache decode differs from its own prefill by 3 % of the logit range
 /// on W8A8 (measured). So those schemes are compared layer by layer, each layer fed the simulator's residual stream:
 /// every token but the rare one with a flipped code must agree to 1e-4 of the range (a kernel bug hits them all), and
-/// end to end by perplexity (`bench/runtime.sh`). Weight-only schemes are compared end to end.
+/// end to end by perplexity (`bench/runtime-ppl.sh`). Weight-only schemes are compared end to end.
 final class RuntimeModelTests: XCTestCase {
     func smolLM2() throws -> String {
         let path = modelsDir + "/SmolLM2-135M-Instruct.Q4_1.gguf"

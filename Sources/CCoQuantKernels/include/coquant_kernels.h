@@ -122,3 +122,6 @@ void cq_attention_f32(const float *q, const float *k, const float *v, float *ctx
                       int H, int KV, int hd, float scale, float *scratch, int h0, int h1);
 void cq_attention_f32_ref(const float *q, const float *k, const float *v, float *ctx, int64_t rows, int64_t start,
                           int H, int KV, int hd, float scale, float *scratch, int h0, int h1);
+
+/// The x86 `pause` hint for spin-wait loops (the worker pool's); a no-op elsewhere.
+void cq_pause(void);
