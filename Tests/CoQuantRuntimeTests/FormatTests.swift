@@ -39,15 +39,21 @@ final class FormatTests: XCTestCase {
         XCTAssertEqual(ckpt.info("model.embed_tokens.codes")?.dtype, "I8")
         XCTAssertEqual(ckpt.info("lm_head.codes")?.dtype, "I8")
         XCTAssertNil(ckpt.info("model.embed_tokens.weight"))
-        // The simulator reading the folder computes exactly the in-memory model; the runtime the same function.
+        let runtime = try assertFolderComputes(memory)
+        XCTAssertNotNil(runtime.lmHead?.kernel)
+    }
+
+    /// The simulator reading the folder computes exactly the in-memory model; the runtime the same function.
+    /// Returns the runtime's model.
+    func assertFolderComputes(_ memory: LoadedModel, file: StaticString = #filePath, line: UInt = #line) throws -> LlamaModel {
         let ids = [1, 2, 3, 250, 17, 9, 9, 100]
         let simulated = try ModelLoader.load(out)
         try prepareForInference(simulated)
-        XCTAssertEqual(simulated.model.forward(ids), memory.model.forward(ids))
+        XCTAssertEqual(simulated.model.forward(ids), memory.model.forward(ids), file: file, line: line)
         let runtime = try Runtime.load(out)
         try prepareForInference(runtime)
-        XCTAssertNotNil(runtime.model.lmHead?.kernel)
-        XCTAssertLessThan(relativeToRange(runtime.model.forward(ids), memory.model.forward(ids)), 1e-3)
+        XCTAssertLessThan(relativeToRange(runtime.model.forward(ids), memory.model.forward(ids)), 1e-3, file: file, line: line)
+        return runtime.model
     }
 
     /// A folder as CoQuant wrote it before format v2 (bit-packed codes, fp32 embeddings, no version) still loads, in
@@ -85,14 +91,8 @@ final class FormatTests: XCTestCase {
         }
         XCTAssertEqual(try QuantizationConfig.load(out + "/config.json")?.formatVersion, 1)
         XCTAssertEqual(options.embeddings, .f32)
-        let ids = [1, 2, 3, 250, 17, 9, 9, 100]
-        let simulated = try ModelLoader.load(out)
-        try prepareForInference(simulated)
-        XCTAssertEqual(simulated.model.forward(ids), memory.model.forward(ids))
-        let runtime = try Runtime.load(out)
-        try prepareForInference(runtime)
-        XCTAssertNotNil(runtime.model.layers[0].selfAttn.qProj.kernel, "v1 codes are repacked for the runtime")
-        XCTAssertLessThan(relativeToRange(runtime.model.forward(ids), memory.model.forward(ids)), 1e-3)
+        let runtime = try assertFolderComputes(memory)
+        XCTAssertNotNil(runtime.layers[0].selfAttn.qProj.kernel, "v1 codes are repacked for the runtime")
     }
 
     func editConfig(_ edit: (inout [String: Any]) -> Void) throws {
