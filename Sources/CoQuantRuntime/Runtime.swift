@@ -9,11 +9,17 @@ public enum Runtime {
     /// Whether this CPU runs the fast paths; without AVX2 every kernel runs its scalar reference (correct, slow).
     public static var hasAVX2: Bool { cq_cpu_has_avx2() != 0 }
 
-    /// The kernels for a folder with this configuration.
-    public static func kernels(config c: ModelConfiguration, quantization q: QuantizationConfig) -> PackedKernels {
+    /// The kernels for a folder with this configuration. `dynamicInt8`: weight-only folders quantize the inputs of
+    /// their decoder linears to int8 per token at run time (llama.cpp's way: integer kernels for prompts; not the
+    /// function the folder was quantized and evaluated with).
+    public static func kernels(config c: ModelConfiguration, quantization q: QuantizationConfig, dynamicInt8: Bool = false) -> PackedKernels {
         PackedKernels(linear: { name, planes in
             do {
-                return try PackedLinearKernel(planes, activation: activationBlocks(name, config: c, quantization: q))
+                var blocks = activationBlocks(name, config: c, quantization: q)
+                if dynamicInt8, q.activations == nil, name.hasPrefix("model.layers.") {
+                    blocks = [ActivationBlock(col: 0, count: planes.cols, bits: 8)]
+                }
+                return try PackedLinearKernel(planes, activation: blocks)
             } catch let e as RuntimeError {
                 throw ModelFileError(name, e.description)
             }
@@ -50,12 +56,12 @@ public enum Runtime {
 
     /// Loads a model to run on the runtime: a quantized folder's packed tensors become kernels, read in place;
     /// anything else loads as ModelLoader does (fp32).
-    public static func load(_ path: String, requireTokenizer: Bool = false) throws -> LoadedModel {
+    public static func load(_ path: String, requireTokenizer: Bool = false, dynamicInt8: Bool = false) throws -> LoadedModel {
         var kernels: PackedKernels?
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue,
            let q = try QuantizationConfig.load(path + "/config.json") {
-            kernels = Self.kernels(config: try ModelConfiguration.load(path + "/config.json"), quantization: q)
+            kernels = Self.kernels(config: try ModelConfiguration.load(path + "/config.json"), quantization: q, dynamicInt8: dynamicInt8)
         }
         return try ModelLoader.load(path, requireTokenizer: requireTokenizer, kernels: kernels)
     }

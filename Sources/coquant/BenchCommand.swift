@@ -93,7 +93,7 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         let text = try readTextFile(try locateData(data, "wikitext-2-raw-v1/test.gptq_join.txt"))
-        let subject = Subject(path: model, loaded: try loadModel(model, quiet: output.quiet, simulate: execution.simulate))
+        let subject = Subject(path: model, loaded: try loadModel(model, quiet: output.quiet, simulate: execution.simulate, dynamicInt8: execution.dynamicInt8))
         let ids = subject.loaded.tokenizer!.encode(String(text.prefix(40_000)))
         guard ids.count >= 2048 + 8 else { throw RunError("the benchmark text has \(ids.count) tokens, fewer than 2056") }
         let context = subject.loaded.model.config.maxPositionEmbeddings

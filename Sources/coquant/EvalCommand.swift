@@ -143,7 +143,7 @@ struct Eval: ParsableCommand {
         // The evaluated model first: a bad model path or --seqlen must fail before minutes of FP reference logits
         // are computed and cached. The price: both models are in memory while the reference is computed (once; later
         // runs read the cache).
-        let loaded = try loadModel(model, quiet: output.quiet, simulate: execution.simulate)
+        let loaded = try loadModel(model, quiet: output.quiet, simulate: execution.simulate, dynamicInt8: execution.dynamicInt8)
         if seqlen > loaded.model.config.maxPositionEmbeddings && wikiText != nil {
             throw RunError("--seqlen \(seqlen) is longer than the model's context (\(loaded.model.config.maxPositionEmbeddings))")
         }

@@ -47,7 +47,7 @@ struct Generate: ParsableCommand {
     }
 
     func run() throws {
-        let loaded = try loadModel(model, quiet: output.quiet, simulate: execution.simulate)
+        let loaded = try loadModel(model, quiet: output.quiet, simulate: execution.simulate, dynamicInt8: execution.dynamicInt8)
         let tokenizer = loaded.tokenizer!
         let text = chat ? "<|im_start|>user\n\(prompt)<|im_end|>\n<|im_start|>assistant\n" : prompt
         if chat && tokenizer.encode("<|im_start|>", addSpecialTokens: false).count != 1 {

@@ -43,7 +43,7 @@ struct Perplexity: ParsableCommand {
     }
 
     func run() throws {
-        let loaded = try loadModel(model, quiet: output.quiet, simulate: execution.simulate)
+        let loaded = try loadModel(model, quiet: output.quiet, simulate: execution.simulate, dynamicInt8: execution.dynamicInt8)
         let c = loaded.model.config
         if seqlen > c.maxPositionEmbeddings {
             throw RunError("--seqlen \(seqlen) is longer than the model's context (\(c.maxPositionEmbeddings))")

@@ -111,15 +111,24 @@ struct ExecutionOptions: ParsableArguments {
     @Flag(help: ArgumentHelp("Run a quantized folder through the fp32 simulator (weights dequantized, activations and KV cache fake-quantized) instead of the packed integer runtime.",
                              discussion: "Both compute the same function up to float summation order; the simulator is what the research tables were measured with."))
     var simulate = false
+
+    @Flag(help: ArgumentHelp("Weight-only folders (W4A16, W3A16): quantize each linear's input to int8 per token at run time and use the integer kernels, as llama.cpp does.",
+                             discussion: "Faster prompts; the numbers change slightly (RESULTS.md has the perplexity cost). Folders with quantized activations ignore it."))
+    var dynamicInt8 = false
+
+    func validate() throws {
+        if simulate && dynamicInt8 { throw ValidationError("--dynamic-int8 runs on the packed runtime: drop --simulate") }
+    }
 }
 
 /// Loads `path` for inference: a quantized folder on the runtime's packed kernels unless `simulate`.
-func loadModel(_ path: String, quiet: Bool, simulate: Bool = true) throws -> LoadedModel {
+func loadModel(_ path: String, quiet: Bool, simulate: Bool = true, dynamicInt8: Bool = false) throws -> LoadedModel {
     let start = ContinuousClock.now
     if !simulate && !Runtime.hasAVX2 {
         printErr("warning: this CPU has no AVX2: the runtime's kernels run their scalar references (slow)")
     }
-    let loaded = simulate ? try ModelLoader.load(path, requireTokenizer: true) : try Runtime.load(path, requireTokenizer: true)
+    let loaded = simulate ? try ModelLoader.load(path, requireTokenizer: true)
+        : try Runtime.load(path, requireTokenizer: true, dynamicInt8: dynamicInt8)
     try prepareForInference(loaded)
     if !quiet {
         let c = loaded.model.config

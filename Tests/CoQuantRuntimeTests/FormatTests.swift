@@ -56,6 +56,23 @@ final class FormatTests: XCTestCase {
         return runtime.model
     }
 
+    /// --dynamic-int8: a weight-only folder's decoder linears quantize their inputs to int8 per token (the head
+    /// does not), and the logits stay close to the exact ones.
+    func testDynamicInt8OnWeightOnlyFolders() throws {
+        let (memory, _, _) = try quantized("W4A16")
+        let exact = try assertFolderComputes(memory)
+        XCTAssertNil((exact.layers[0].selfAttn.qProj.kernel as? PackedLinearKernel)?.activation)
+        let loaded = try Runtime.load(out, dynamicInt8: true)
+        try prepareForInference(loaded)
+        let q = try XCTUnwrap(loaded.model.layers[0].mlp.downProj.kernel as? PackedLinearKernel)
+        XCTAssertEqual(q.activation, [ActivationBlock(col: 0, count: q.weights.cols, bits: 8)])
+        XCTAssertNil((loaded.model.lmHead?.kernel as? PackedLinearKernel)?.activation)
+        let ids = [1, 2, 3, 250, 17, 9, 9, 100]
+        let e = relativeToRange(loaded.model.forward(ids), exact.forward(ids))
+        XCTAssertGreaterThan(e, 0, "int8 activations change the numbers")
+        XCTAssertLessThan(e, 0.02)
+    }
+
     /// A folder as CoQuant wrote it before format v2 (bit-packed codes, fp32 embeddings, no version) still loads, in
     /// both modes, and computes what the run computed.
     func testV1FolderStillLoads() throws {
