@@ -1,5 +1,6 @@
 import ArgumentParser
 import CoQuantModel
+import CoQuantRuntime
 import Foundation
 
 struct Inspect: ParsableCommand {
@@ -26,7 +27,8 @@ struct Inspect: ParsableCommand {
     }
 
     func run() throws {
-        let loaded = try ModelLoader.load(model)
+        // A quantized folder loads packed (as it runs), not expanded to fp32.
+        let loaded = try Runtime.load(model)
         let c = loaded.model.config
         var types: [String: Int] = [:]
         for t in loaded.tensorTable { types[t.dtype, default: 0] += 1 }
@@ -35,7 +37,7 @@ struct Inspect: ParsableCommand {
                             storageTypes: types, tokenizer: tok,
                             tensors: loaded.tensorTable.map { Tensor(name: $0.name, dtype: $0.dtype, shape: $0.shape) })
         if output.json { try printJSON(report); return }
-        print("\(model) (\(loaded.format))")
+        print("\(model) (\(loaded.format)\(loaded.quantizationConfig.map { ", \($0.scheme) \($0.method), format v\($0.formatVersion)" } ?? ""))")
         print("architecture: \(c.modelType), \(c.numHiddenLayers) layers, hidden \(c.hiddenSize), heads \(c.numAttentionHeads) / \(c.numKeyValueHeads) KV, head_dim \(c.headDim), FFN \(c.intermediateSize), vocab \(c.vocabSize)")
         print("rope: θ \(c.ropeTheta)\(c.ropeScaling.map { ", \($0.ropeType) scaling" } ?? ""), rms_norm_eps \(c.rmsNormEps), context \(c.maxPositionEmbeddings)")
         print("lm_head: \(c.tieWordEmbeddings ? "tied to embed_tokens" : "separate"), q/k/v bias: \(c.qkvBias ? "yes" : "no")")
