@@ -9,7 +9,7 @@ import Foundation
 //   1  `coquant-packed-v1`: codes bit-packed row by row (`bits` per column), fp32 embeddings and head.
 //   2  `coquant-packed-v2`: codes in the runtime's 4-bit plane runs (coquant_kernels.h), read in place; embeddings
 //      and the LM head int8 per row by default (`embeddings`).
-// A v1 config decodes into this type unchanged (`migrated()` fills in what v1 implied).
+// A v1 config decodes into this type unchanged (`formatVersion` 1; v1 had no `embeddings`: fp32).
 
 public struct QuantizationConfig: Codable, Sendable, Equatable {
     public static let currentVersion = 2
@@ -163,6 +163,7 @@ public struct QuantizationConfig: Codable, Sendable, Equatable {
         guard q["quant_method"] as? String == "coquant" else {
             throw ModelFileError(path, "quantization_config.quant_method \"\(q["quant_method"] ?? "none")\" is not supported (CoQuant reads its own \"coquant\" folders and unquantized models)")
         }
+        try rejectUnknownKeys(q, file: path)
         let config: QuantizationConfig
         do {
             config = try JSONDecoder().decode(QuantizationConfig.self, from: JSONSerialization.data(withJSONObject: q))
@@ -193,26 +194,6 @@ public struct QuantizationConfig: Codable, Sendable, Equatable {
 }
 
 extension QuantizationConfig {
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        try c.rejectUnknownKeys(decoder)
-        quantMethod = try c.decode(String.self, forKey: .quantMethod)
-        format = try c.decode(String.self, forKey: .format)
-        version = try c.decodeIfPresent(Int.self, forKey: .version)
-        method = try c.decode(String.self, forKey: .method)
-        solver = try c.decode(String.self, forKey: .solver)
-        scheme = try c.decode(String.self, forKey: .scheme)
-        weights = try c.decode(Weights.self, forKey: .weights)
-        embeddings = try c.decodeIfPresent(Embeddings.self, forKey: .embeddings)
-        modulesNotQuantized = try c.decode([String].self, forKey: .modulesNotQuantized)
-        calibration = try c.decode(Calibration.self, forKey: .calibration)
-        activations = try c.decodeIfPresent(Activations.self, forKey: .activations)
-        kvCache = try c.decodeIfPresent(KVCacheConfig.self, forKey: .kvCache)
-        rotation = try c.decodeIfPresent(Rotation.self, forKey: .rotation)
-        subspace = try c.decodeIfPresent(Subspace.self, forKey: .subspace)
-        coquantOptions = try c.decode(OpaqueJSON.self, forKey: .coquantOptions)
-    }
-
     public init(format: String, version: Int?, method: String, solver: String, scheme: String, weights: Weights,
                 embeddings: Embeddings?, modulesNotQuantized: [String], calibration: Calibration, activations: Activations?,
                 kvCache: KVCacheConfig?, rotation: Rotation?, subspace: Subspace?, coquantOptions: OpaqueJSON) {
@@ -254,55 +235,7 @@ extension QuantizationConfig {
     }
 }
 
-// Strict decoding of the nested objects: the synthesized init plus the unknown-key check.
-extension QuantizationConfig.Weights {
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        try c.rejectUnknownKeys(decoder)
-        bits = try c.decode(Int.self, forKey: .bits)
-        storageBits = try c.decode(Int.self, forKey: .storageBits)
-        groupSize = try c.decode(Int.self, forKey: .groupSize)
-        symmetric = try c.decode(Bool.self, forKey: .symmetric)
-        grid = try c.decode(String.self, forKey: .grid)
-        mseClip = try c.decode(Bool.self, forKey: .mseClip)
-        actOrder = try c.decode(Bool.self, forKey: .actOrder)
-        percdamp = try c.decode(Double.self, forKey: .percdamp)
-        targets = try c.decode([String].self, forKey: .targets)
-        layout = try c.decodeIfPresent(String.self, forKey: .layout)
-    }
-}
-
-extension QuantizationConfig.Embeddings {
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        try c.rejectUnknownKeys(decoder)
-        format = try c.decode(String.self, forKey: .format)
-        lmHead = try c.decode(String.self, forKey: .lmHead)
-    }
-}
-
-extension QuantizationConfig.Calibration {
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        try c.rejectUnknownKeys(decoder)
-        dataset = try c.decode(String.self, forKey: .dataset)
-        nsamples = try c.decode(Int.self, forKey: .nsamples)
-        seqlen = try c.decode(Int.self, forKey: .seqlen)
-        seed = try c.decode(UInt32.self, forKey: .seed)
-    }
-}
-
 extension QuantizationConfig.Activations {
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        try c.rejectUnknownKeys(decoder)
-        bits = try c.decode(Int.self, forKey: .bits)
-        downProjBits = try c.decode(Int.self, forKey: .downProjBits)
-        symmetric = try c.decode(Bool.self, forKey: .symmetric)
-        granularity = try c.decode(String.self, forKey: .granularity)
-        clipRatio = try c.decode(Double.self, forKey: .clipRatio)
-        targets = try c.decode([String].self, forKey: .targets)
-    }
     public init(bits: Int, downProjBits: Int, clipRatio: Double, targets: [String]) {
         self.bits = bits; self.downProjBits = downProjBits; symmetric = false; granularity = "per-token"
         self.clipRatio = clipRatio; self.targets = targets
@@ -310,52 +243,13 @@ extension QuantizationConfig.Activations {
 }
 
 extension QuantizationConfig.KVCacheConfig {
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        try c.rejectUnknownKeys(decoder)
-        bits = try c.decode(Int.self, forKey: .bits)
-        symmetric = try c.decode(Bool.self, forKey: .symmetric)
-        granularity = try c.decode(String.self, forKey: .granularity)
-        groupSize = try c.decode(Int.self, forKey: .groupSize)
-        clipRatio = try c.decode(Double.self, forKey: .clipRatio)
-        keys = try c.decode(String.self, forKey: .keys)
-    }
     public init(bits: Int, headDim: Int, clipRatio: Double) {
         self.bits = bits; symmetric = false; granularity = "per-token-head"; groupSize = headDim
         self.clipRatio = clipRatio; keys = "post-rope"
     }
 }
 
-extension QuantizationConfig.Rotation {
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        try c.rejectUnknownKeys(decoder)
-        residual = try c.decode(String.self, forKey: .residual)
-        seed = try c.decode(UInt32.self, forKey: .seed)
-        normsFused = try c.decode(Bool.self, forKey: .normsFused)
-        embeddingsCentered = try c.decode(Bool.self, forKey: .embeddingsCentered)
-        valueHeads = try c.decode(String.self, forKey: .valueHeads)
-        online = try c.decode([String: String].self, forKey: .online)
-    }
-}
-
 extension QuantizationConfig.Subspace {
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        try c.rejectUnknownKeys(decoder)
-        objective = try c.decode(String.self, forKey: .objective)
-        granularity = try c.decode(String.self, forKey: .granularity)
-        highFraction = try c.decode(Double.self, forKey: .highFraction)
-        highBits = try c.decode(Int.self, forKey: .highBits)
-        highChannels = try c.decode(Int.self, forKey: .highChannels)
-        highChannelsPerHead = try c.decode(Int.self, forKey: .highChannelsPerHead)
-        kvWeightAware = try c.decode(Bool.self, forKey: .kvWeightAware)
-        normsFused = try c.decode(Bool.self, forKey: .normsFused)
-        embeddingsCentered = try c.decode(Bool.self, forKey: .embeddingsCentered)
-        highBlock = try c.decode(String.self, forKey: .highBlock)
-        storage = try c.decode(String.self, forKey: .storage)
-        online = try c.decode([String: String].self, forKey: .online)
-    }
     public init(objective: String, granularity: String, highFraction: Double, highBits: Int, highChannels: Int,
                 highChannelsPerHead: Int, kvWeightAware: Bool, embeddingsCentered: Bool, highBlock: String, storage: String,
                 online: [String: String]) {
@@ -398,21 +292,24 @@ public enum OpaqueJSON: Codable, Sendable, Equatable {
     public init<T: Encodable>(encoding value: T) throws { self = try JSONDecoder().decode(OpaqueJSON.self, from: JSONEncoder().encode(value)) }
 }
 
-private struct AnyKey: CodingKey {
-    var stringValue: String
-    var intValue: Int? { nil }
-    init(stringValue: String) { self.stringValue = stringValue }
-    init?(intValue: Int) { nil }
-}
+extension QuantizationConfig {
+    /// The keys each object of the file may have: the CodingKeys of its type (`online` and `coquant_options` are
+    /// free-form).
+    static let schema: [String: [String]] = [
+        "": CodingKeys.allCases.map(\.rawValue), "weights": Weights.CodingKeys.allCases.map(\.rawValue),
+        "embeddings": Embeddings.CodingKeys.allCases.map(\.rawValue), "calibration": Calibration.CodingKeys.allCases.map(\.rawValue),
+        "activations": Activations.CodingKeys.allCases.map(\.rawValue), "kv_cache": KVCacheConfig.CodingKeys.allCases.map(\.rawValue),
+        "rotation": Rotation.CodingKeys.allCases.map(\.rawValue), "subspace": Subspace.CodingKeys.allCases.map(\.rawValue),
+    ]
 
-extension KeyedDecodingContainer where Key: CaseIterable & RawRepresentable, Key.RawValue == String {
-    /// Throws for a key of the JSON object that `Key` does not name.
-    func rejectUnknownKeys(_ decoder: Decoder) throws {
-        let known = Set(Key.allCases.map(\.rawValue))
-        let all = try decoder.container(keyedBy: AnyKey.self).allKeys.map(\.stringValue)
-        if let unknown = all.sorted().first(where: { !known.contains($0) }) {
-            throw DecodingError.dataCorrupted(.init(codingPath: codingPath + [AnyKey(stringValue: unknown)],
-                                                    debugDescription: "unknown key (this CoQuant knows \(known.sorted().joined(separator: ", ")))"))
+    /// Throws for a key the schema does not name, so a folder from a newer CoQuant or a hand edit is refused by name
+    /// instead of being half understood.
+    static func rejectUnknownKeys(_ q: [String: Any], file: String) throws {
+        for (object, known) in schema.sorted(by: { $0.key < $1.key }) {
+            guard let dict = object.isEmpty ? q : q[object] as? [String: Any] else { continue }
+            if let key = dict.keys.sorted().first(where: { !known.contains($0) }) {
+                throw ModelFileError(file, "quantization_config.\(object.isEmpty ? "" : object + ".")\(key): unknown key (this CoQuant knows \(known.sorted().joined(separator: ", ")))")
+            }
         }
     }
 }
