@@ -5,7 +5,7 @@ import Synchronization
 /// The forward pass's persistent workers. A decoded token runs ≈ 250 small parallel loops (each linear's GEMV is
 /// tens of microseconds); `DispatchQueue.concurrentPerform` costs several microseconds per call and far more when
 /// its threads have gone cold, a large share of such a loop. These threads stay hot: after a loop they spin for
-/// a few milliseconds waiting for the next, then sleep on a semaphore until woken.
+/// about a millisecond waiting for the next, then sleep on a semaphore until woken.
 ///
 /// One loop runs at a time: a `run` that finds the pool busy (a nested loop, or another thread's) runs its tasks on
 /// the calling thread, in order.
@@ -71,7 +71,7 @@ final class WorkerPool: @unchecked Sendable {
             var spins = 0
             while generation.load(ordering: .acquiring) == seen {
                 spins += 1
-                if spins < 200_000 { spinPause(spins); continue }
+                if spins < 20_000 { spinPause(spins); continue }
                 // Idle for a while: sleep until `run` wakes us (re-checking, so a bump between the two is not lost).
                 let slot = slots[index]
                 slot.sleeping.store(true, ordering: .sequentiallyConsistent)
