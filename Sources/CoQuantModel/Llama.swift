@@ -14,8 +14,6 @@ import Foundation
 public protocol LinearKernel: AnyObject, Sendable {
     /// y[T, out] = x[T, in] · Ŵᵀ, no bias.
     func apply(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>)
-    /// Bytes the weights take in memory (codes, scales, sums).
-    var byteCount: Int { get }
 }
 
 /// A LinearKernel whose rows can be read back one at a time: a packed embedding table, which a tied LM head shares.

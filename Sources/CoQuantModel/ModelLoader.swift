@@ -14,9 +14,11 @@ public struct LoadedModel: @unchecked Sendable {
     public var packedKernels = false
 }
 
-/// How a quantized folder's packed tensors become kernels: the Runtime provides one. Without it they are
-/// dequantized to fp32 on load and run through the simulator.
+/// How a quantized folder's packed tensors become kernels: the Runtime provides one, made from the folder's
+/// configuration (`PackedKernels.Factory`). Without it they are dequantized to fp32 on load and run through the
+/// simulator.
 public struct PackedKernels {
+    public typealias Factory = (ModelConfiguration, QuantizationConfig) -> PackedKernels
     public var linear: (_ name: String, _ weights: PackedPlanes) throws -> any LinearKernel
     public var rows: (_ name: String, _ table: Int8Rows) throws -> any RowTableKernel
     public init(linear: @escaping (String, PackedPlanes) throws -> any LinearKernel,
@@ -29,8 +31,9 @@ public struct PackedKernels {
 public enum ModelLoader {
     /// Loads `path`: a folder with config.json + safetensors, or a `.gguf` file. Weights are converted to fp32.
     /// `requireTokenizer` makes a missing tokenizer an error (commands that read or write text need one).
-    /// `kernels`: run a quantized folder's packed tensors in place through these (ignored for other models).
-    public static func load(_ path: String, requireTokenizer: Bool = false, kernels: PackedKernels? = nil) throws -> LoadedModel {
+    /// `kernels`: run a quantized folder's packed tensors in place through the kernels it makes (ignored for other
+    /// models).
+    public static func load(_ path: String, requireTokenizer: Bool = false, kernels: PackedKernels.Factory? = nil) throws -> LoadedModel {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw ModelFileError(path, "no such file or folder")
@@ -44,11 +47,11 @@ public enum ModelLoader {
 
     // MARK: Hugging Face folder
 
-    static func loadFolder(_ folder: String, kernels: PackedKernels?) throws -> LoadedModel {
+    static func loadFolder(_ folder: String, kernels factory: PackedKernels.Factory?) throws -> LoadedModel {
         let config = try ModelConfiguration.load(folder + "/config.json")
         let ckpt = try SafeTensorsCheckpoint(folder: folder)
         let quantization = try QuantizationConfig.load(folder + "/config.json")
-        let kernels = quantization == nil ? nil : kernels
+        let kernels = quantization.flatMap { q in factory.map { $0(config, q) } }
         let v2 = (quantization?.formatVersion ?? 0) >= 2
         func tensor(_ name: String, _ shape: [Int]) throws -> [Float] {
             guard let info = ckpt.info(name) else {

@@ -67,21 +67,17 @@ public struct PlaneLayout: Sendable, Equatable {
 public final class PackedPlanes: @unchecked Sendable {
     public let rows: Int
     public let cols: Int
-    public let bits: Int
     public let layout: PlaneLayout
     public let bytes: UnsafeRawBufferPointer     // [rows, layout.rowBytes]
     public let scales: [Float]                   // [rows, groups]
     public let zeros: [Float]                    // [rows, groups], integer-valued
-    public let groupIndex: [Int32]
-    public let groupBits: [Int]?
     private let owner: AnyObject?                // the MappedFile, or nil when `bytes` is owned
 
     public var groups: Int { scales.count / rows }
 
-    init(rows: Int, cols: Int, bits: Int, layout: PlaneLayout, bytes: UnsafeRawBufferPointer, owner: AnyObject?,
-         scales: [Float], zeros: [Float], groupIndex: [Int32], groupBits: [Int]?) {
-        self.rows = rows; self.cols = cols; self.bits = bits; self.layout = layout; self.bytes = bytes
-        self.owner = owner; self.scales = scales; self.zeros = zeros; self.groupIndex = groupIndex; self.groupBits = groupBits
+    init(rows: Int, cols: Int, layout: PlaneLayout, bytes: UnsafeRawBufferPointer, owner: AnyObject?, scales: [Float], zeros: [Float]) {
+        self.rows = rows; self.cols = cols; self.layout = layout; self.bytes = bytes
+        self.owner = owner; self.scales = scales; self.zeros = zeros
     }
 
     /// Repacks a v1 (bit-packed) linear.
@@ -90,15 +86,19 @@ public final class PackedPlanes: @unchecked Sendable {
         let packed = layout.pack(rows: p.rows, cols: p.cols) { Int(p.code($0, $1)) }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(packed.count, 1), alignment: 64)
         packed.withUnsafeBytes { buffer.copyMemory(from: $0) }
-        self.init(rows: p.rows, cols: p.cols, bits: p.bits, layout: layout, bytes: UnsafeRawBufferPointer(buffer), owner: nil,
-                  scales: p.scales, zeros: p.zeros, groupIndex: p.groupIndex, groupBits: p.groupBits)
+        self.init(rows: p.rows, cols: p.cols, layout: layout, bytes: UnsafeRawBufferPointer(buffer), owner: nil,
+                  scales: p.scales, zeros: p.zeros)
     }
 
     deinit { if owner == nil { UnsafeMutableRawBufferPointer(mutating: bytes).deallocate() } }
 
     public func code(_ r: Int, _ c: Int) -> Int {
         let run = layout.runs.last { $0.col <= c }!
-        let j = c - run.col
+        return code(r, run, c - run.col)
+    }
+
+    /// The code of column `j` of `run` in row r.
+    func code(_ r: Int, _ run: PlaneRun, _ j: Int) -> Int {
         var u = 0
         for p in 0..<run.planes {
             let b = bytes[r * layout.rowBytes + run.byteOffset + p * run.padded / 2 + j / 32 * 16 + j % 16]
@@ -114,7 +114,7 @@ public final class PackedPlanes: @unchecked Sendable {
         for r in 0..<rows {
             for run in layout.runs {
                 let s = scales[r * g + run.group], z = zeros[r * g + run.group]
-                for j in 0..<run.count { w[r * cols + run.col + j] = s * (Float(code(r, run.col + j)) - z) }
+                for j in 0..<run.count { w[r * cols + run.col + j] = s * (Float(code(r, run, j)) - z) }
             }
         }
         return w
@@ -175,9 +175,9 @@ extension SafeTensorsCheckpoint {
         guard q.dtype == "U8", q.shape == [rows, layout.rowBytes] else {
             throw ModelFileError(file.path, "\(prefix).qweight is \(q.dtype) \(q.shape), expected U8 [\(rows), \(layout.rowBytes)] for its 4-bit plane runs")
         }
-        return PackedPlanes(rows: rows, cols: cols, bits: bits, layout: layout,
+        return PackedPlanes(rows: rows, cols: cols, layout: layout,
                             bytes: UnsafeRawBufferPointer(start: file.file.base + q.offset, count: q.byteCount), owner: file,
-                            scales: grid.scales, zeros: grid.zeros, groupIndex: grid.groupIndex, groupBits: grid.groupBits)
+                            scales: grid.scales, zeros: grid.zeros)
     }
 
     /// `<prefix>.codes` I8 [rows, cols] with `<prefix>.row_scales` F32 [rows], read in place; nil when absent.

@@ -75,10 +75,6 @@ public final class PackedLinearKernel: LinearKernel, @unchecked Sendable {
         sumU = sums
     }
 
-    public var byteCount: Int {
-        weights.bytes.count + 4 * (weights.scales.count + weights.zeros.count + zerosInt.count + sumU.count)
-    }
-
     public func apply(_ x: UnsafePointer<Float>, rows T: Int, into y: UnsafeMutablePointer<Float>) {
         let w = weights, R = w.rows, C = w.cols, P = w.layout.paddedCols, nr = runs.count
         let wb = w.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), rb = Int64(w.layout.rowBytes)
@@ -109,19 +105,13 @@ public final class PackedLinearKernel: LinearKernel, @unchecked Sendable {
                 } }
             } else {
                 w.scales.withUnsafeBufferPointer { sw in w.zeros.withUnsafeBufferPointer { zw in
-                    dequantizedProduct(x, rows: T, into: y) { r0, r1, out in
+                    productByTiles(x, rows: T, out: R, in: C, into: y) { r0, r1, out in
                         cq_dequantize_rows(wb, rb, runs, Int32(nr), sw.baseAddress!, zw.baseAddress!, Int32(w.groups), Int64(C),
                                            Int64(r0), Int64(r1), out)
                     }
                 } }
             }
         }
-    }
-
-    /// y = x·Ŵᵀ with Ŵ's rows dequantized tile by tile into fp32 (bounded scratch) and multiplied by sgemm.
-    func dequantizedProduct(_ x: UnsafePointer<Float>, rows T: Int,
-                            into y: UnsafeMutablePointer<Float>, dequantize: (Int, Int, UnsafeMutablePointer<Float>) -> Void) {
-        productByTiles(x, rows: T, out: weights.rows, in: weights.cols, into: y, dequantize: dequantize)
     }
 }
 
@@ -150,8 +140,6 @@ public final class Int8RowsKernel: RowTableKernel, @unchecked Sendable {
     public let table: Int8Rows
 
     public init(_ table: Int8Rows) { self.table = table }
-
-    public var byteCount: Int { table.codes.count + 4 * table.scales.count }
 
     public func row(_ r: Int, into out: UnsafeMutablePointer<Float>) { table.row(r, into: out) }
 

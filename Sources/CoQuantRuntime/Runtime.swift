@@ -57,12 +57,6 @@ public enum Runtime {
     /// Loads a model to run on the runtime: a quantized folder's packed tensors become kernels, read in place;
     /// anything else loads as ModelLoader does (fp32).
     public static func load(_ path: String, requireTokenizer: Bool = false, dynamicInt8: Bool = false) throws -> LoadedModel {
-        var kernels: PackedKernels?
-        var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue,
-           let q = try QuantizationConfig.load(path + "/config.json") {
-            kernels = Self.kernels(config: try ModelConfiguration.load(path + "/config.json"), quantization: q, dynamicInt8: dynamicInt8)
-        }
-        return try ModelLoader.load(path, requireTokenizer: requireTokenizer, kernels: kernels)
+        try ModelLoader.load(path, requireTokenizer: requireTokenizer) { c, q in kernels(config: c, quantization: q, dynamicInt8: dynamicInt8) }
     }
 }
