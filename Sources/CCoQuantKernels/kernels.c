@@ -692,6 +692,201 @@ void cq_attention_f32(const float *q, const float *k, const float *v, float *ctx
         cq_attention_f32_ref(q, k, v, ctx, rows, start, H, KV, hd, scale, scratch, h0, h1);
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Packed KV cache (layout in the header).
+
+static inline int64_t kv_block_bytes(const cq_act_block *b) { return b->bits <= 4 ? (b->count + 1) / 2 : b->count; }
+
+int64_t cq_kv_row_bytes(const cq_act_block *blocks, int nblocks) {
+    int64_t n = 0;
+    for (int i = 0; i < nblocks; i++) n += kv_block_bytes(&blocks[i]);
+    return n;
+}
+
+// Scalar on purpose: it runs once per new token and head (a few hundred rows per token), and
+// nearbyintf(x / s) is the simulator's rounding of the same float quotient.
+void cq_kv_quantize(const float *x, int64_t rows, int hd, const cq_act_block *blocks, int nblocks,
+                    uint8_t *codes, float *sz) {
+    const int64_t row_bytes = cq_kv_row_bytes(blocks, nblocks);
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * hd;
+        uint8_t *c = codes + r * row_bytes;
+        for (int k = 0; k < nblocks; k++) {
+            const cq_act_block *b = &blocks[k];
+            float s, z, maxq = (float)((1 << b->bits) - 1);
+            block_grid(xr, b, &s, &z);
+            sz[(r * nblocks + k) * 2] = s;
+            sz[(r * nblocks + k) * 2 + 1] = z;
+            const int64_t h = (b->count + 1) / 2;
+            if (b->bits <= 4) memset(c, 0, (size_t)h);
+            for (int i = 0; i < b->count; i++) {
+                float q = nearbyintf(xr[b->col + i] / s) + z;
+                uint8_t u = (uint8_t)(q < 0 ? 0 : (q > maxq ? maxq : q));
+                if (b->bits > 4) c[i] = u;
+                else if (i < h) c[i] |= u;
+                else c[i - h] |= (uint8_t)(u << 4);
+            }
+            c += kv_block_bytes(b);
+        }
+    }
+}
+
+static void kv_dequantize_row_scalar(const uint8_t *c, const float *sz, const cq_act_block *blocks, int nblocks, float *out) {
+    for (int k = 0; k < nblocks; k++) {
+        const cq_act_block *b = &blocks[k];
+        const float s = sz[2 * k], z = sz[2 * k + 1];
+        const int64_t h = (b->count + 1) / 2;
+        for (int i = 0; i < b->count; i++) {
+            int u = b->bits > 4 ? c[i] : (i < h ? c[i] & 15 : c[i - h] >> 4);
+            out[b->col + i] = s * ((float)u - z);
+        }
+        c += kv_block_bytes(b);
+    }
+}
+
+AVX2 static void kv_dequantize_row_avx2(const uint8_t *c, const float *sz, const cq_act_block *blocks, int nblocks, float *out) {
+    for (int k = 0; k < nblocks; k++) {
+        const cq_act_block *b = &blocks[k];
+        const float s = sz[2 * k], z = sz[2 * k + 1];
+        const __m256 sv = _mm256_set1_ps(s), zv = _mm256_set1_ps(z);
+        const __m256i low = _mm256_set1_epi32(15);
+        float *o = out + b->col;
+        int i = 0;
+        if (b->bits > 4) {
+            for (; i + 8 <= b->count; i += 8) {
+                __m256 u = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(c + i))));
+                _mm256_storeu_ps(o + i, _mm256_mul_ps(sv, _mm256_sub_ps(u, zv)));
+            }
+            for (; i < b->count; i++) o[i] = s * ((float)c[i] - z);
+        } else {
+            const int h = (b->count + 1) / 2;
+            for (; i + 8 <= h && h + i + 8 <= b->count; i += 8) {
+                __m256i u = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(c + i)));
+                __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(u, low));
+                __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(u, 4));
+                _mm256_storeu_ps(o + i, _mm256_mul_ps(sv, _mm256_sub_ps(lo, zv)));
+                _mm256_storeu_ps(o + h + i, _mm256_mul_ps(sv, _mm256_sub_ps(hi, zv)));
+            }
+            for (; i < h; i++) {
+                o[i] = s * ((float)(c[i] & 15) - z);
+                if (h + i < b->count) o[h + i] = s * ((float)(c[i] >> 4) - z);
+            }
+        }
+        c += kv_block_bytes(b);
+    }
+}
+
+static void kv_dequantize_row(int simd, const uint8_t *c, const float *sz, const cq_act_block *blocks, int nblocks, float *out) {
+    if (simd) kv_dequantize_row_avx2(c, sz, blocks, nblocks, out);
+    else kv_dequantize_row_scalar(c, sz, blocks, nblocks, out);
+}
+
+void cq_kv_dequantize(const uint8_t *codes, const float *sz, int64_t rows, int hd, const cq_act_block *blocks,
+                      int nblocks, float *out) {
+    const int simd = cq_simd_enabled();
+    const int64_t row_bytes = cq_kv_row_bytes(blocks, nblocks);
+    for (int64_t r = 0; r < rows; r++)
+        kv_dequantize_row(simd, codes + r * row_bytes, sz + r * nblocks * 2, blocks, nblocks, out + r * hd);
+}
+
+// Σ a_i·b_i and y += w·x over hd floats (hd a multiple of 8 on the AVX2 path).
+AVX2 static inline float dot_avx2(const float *a, const float *b, int n) {
+    __m256 d0 = _mm256_setzero_ps(), d1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        d0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), d0);
+        d1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), d1);
+    }
+    for (; i < n; i += 8) d0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), d0);
+    return hsum_ps(_mm256_add_ps(d0, d1));
+}
+
+AVX2 static inline void axpy_avx2(float w, const float *x, float *y, int n) {
+    const __m256 wv = _mm256_set1_ps(w);
+    for (int i = 0; i < n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+}
+
+static inline float dot_scalar(const float *a, const float *b, int n) {
+    float d = 0;
+    for (int i = 0; i < n; i++) d += a[i] * b[i];
+    return d;
+}
+
+static inline void axpy_scalar(float w, const float *x, float *y, int n) {
+    for (int i = 0; i < n; i++) y[i] += w * x[i];
+}
+
+AVX2 static float softmax_avx2(float *e, int64_t n) {
+    __m256 mv = _mm256_set1_ps(-INFINITY);
+    int64_t p = 0;
+    for (; p + 8 <= n; p += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(e + p));
+    float m = -INFINITY;
+    float lanes[8];
+    _mm256_storeu_ps(lanes, mv);
+    for (int i = 0; i < 8; i++) m = lanes[i] > m ? lanes[i] : m;
+    for (; p < n; p++) m = e[p] > m ? e[p] : m;
+    __m256 sv = _mm256_setzero_ps();
+    const __m256 mb = _mm256_set1_ps(m);
+    for (p = 0; p + 8 <= n; p += 8) {
+        __m256 x = exp256(_mm256_sub_ps(_mm256_loadu_ps(e + p), mb));
+        _mm256_storeu_ps(e + p, x);
+        sv = _mm256_add_ps(sv, x);
+    }
+    float sum = hsum_ps(sv);
+    for (; p < n; p++) { e[p] = expf(e[p] - m); sum += e[p]; }
+    return sum;
+}
+
+static float softmax_scalar(float *e, int64_t n) {
+    float m = -INFINITY, sum = 0;
+    for (int64_t p = 0; p < n; p++) m = e[p] > m ? e[p] : m;
+    for (int64_t p = 0; p < n; p++) { e[p] = expf(e[p] - m); sum += e[p]; }
+    return sum;
+}
+
+// Not split into an AVX2 function and a reference: the structure is scalar (rows, groups, positions) and each
+// vector step (row dequantization, dot, axpy, softmax) picks its path; the tests hold it to cq_attention_f32_ref
+// over the dequantized cache, with and without SIMD.
+void cq_attention_kv(const float *q, const uint8_t *kc, const float *ksz, const cq_act_block *kb, int nkb,
+                     const uint8_t *vc, const float *vsz, const cq_act_block *vb, int nvb, float *ctx,
+                     int64_t rows, int64_t start, int H, int KV, int hd, float scale, float *scratch, int h0, int h1) {
+    const int simd = cq_simd_enabled() && hd % 8 == 0;
+    const int G = H / KV;
+    const int64_t kbytes = cq_kv_row_bytes(kb, nkb), vbytes = cq_kv_row_bytes(vb, nvb);
+    const int64_t positions = start + rows;
+    float *row = scratch + (int64_t)G * positions;
+    for (int64_t t = 0; t < rows; t++) {
+        const int64_t n = start + t + 1;
+        for (int g = h0 / G; g <= (h1 - 1) / G; g++) {
+            const int ha = h0 > g * G ? h0 : g * G, hb = h1 < (g + 1) * G ? h1 : (g + 1) * G;
+            if (ha >= hb) continue;
+            for (int64_t p = 0; p < n; p++) {
+                const int64_t at = p * KV + g;
+                kv_dequantize_row(simd, kc + at * kbytes, ksz + at * nkb * 2, kb, nkb, row);
+                for (int h = ha; h < hb; h++) {
+                    const float *qh = q + (t * H + h) * hd;
+                    scratch[(h - ha) * positions + p] = (simd ? dot_avx2(qh, row, hd) : dot_scalar(qh, row, hd)) * scale;
+                }
+            }
+            float inv[256];
+            for (int h = ha; h < hb; h++) {
+                float *e = scratch + (h - ha) * positions;
+                inv[h - ha] = 1 / (simd ? softmax_avx2(e, n) : softmax_scalar(e, n));
+                memset(ctx + (t * H + h) * hd, 0, (size_t)hd * sizeof(float));
+            }
+            for (int64_t p = 0; p < n; p++) {
+                const int64_t at = p * KV + g;
+                kv_dequantize_row(simd, vc + at * vbytes, vsz + at * nvb * 2, vb, nvb, row);
+                for (int h = ha; h < hb; h++) {
+                    float w = scratch[(h - ha) * positions + p] * inv[h - ha];
+                    if (simd) axpy_avx2(w, row, ctx + (t * H + h) * hd, hd);
+                    else axpy_scalar(w, row, ctx + (t * H + h) * hd, hd);
+                }
+            }
+        }
+    }
+}
+
 void cq_pause(void) {
 #if defined(__x86_64__)
     _mm_pause();

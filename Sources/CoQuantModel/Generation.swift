@@ -52,7 +52,7 @@ public struct Sampler {
 public func generate(model: LlamaModel, prompt: [Int], maxTokens: Int, sampling: SamplingOptions = .init(),
                      stopIds: Set<Int> = [], onToken: (Int) -> Bool = { _ in true }) -> [Int] {
     guard maxTokens > 0, !prompt.isEmpty else { return [] }
-    let cache = KVCache(config: model.config, capacity: prompt.count + maxTokens)
+    let cache = model.makeCache(capacity: prompt.count + maxTokens)
     var sampler = Sampler(sampling)
     var logits = model.forward(prompt, cache: cache, logits: .last)
     var out: [Int] = []

@@ -114,29 +114,6 @@ public enum HookSite: String, Sendable, CaseIterable {
 /// `hook(layer, site, x, rows, cols)`; x is row-major [rows, cols] and may be modified.
 public typealias ForwardHook = (_ layer: Int, _ site: HookSite, _ x: UnsafeMutablePointer<Float>, _ rows: Int, _ cols: Int) -> Void
 
-/// Past keys (post-RoPE) and values per layer, position-major [position, KV·hd], so appending is one copy.
-public final class KVCache {
-    public private(set) var length = 0
-    public let capacity: Int
-    let width: Int
-    var keys: [[Float]]
-    var values: [[Float]]
-
-    public init(config: ModelConfiguration, capacity: Int) {
-        self.capacity = capacity
-        width = config.numKeyValueHeads * config.headDim
-        keys = Array(repeating: [Float](repeating: 0, count: capacity * width), count: config.numHiddenLayers)
-        values = keys
-    }
-
-    func advance(by n: Int) { length += n }
-    public func reset() { length = 0 }
-
-    /// Layer `layer`'s cached keys or values as [length, KV·hd] (for tests and KV statistics).
-    public func keys(layer: Int) -> [Float] { Array(keys[layer][0..<(length * width)]) }
-    public func values(layer: Int) -> [Float] { Array(values[layer][0..<(length * width)]) }
-}
-
 /// Which positions get logits: all, the last, or the given rows (zero-shot scoring needs only the rows that predict
 /// continuation tokens, and the LM head over every row would cost as much as a few decoder layers).
 public enum LogitsRows: Sendable, Equatable { case all, last, rows([Int]) }
@@ -186,6 +163,14 @@ public final class LlamaModel: @unchecked Sendable {
     /// The embedding table in packed form (then `embedTokens` is empty); a tied LM head multiplies by it too.
     public var embeddingKernel: (any RowTableKernel)?
     public var hook: ForwardHook?
+    /// A quantized model's KV cache (the Runtime's): keys and values are rounded to it after the hooks have seen them,
+    /// and `makeCache` stores them packed at its bits. nil: fp32 (or fake-quantized by the hook, in the simulator).
+    public var kvCacheFormat: KVCacheFormat?
+
+    /// A cache for `capacity` positions in this model's KV format.
+    public func makeCache(capacity: Int) -> KVCache {
+        KVCache(config: config, capacity: capacity, format: kvCacheFormat)
+    }
 
     // RoPE tables [position, hd/2], grown on demand.
     private(set) var ropeCos: [Float] = []
@@ -428,18 +413,19 @@ public final class LlamaModel: @unchecked Sendable {
                             hook?(l, .queries, q, T, H * hd)
                             hook?(l, .keys, k, T, KV * hd)
                             hook?(l, .values, v, T, KV * hd)
+                            // A quantized KV cache's rounding when the keys and values stay fp32 here (no cache, or
+                            // an fp32 one); a packed cache rounds them as it stores them.
+                            if let f = kvCacheFormat, cache?.format != f {
+                                f.keys.roundTrip(k, rows: T * KV)
+                                f.values.roundTrip(v, rows: T * KV)
+                            }
                             if let cache {
-                                precondition(start + T <= cache.capacity, "KV cache full (\(cache.capacity) positions)")
-                                cache.keys[l].withUnsafeMutableBufferPointer { $0.baseAddress!.advanced(by: start * KV * hd).update(from: k, count: T * KV * hd) }
-                                cache.values[l].withUnsafeMutableBufferPointer { $0.baseAddress!.advanced(by: start * KV * hd).update(from: v, count: T * KV * hd) }
-                                cache.keys[l].withUnsafeBufferPointer { ck in
-                                    cache.values[l].withUnsafeBufferPointer { cv in
-                                        if T <= 4 {
-                                            attentionDecode(q, ck.baseAddress!, cv.baseAddress!, ctx, rows: T, start: start,
-                                                            heads: H, kvHeads: KV, headDim: hd)
-                                        } else {
-                                            attention(q, ck.baseAddress!, cv.baseAddress!, ctx, rows: T, start: start)
-                                        }
+                                cache.store(l, keys: k, values: v, rows: T, at: start)
+                                if T <= 4 {
+                                    cache.attentionDecode(l, q, ctx, rows: T, start: start, heads: H)
+                                } else {
+                                    cache.withFloats(l, positions: start + T) { ck, cv in
+                                        attention(q, ck, cv, ctx, rows: T, start: start)
                                     }
                                 }
                             } else if let packing {

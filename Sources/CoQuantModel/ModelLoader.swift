@@ -21,10 +21,13 @@ public struct PackedKernels {
     public typealias Factory = (ModelConfiguration, QuantizationConfig) -> PackedKernels
     public var linear: (_ name: String, _ weights: PackedPlanes) throws -> any LinearKernel
     public var rows: (_ name: String, _ table: Int8Rows) throws -> any RowTableKernel
+    /// The packed KV cache of a scheme with quantized keys and values.
+    public var kvCache: KVCacheFormat?
     public init(linear: @escaping (String, PackedPlanes) throws -> any LinearKernel,
-                rows: @escaping (String, Int8Rows) throws -> any RowTableKernel) {
+                rows: @escaping (String, Int8Rows) throws -> any RowTableKernel, kvCache: KVCacheFormat? = nil) {
         self.linear = linear
         self.rows = rows
+        self.kvCache = kvCache
     }
 }
 
@@ -80,6 +83,7 @@ public enum ModelLoader {
             if let rows = try ckpt.int8Rows(prefix, rows: shape[0], cols: shape[1]) { return try k.rows(prefix, rows) }
             return try planes(prefix, shape).map { try k.linear(prefix, $0) }
         } })
+        model.kvCacheFormat = kernels?.kvCache
         // ResQ / CoQuant per-layer bases: the online residual basis changes, when the folder has them.
         let d = config.hiddenSize
         for i in model.layers.indices {

@@ -141,9 +141,9 @@ public func prepareForInference(_ loaded: LoadedModel) throws {
     }
     // The folder stores the fp32 key rotation; installFakeQuantization rounds it to int8 here exactly as it did in
     // the quantizing run (config.json's "int8 per tensor" describes the rotation as applied). Packed kernels quantize
-    // their own inputs, so with them only the other quantizers and the online ops go into the hook.
+    // their own inputs and the KV cache, so with them only the other quantizers and the online ops go into the hook.
     try installFakeQuantization(loaded.model, scheme: options.scheme, options: options, subspace: subspace,
-                                linearInputs: !loaded.packedKernels)
+                                runtime: loaded.packedKernels)
 }
 
 /// Per-layer checkpoints of a run in progress (`OUT.partial/`), so `--resume` continues after the last finished

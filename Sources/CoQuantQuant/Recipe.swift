@@ -423,10 +423,11 @@ public func applyQuaRotRotations(_ model: LlamaModel, options: QuantizeOptions) 
 /// linear of the decoder layers (not the LM head, as the reference), and the K/V cache per (token, head); with
 /// QuaRot's online rotations applied first. ResQ / CoQuant pass the online state of their fused bases: their
 /// quantizers keep the high subspace at `highBits`, and the key rotation becomes INT8 when the KV cache is quantized.
-/// `linearInputs: false` leaves the inputs of the decoder's linears alone (the Runtime's kernels quantize them
-/// to integer codes with the same grids); everything else is installed as in the simulator.
+/// `runtime: true` leaves the inputs of the decoder's linears and the K/V cache alone (the Runtime's kernels quantize
+/// them to integer codes with the same grids: `LlamaModel.kvCacheFormat`); the online ops and the other quantizers
+/// are installed as in the simulator.
 public func installFakeQuantization(_ model: LlamaModel, scheme: QuantScheme, options: QuantizeOptions,
-                                    subspace: SubspaceOnline? = nil, linearInputs: Bool = true) throws {
+                                    subspace: SubspaceOnline? = nil, runtime: Bool = false) throws {
     if options.method.usesSubspace {
         guard var online = subspace else {
             throw QuantError.invalidParameter("\(options.method.rawValue) needs the online state of its fused bases")
@@ -440,9 +441,10 @@ public func installFakeQuantization(_ model: LlamaModel, scheme: QuantScheme, op
         if let b = options.downProjActivationBits, scheme.activationBits < 16 {
             quantizers.downProj = b < 16 ? try ActivationQuantizer(bits: b, clipRatio: Float(options.activationClipRatio)) : nil
         }
-        if !linearInputs {
+        if runtime {
             quantizers.activationLow = nil; quantizers.activationHigh = nil
             quantizers.headLow = nil; quantizers.headHigh = nil; quantizers.downProj = nil
+            quantizers.keyLow = nil; quantizers.keyHigh = nil; quantizers.kvLow = nil; quantizers.kvHigh = nil
         }
         installSubspaceHooks(model, online: online, quantizers: quantizers)
         return
@@ -452,9 +454,9 @@ public func installFakeQuantization(_ model: LlamaModel, scheme: QuantScheme, op
         ? try ActivationQuantizer(bits: scheme.activationBits, clipRatio: Float(options.activationClipRatio)) : nil
     // Per (token, head) groups; the keys' range is forced to contain 0 and the values' is not, as QuaRot's
     // reference quantizes them (K through the per-token path of `ActQuantizer` on [T·H, hd], V group-wise).
-    let values = scheme.kvBits < 16
+    let values = scheme.kvBits < 16 && !runtime
         ? try ActivationQuantizer(bits: scheme.kvBits, groupSize: hd, clipRatio: Float(options.kvClipRatio)) : nil
-    let keys = scheme.kvBits < 16
+    let keys = scheme.kvBits < 16 && !runtime
         ? try ActivationQuantizer(bits: scheme.kvBits, groupSize: hd, clipRatio: Float(options.kvClipRatio),
                                   rangeRule: .includeZero) : nil
     var downProj = activations
@@ -462,7 +464,7 @@ public func installFakeQuantization(_ model: LlamaModel, scheme: QuantScheme, op
         downProj = b < 16 ? try ActivationQuantizer(bits: b, clipRatio: Float(options.activationClipRatio)) : nil
     }
     installHooks(model, online: options.method == .quarot ? OnlineRotations(config: model.config, headMixing: options.headMixing ?? false) : nil,
-                 activations: linearInputs ? activations : nil, keys: keys, values: values, downProj: linearInputs ? downProj : .some(nil))
+                 activations: runtime ? nil : activations, keys: keys, values: values, downProj: runtime ? .some(nil) : downProj)
 }
 
 /// `downProj`: the down_proj input's quantizer (default: `activations`), so that layer type can differ.

@@ -100,7 +100,7 @@ public struct SubspaceQuantizers: Sendable {
     public var kvHigh: ActivationQuantizer?
     public var keyLow: ActivationQuantizer?                // K cache: per (token, head) with 0 in range
     public var keyHigh: ActivationQuantizer?
-    public var int8: ActivationQuantizer?                  // q, k before the key rotation
+    public var int8: ActivationQuantizer?                  // q, k before the key rotation (with a quantized KV cache)
     public var residual: ActivationQuantizer?              // per-layer basis-change inputs (the residual stream)
     public var downProj: ActivationQuantizer?              // down_proj input (after its Hadamard), uniform
 
@@ -120,10 +120,8 @@ public struct SubspaceQuantizers: Sendable {
             keyLow = try ActivationQuantizer(bits: kvBits, clipRatio: kvClipRatio)
             keyHigh = try ActivationQuantizer(bits: highBits, clipRatio: kvClipRatio)
         }
-        if activationBits < 16 || kvBits < 16 {
-            int8 = try ActivationQuantizer(bits: 8)
-            if residualBits < 16 { residual = try ActivationQuantizer(bits: residualBits) }
-        }
+        if kvBits < 16 { int8 = try ActivationQuantizer(bits: 8) }
+        if (activationBits < 16 || kvBits < 16) && residualBits < 16 { residual = try ActivationQuantizer(bits: residualBits) }
     }
 }
 
@@ -162,10 +160,10 @@ public func installSubspaceHooks(_ model: LlamaModel, online: SubspaceOnline, qu
         case .basisChangeInput:
             try? q?.residual?.apply(x, rows: rows, cols: cols)
         case .queries:
-            if q?.keyLow != nil { try? q?.int8?.apply(x, rows: rows * H, cols: hd) }
+            try? q?.int8?.apply(x, rows: rows * H, cols: hd)
             rotateHeads(x, rows: rows, heads: H, online.keyRotations[l]) { $0 / g }
         case .keys:
-            if q?.keyLow != nil { try? q?.int8?.apply(x, rows: rows * KV, cols: hd) }
+            try? q?.int8?.apply(x, rows: rows * KV, cols: hd)
             rotateHeads(x, rows: rows, heads: KV, online.keyRotations[l]) { $0 }
             mixed(x, rows: rows * KV, cols: hd, split: lowH, q?.keyLow, q?.keyHigh)
         case .values:

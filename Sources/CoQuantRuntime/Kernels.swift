@@ -12,20 +12,6 @@ import Foundation
 //   activations fp32 (W4A16, W3A16): T ≤ 4 → GEMV that dequantizes on the fly, fp32 accumulation; longer → rows
 //       dequantized into fp32 tiles and multiplied by OpenBLAS sgemm.
 
-/// How one column range of a linear's input is quantized per token (the simulator's ActivationQuantizer).
-public struct ActivationBlock: Sendable, Equatable {
-    public var col: Int
-    public var count: Int
-    public var bits: Int
-    /// Plain min/max range (the per-head o_proj input of ResQ/CoQuant); false: 0 forced into the range.
-    public var minMax: Bool
-    public var clip: Float
-
-    public init(col: Int, count: Int, bits: Int, minMax: Bool = false, clip: Float = 1) {
-        self.col = col; self.count = count; self.bits = bits; self.minMax = minMax; self.clip = clip
-    }
-}
-
 public enum RuntimeError: Error, CustomStringConvertible {
     case unsupported(String)
     public var description: String { switch self { case .unsupported(let s): return s } }
@@ -64,8 +50,7 @@ public final class PackedLinearKernel: LinearKernel, @unchecked Sendable {
             return cq_run(col: Int32(r.col), count: Int32(r.count), padded: Int32(r.padded), code_offset: Int32(r.paddedCol),
                           byte_offset: Int32(r.byteOffset), planes: Int32(r.planes), group: Int32(r.group), block: Int32(b))
         }
-        self.blocks = blocks.map { cq_act_block(col: Int32($0.col), count: Int32($0.count), bits: Int32($0.bits),
-                                                min_max: $0.minMax ? 1 : 0, clip: $0.clip) }
+        self.blocks = blocks.map(\.kernelBlock)
         zerosInt = weights.zeros.map { Int32($0) }
         var sums = [Int32](repeating: 0, count: weights.rows * layout.runs.count)
         runs.withUnsafeBufferPointer { r in

@@ -1,5 +1,6 @@
 import CCoQuantKernels
 import CoQuantModel
+import CoQuantTensor
 import Foundation
 
 // Which kernel runs each packed tensor of a quantized folder, from its quantization_config: the activation blocks
@@ -23,7 +24,25 @@ public enum Runtime {
             } catch let e as RuntimeError {
                 throw ModelFileError(name, e.description)
             }
-        }, rows: { _, table in Int8RowsKernel(table) })
+        }, rows: { _, table in Int8RowsKernel(table) }, kvCache: kvCacheFormat(config: c, quantization: q))
+    }
+
+    /// The packed KV cache: per (token, KV head) as the simulator's K/V quantizers (Recipe.swift
+    /// `installFakeQuantization`, SubspaceFusion.swift `SubspaceQuantizers`); nil when keys and values stay fp32.
+    static func kvCacheFormat(config c: ModelConfiguration, quantization q: QuantizationConfig) -> KVCacheFormat? {
+        guard let kv = q.kvCache, kv.bits < 16 else { return nil }
+        let hd = c.headDim, clip = Float(kv.clipRatio)
+        guard let s = q.subspace else {
+            return KVCacheFormat(keys: [ActivationBlock(col: 0, count: hd, bits: kv.bits, clip: clip)],
+                                 values: [ActivationBlock(col: 0, count: hd, bits: kv.bits, minMax: true, clip: clip)], headDim: hd)
+        }
+        // The head's first hd − r_h channels at the scheme's bits, its last r_h at high_bits.
+        let low = hd - s.highChannelsPerHead
+        func blocks(minMax: Bool) -> [ActivationBlock] {
+            [ActivationBlock(col: 0, count: low, bits: kv.bits, minMax: minMax, clip: clip),
+             ActivationBlock(col: low, count: hd - low, bits: s.highBits, minMax: minMax, clip: clip)].filter { $0.count > 0 }
+        }
+        return KVCacheFormat(keys: blocks(minMax: false), values: blocks(minMax: true), headDim: hd)
     }
 
     /// The per-token quantization of the input of linear `name` ("model.layers.3.self_attn.o_proj"); nil when it

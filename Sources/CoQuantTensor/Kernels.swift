@@ -194,3 +194,85 @@ public func attentionDecode(_ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>
                          Int32(H * w / workers), Int32(H * (w + 1) / workers))
     }
 }
+
+/// How one column range of a row is quantized with its own scale and zero point: a linear's input per token, or a
+/// KV-cache row per (token, head) (the simulator's ActivationQuantizer).
+public struct ActivationBlock: Sendable, Equatable {
+    public var col: Int
+    public var count: Int
+    public var bits: Int
+    /// Plain min/max range (the per-head o_proj input of ResQ/CoQuant); false: 0 forced into the range.
+    public var minMax: Bool
+    public var clip: Float
+
+    public init(col: Int, count: Int, bits: Int, minMax: Bool = false, clip: Float = 1) {
+        self.col = col; self.count = count; self.bits = bits; self.minMax = minMax; self.clip = clip
+    }
+
+    public var kernelBlock: cq_act_block {
+        cq_act_block(col: Int32(col), count: Int32(count), bits: Int32(bits), min_max: minMax ? 1 : 0, clip: clip)
+    }
+}
+
+/// Codes of one (token, KV head) row of a packed KV cache: `blocks` over its hd columns, each with its own scale and
+/// zero point (layout: coquant_kernels.h "Packed KV cache"). Quantizing and dequantizing give the simulator's fake
+/// quantized values bit for bit.
+public struct KVRowCodec: Sendable, Equatable {
+    public let blocks: [ActivationBlock]
+    public let headDim: Int
+    public let rowBytes: Int
+    let kernelBlocks: [cq_act_block]
+
+    public init(blocks: [ActivationBlock], headDim: Int) {
+        self.blocks = blocks
+        self.headDim = headDim
+        kernelBlocks = blocks.map(\.kernelBlock)
+        rowBytes = Int(cq_kv_row_bytes(kernelBlocks, Int32(blocks.count)))
+    }
+
+    public static func == (a: Self, b: Self) -> Bool { a.blocks == b.blocks && a.headDim == b.headDim }
+
+    /// Floats of (scale, zero point) per row.
+    public var gridCount: Int { 2 * blocks.count }
+
+    /// x [rows, hd] → codes [rows, rowBytes], grids [rows, gridCount].
+    public func quantize(_ x: UnsafePointer<Float>, rows: Int, codes: UnsafeMutablePointer<UInt8>, grids: UnsafeMutablePointer<Float>) {
+        cq_kv_quantize(x, Int64(rows), Int32(headDim), kernelBlocks, Int32(blocks.count), codes, grids)
+    }
+
+    /// codes, grids → x̂ [rows, hd].
+    public func dequantize(_ codes: UnsafePointer<UInt8>, grids: UnsafePointer<Float>, rows: Int, into out: UnsafeMutablePointer<Float>) {
+        cq_kv_dequantize(codes, grids, Int64(rows), Int32(headDim), kernelBlocks, Int32(blocks.count), out)
+    }
+
+    /// x ← x̂ in place: the cache's rounding for a forward pass that keeps keys and values in fp32.
+    public func roundTrip(_ x: UnsafeMutablePointer<Float>, rows: Int) {
+        let codes = UnsafeMutablePointer<UInt8>.allocate(capacity: rows * rowBytes)
+        let grids = UnsafeMutablePointer<Float>.allocate(capacity: rows * gridCount)
+        defer { codes.deallocate(); grids.deallocate() }
+        quantize(x, rows: rows, codes: codes, grids: grids)
+        dequantize(codes, grids: grids, rows: rows, into: x)
+    }
+}
+
+/// `attentionDecode` over a packed cache: keys/values as codes [start + rows, KV, rowBytes] and grids
+/// [start + rows, KV, gridCount]. The query heads are split over the workers; a worker dequantizes each cached row
+/// once for all its heads of the row's group.
+public func attentionDecode(_ q: UnsafePointer<Float>,
+                            keys kc: UnsafePointer<UInt8>, _ kg: UnsafePointer<Float>, _ keyCodec: KVRowCodec,
+                            values vc: UnsafePointer<UInt8>, _ vg: UnsafePointer<Float>, _ valueCodec: KVRowCodec,
+                            _ ctx: UnsafeMutablePointer<Float>, rows: Int, start: Int, heads H: Int, kvHeads KV: Int) {
+    let hd = keyCodec.headDim, workers = min(forwardWorkers, H), scale = 1 / Float(hd).squareRoot()
+    precondition(H / KV <= 256, "more than 256 query heads per KV head")
+    keyCodec.kernelBlocks.withUnsafeBufferPointer { kb in
+        valueCodec.kernelBlocks.withUnsafeBufferPointer { vb in
+            parallelFor(workers) { w in
+                let scratch = UnsafeMutablePointer<Float>.allocate(capacity: H / KV * (start + rows) + hd)
+                defer { scratch.deallocate() }
+                cq_attention_kv(q, kc, kg, kb.baseAddress!, Int32(kb.count), vc, vg, vb.baseAddress!, Int32(vb.count), ctx,
+                                Int64(rows), Int64(start), Int32(H), Int32(KV), Int32(hd), scale, scratch,
+                                Int32(H * w / workers), Int32(H * (w + 1) / workers))
+            }
+        }
+    }
+}

@@ -150,12 +150,12 @@ struct Bench: ParsableCommand {
         var t = ContinuousClock.now
         _ = m.forward(Array(ids[0..<512]), logits: .last)
         s.prefill512.append(512 / seconds(since: t))
-        let cache = KVCache(config: m.config, capacity: 2048 + decodeTokens)
+        let cache = m.makeCache(capacity: 2048 + decodeTokens)
         t = ContinuousClock.now
         let logits = m.forward(Array(ids[0..<2048]), cache: cache, logits: .last)
         s.prefill2048.append(2048 / seconds(since: t))
         s.decode2k.append(decode(m, cache, logits))
-        let short = KVCache(config: m.config, capacity: 8 + decodeTokens)
+        let short = m.makeCache(capacity: 8 + decodeTokens)
         s.decodeShort.append(decode(m, short, m.forward(Array(ids[0..<8]), cache: short, logits: .last)))
     }
 

@@ -212,4 +212,86 @@ final class RuntimeKernelTests: XCTestCase {
             for i in fast.indices { XCTAssertEqual(fast[i], slow[i], accuracy: 1e-5, "H \(H) KV \(KV) hd \(hd) start \(start)") }
         }
     }
+
+    /// KV-cache rows: QuaRot's one block per head (keys with 0 in range, values plain min/max), ResQ/CoQuant's low and
+    /// 8-bit blocks, and odd widths that leave a nibble unused.
+    static let kvFormats: [(hd: Int, keys: [ActivationBlock], values: [ActivationBlock])] = [
+        (64, [ActivationBlock(col: 0, count: 64, bits: 4)], [ActivationBlock(col: 0, count: 64, bits: 4, minMax: true)]),
+        (64, [ActivationBlock(col: 0, count: 56, bits: 4, clip: 0.95), ActivationBlock(col: 56, count: 8, bits: 8, clip: 0.95)],
+         [ActivationBlock(col: 0, count: 56, bits: 4, minMax: true), ActivationBlock(col: 56, count: 8, bits: 8, minMax: true)]),
+        (24, [ActivationBlock(col: 0, count: 7, bits: 3), ActivationBlock(col: 7, count: 17, bits: 6)],
+         [ActivationBlock(col: 0, count: 13, bits: 2, minMax: true), ActivationBlock(col: 13, count: 11, bits: 8, minMax: true)]),
+    ]
+
+    /// Packed KV rows dequantize to the simulator's fake-quantized values bit for bit (AVX2 and scalar), and take
+    /// ⌈count/2⌉ bytes per ≤ 4-bit block.
+    func testKVCodesEqualTheSimulator() throws {
+        for (hd, keys, values) in Self.kvFormats {
+            for blocks in [keys, values] {
+                let rows = 6
+                var x = (0..<(rows * hd)).map { _ in Float.random(in: -3...2, using: &rng) }
+                for c in 0..<hd { x[2 * hd + c] = abs(x[2 * hd + c]) + 0.5; x[3 * hd + c] = 0; x[4 * hd + c] = -1.25 }
+                var simulated = x
+                for b in blocks {
+                    let q = try ActivationQuantizer(bits: b.bits, clipRatio: b.clip, rangeRule: b.minMax ? .minMax : .includeZero)
+                    try simulated.withUnsafeMutableBufferPointer { try q.apply($0.baseAddress! + b.col, rows: rows, cols: b.count, rowStride: hd) }
+                }
+                let codec = KVRowCodec(blocks: blocks, headDim: hd)
+                XCTAssertEqual(codec.rowBytes, blocks.reduce(0) { $0 + ($1.bits <= 4 ? ($1.count + 1) / 2 : $1.count) })
+                for simd in [1, 0] {
+                    cq_set_simd(Int32(simd))
+                    defer { cq_set_simd(1) }
+                    var codes = [UInt8](repeating: 0xAA, count: rows * codec.rowBytes), grids = [Float](repeating: 0, count: rows * codec.gridCount)
+                    var out = [Float](repeating: .nan, count: rows * hd)
+                    codec.quantize(x, rows: rows, codes: &codes, grids: &grids)
+                    codec.dequantize(codes, grids: grids, rows: rows, into: &out)
+                    XCTAssertEqual(out, simulated, "blocks \(blocks) simd \(simd)")
+                    var y = x
+                    y.withUnsafeMutableBufferPointer { codec.roundTrip($0.baseAddress!, rows: rows) }
+                    XCTAssertEqual(y, simulated)
+                }
+            }
+        }
+    }
+
+    /// Decode attention over a packed cache = the fp32 reference over the dequantized cache, for every split of the
+    /// query heads over workers (a group cut between two of them included), AVX2 and scalar.
+    func testPackedDecodeAttention() {
+        for (hd, keys, values) in Self.kvFormats {
+            for (H, KV, start, rows) in [(9, 3, 100, 1), (9, 3, 7, 3), (4, 2, 40, 2), (2, 1, 0, 1)] {
+                let n = start + rows, kc = KVRowCodec(blocks: keys, headDim: hd), vc = KVRowCodec(blocks: values, headDim: hd)
+                let q = (0..<(rows * H * hd)).map { _ in Float.random(in: -2...2, using: &rng) }
+                let k = (0..<(n * KV * hd)).map { _ in Float.random(in: -2...2, using: &rng) }
+                let v = (0..<(n * KV * hd)).map { _ in Float.random(in: -1...1, using: &rng) }
+                var kcodes = [UInt8](repeating: 0, count: n * KV * kc.rowBytes), kgrids = [Float](repeating: 0, count: n * KV * kc.gridCount)
+                var vcodes = [UInt8](repeating: 0, count: n * KV * vc.rowBytes), vgrids = [Float](repeating: 0, count: n * KV * vc.gridCount)
+                kc.quantize(k, rows: n * KV, codes: &kcodes, grids: &kgrids)
+                vc.quantize(v, rows: n * KV, codes: &vcodes, grids: &vgrids)
+                var kd = [Float](repeating: 0, count: n * KV * hd), vd = kd
+                kc.dequantize(kcodes, grids: kgrids, rows: n * KV, into: &kd)
+                vc.dequantize(vcodes, grids: vgrids, rows: n * KV, into: &vd)
+                var expected = [Float](repeating: .nan, count: rows * H * hd), scratch = [Float](repeating: 0, count: n)
+                cq_attention_f32_ref(q, kd, vd, &expected, Int64(rows), Int64(start), Int32(H), Int32(KV), Int32(hd),
+                                     1 / Float(hd).squareRoot(), &scratch, 0, Int32(H))
+                let what = "hd \(hd) H \(H) KV \(KV) start \(start) rows \(rows)"
+                for simd in [1, 0] {
+                    cq_set_simd(Int32(simd))
+                    defer { cq_set_simd(1) }
+                    var got = [Float](repeating: .nan, count: rows * H * hd)
+                    attentionDecode(q, keys: kcodes, kgrids, kc, values: vcodes, vgrids, vc, &got, rows: rows, start: start, heads: H, kvHeads: KV)
+                    for i in got.indices { XCTAssertEqual(got[i], expected[i], accuracy: 1e-5, "\(what) simd \(simd)") }
+                    // Uneven splits: heads [0, 2) and [2, H) cut the first group for H/KV > 2.
+                    var split = [Float](repeating: .nan, count: rows * H * hd)
+                    var s2 = [Float](repeating: 0, count: H / KV * n + hd)
+                    let kb = kc.blocks.map(\.kernelBlock), vb = vc.blocks.map(\.kernelBlock)
+                    for (h0, h1) in [(0, min(2, H)), (min(2, H), H)] where h1 > h0 {
+                        cq_attention_kv(q, kcodes, kgrids, kb, Int32(kb.count), vcodes, vgrids, vb, Int32(vb.count), &split,
+                                        Int64(rows), Int64(start), Int32(H), Int32(KV), Int32(hd), 1 / Float(hd).squareRoot(), &s2,
+                                        Int32(h0), Int32(h1))
+                    }
+                    for i in split.indices { XCTAssertEqual(split[i], expected[i], accuracy: 1e-5, "\(what) split, simd \(simd)") }
+                }
+            }
+        }
+    }
 }

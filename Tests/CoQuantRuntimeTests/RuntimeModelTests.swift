@@ -91,6 +91,8 @@ final class RuntimeModelTests: XCTestCase {
                 .allSatisfy { $0.kernel != nil && $0.weight.isEmpty }
         }, what, file: file, line: line)
         XCTAssertTrue(runtime.embedTokens.isEmpty && runtime.embeddingKernel != nil, what, file: file, line: line)
+        // A KV4 scheme decodes from a packed cache (codes and grids, no fp32 rows).
+        XCTAssertEqual(runtime.makeCache(capacity: 1).format != nil, scheme.contains("KV"), what, file: file, line: line)
         let ids = try wikitextIds(96, from: 1000), prefix = 80
         let T = ids.count
         // Layer by layer on the simulator's residual stream: prefill, and decode through the KV cache.
@@ -100,7 +102,7 @@ final class RuntimeModelTests: XCTestCase {
             var expected = x, got = x
             simulator.decoderLayer(l, &expected, rows: T, cache: nil)
             runtime.decoderLayer(l, &got, rows: T, cache: nil)
-            let cache = KVCache(config: runtime.config, capacity: T)
+            let cache = runtime.makeCache(capacity: T)
             var decoded = Array(x[0..<(prefix * d)])
             runtime.decoderLayer(l, &decoded, rows: prefix, cache: cache)
             cache.advance(by: prefix)
@@ -127,7 +129,7 @@ final class RuntimeModelTests: XCTestCase {
             let expected = simulator.forward(ids), got = runtime.forward(ids)
             endToEnd = relativeToRange(got, expected)
             XCTAssertLessThan(endToEnd!, 1e-3, "\(what): runtime vs simulator logits", file: file, line: line)
-            let cache = KVCache(config: runtime.config, capacity: T)
+            let cache = runtime.makeCache(capacity: T)
             var decoded = runtime.forward(Array(ids[0..<prefix]), cache: cache)
             for id in ids[prefix...] { decoded += runtime.forward([id], cache: cache) }
             XCTAssertLessThan(relativeToRange(decoded, got), 1e-3, "\(what): KV-cache decode vs prefill", file: file, line: line)

@@ -112,8 +112,6 @@ void cq_gemv_q8_f32(const int8_t *w, int64_t cols, const float *scale, const flo
 void cq_gemv_q8_f32_ref(const int8_t *w, int64_t cols, const float *scale, const float *x, int64_t ldx, int64_t tokens,
                         float *y, int64_t ldy, int64_t r0, int64_t r1);
 
-#endif
-
 /// Causal attention of `rows` query rows over a position-major fp32 KV cache, for query heads [h0, h1):
 /// q and ctx [rows, H·hd]; k and v [start + rows, KV·hd] (query head h reads KV head h / (H/KV)); row t sees
 /// positions 0 … start + t. scale = 1/√hd. scratch holds start + rows floats. The decode path: no packing of K into
@@ -123,5 +121,29 @@ void cq_attention_f32(const float *q, const float *k, const float *v, float *ctx
 void cq_attention_f32_ref(const float *q, const float *k, const float *v, float *ctx, int64_t rows, int64_t start,
                           int H, int KV, int hd, float scale, float *scratch, int h0, int h1);
 
+// ## Packed KV cache
+// One (token, KV head) row of hd values is stored as column blocks (cq_act_block; min_max and clip as for
+// activations), each quantized with its own fp32 scale s and zero point z exactly as the simulator's per (token, head)
+// K/V quantizers, x̂ = s·(q − z). A block of ≤ 4-bit codes takes h = ⌈count/2⌉ bytes, byte j = q(j) | q(j + h) << 4
+// (a mask and a shift of one load give both halves in column order); 5–8-bit codes take a byte each. A row: its
+// blocks' bytes in order. sz holds (s, z) per (row, block).
+
+/// Bytes of one packed KV row.
+int64_t cq_kv_row_bytes(const cq_act_block *blocks, int nblocks);
+/// x [rows, hd] → codes [rows, row_bytes] and sz [rows, nblocks, 2].
+void cq_kv_quantize(const float *x, int64_t rows, int hd, const cq_act_block *blocks, int nblocks,
+                    uint8_t *codes, float *sz);
+/// codes, sz → x̂ [rows, hd] (the simulator's fake-quantized values, bit for bit).
+void cq_kv_dequantize(const uint8_t *codes, const float *sz, int64_t rows, int hd, const cq_act_block *blocks,
+                      int nblocks, float *out);
+/// Decode attention as cq_attention_f32, over a packed cache: kc/vc [start + rows, KV, row_bytes], ksz/vsz
+/// [start + rows, KV, nblocks, 2]. Each cached row is dequantized once for all query heads of its group that lie in
+/// [h0, h1). scratch holds (H/KV)·(start + rows) + hd floats.
+void cq_attention_kv(const float *q, const uint8_t *kc, const float *ksz, const cq_act_block *kb, int nkb,
+                     const uint8_t *vc, const float *vsz, const cq_act_block *vb, int nvb, float *ctx,
+                     int64_t rows, int64_t start, int H, int KV, int hd, float scale, float *scratch, int h0, int h1);
+
 /// The x86 `pause` hint for spin-wait loops (the worker pool's); a no-op elsewhere.
 void cq_pause(void);
+
+#endif
