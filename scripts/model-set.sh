@@ -8,5 +8,5 @@ case $set_name in
 esac
 model=${MODEL:-${COQUANT_MODELS:-models}/$default_model}
 [ -e "$model" ] || { echo "$model: no such model (scripts/download-models.sh fetches the default ones, or set MODEL)" >&2; exit 1; }
-[ -x .build/release/coquant ] || swift build -c release --product coquant
-bin=.build/release/coquant
+bin=${BIN:-.build/release/coquant}
+[ -x "$bin" ] || swift build -c release --product coquant

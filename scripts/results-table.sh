@@ -12,7 +12,8 @@
 #   SET=qwen2.5-coder-0.5b WINDOWS=40 scripts/results-table.sh fp quarot-cdquant-w4a4kv4-s0 …   # the Qwen table
 #
 # Variables: SET (smollm2; a name starting with qwen defaults MODEL to the Qwen2.5-Coder GGUF), MODEL (the set's
-# GGUF), NSAMPLES (128), RTN_NSAMPLES (8), WINDOWS (all), RUNS (runs/, git-ignored).
+# GGUF), NSAMPLES (128), RTN_NSAMPLES (8), WINDOWS (all), RUNS (runs/, git-ignored), QUANTIZE_ONLY (1: make or resume
+# the folders runs/$SET/NAME and stop there, even for configs whose results exist; scripts/zeroshot-runtime.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/model-set.sh
@@ -69,7 +70,7 @@ window_args=()
 for name in "${order[@]}"; do
   [ -n "${config[$name]+x}" ] || { echo "unknown config $name (known: ${!config[*]})" >&2; exit 2; }
   result=$results/$name.json
-  if [ -f "$result" ]; then echo "== $name: done ($result)"; continue; fi
+  if [ -f "$result" ] && [ -z "${QUANTIZE_ONLY:-}" ]; then echo "== $name: done ($result)"; continue; fi
   echo "== $name: $(date -u +%FT%TZ)"
   target=$model
   quantize_seconds=0
@@ -100,6 +101,7 @@ for name in "${order[@]}"; do
       quantize_seconds=$(( $(date +%s) - t0 ))
     fi
   fi
+  [ -n "${QUANTIZE_ONLY:-}" ] && { echo "== $name: $target"; continue; }
   # A checkpoint holds a header line, then one line per scored window.
   eval_resumed=0; [ -f "$runs/$name.ppl.checkpoint" ] && [ "$(wc -l < "$runs/$name.ppl.checkpoint")" -gt 1 ] && eval_resumed=1
   t0=$(date +%s)

@@ -9,7 +9,7 @@
 #   python3 scripts/zeroshot-summary.py results/smollm2     # the table, beside the fixture's lm-eval full runs
 #
 # Variables: MODEL (SmolLM2 GGUF), NAME (fp), SET (smollm2), RUNS (runs/, git-ignored), LIMIT (docs per task, for a
-# smoke test; unset = the whole task).
+# smoke test; unset = the whole task), BIN (the coquant binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${MODEL:-${COQUANT_MODELS:-models}/SmolLM2-135M-Instruct.Q4_1.gguf}
@@ -18,8 +18,8 @@ set_name=${SET:-smollm2}
 runs=${RUNS:-runs}/$set_name/zeroshot-$name
 results=results/$set_name
 mkdir -p "$runs" "$results"
-[ -x .build/release/coquant ] || swift build -c release --product coquant
-bin=.build/release/coquant
+bin=${BIN:-.build/release/coquant}
+[ -x "$bin" ] || swift build -c release --product coquant
 limit_args=()
 [ -n "${LIMIT:-}" ] && limit_args=(--limit "$LIMIT")
 
