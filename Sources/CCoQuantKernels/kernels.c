@@ -9,6 +9,8 @@
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 
+AVX2 static inline float hsum_ps(__m256 s);
+
 static int simd_requested = 1;
 
 int cq_cpu_has_avx2(void) {
@@ -578,6 +580,59 @@ void cq_gemv_q8_f32(const int8_t *w, int64_t cols, const float *scale, const flo
                     float *y, int64_t ldy, int64_t r0, int64_t r1) {
     if (cq_simd_enabled()) gemv_q8_f32_avx2(w, cols, scale, x, ldx, tokens, y, ldy, r0, r1);
     else cq_gemv_q8_f32_ref(w, cols, scale, x, ldx, tokens, y, ldy, r0, r1);
+}
+
+// IEEE half → float, every case (normal, subnormal, zero, inf, NaN), without F16C.
+static float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 31, man = h & 0x3FF, bits;
+    if (exp == 31) bits = sign | 0x7F800000 | (man << 13);
+    else if (exp != 0) bits = sign | ((exp + 112) << 23) | (man << 13);
+    else if (man == 0) bits = sign;
+    else {
+        // Subnormal: normalize the mantissa.
+        int e = -1;
+        do { man <<= 1; e++; } while (!(man & 0x400));
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3FF) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+void cq_gemv_f16_f32_ref(const uint16_t *w, int64_t cols, const float *x, int64_t ldx, int64_t tokens,
+                         float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    for (int64_t t = 0; t < tokens; t++) {
+        for (int64_t r = r0; r < r1; r++) {
+            float d = 0;
+            for (int64_t c = 0; c < cols; c++) d += half_to_float(w[r * cols + c]) * x[t * ldx + c];
+            y[t * ldy + r] = d;
+        }
+    }
+}
+
+AVX2 static void gemv_f16_f32_avx2(const uint16_t *w, int64_t cols, const float *x, int64_t ldx, int64_t tokens,
+                                   float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+        const uint16_t *wr = w + r * cols;
+        for (int64_t t = 0; t < tokens; t++) {
+            const float *xt = x + t * ldx;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            int64_t c = 0;
+            for (; c + 16 <= cols; c += 16) {
+                a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wr + c))), _mm256_loadu_ps(xt + c), a0);
+                a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wr + c + 8))), _mm256_loadu_ps(xt + c + 8), a1);
+            }
+            float d = hsum_ps(_mm256_add_ps(a0, a1));
+            for (; c < cols; c++) d += half_to_float(wr[c]) * xt[c];
+            y[t * ldy + r] = d;
+        }
+    }
+}
+
+void cq_gemv_f16_f32(const uint16_t *w, int64_t cols, const float *x, int64_t ldx, int64_t tokens,
+                     float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    if (cq_simd_enabled()) gemv_f16_f32_avx2(w, cols, x, ldx, tokens, y, ldy, r0, r1);
+    else cq_gemv_f16_f32_ref(w, cols, x, ldx, tokens, y, ldy, r0, r1);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

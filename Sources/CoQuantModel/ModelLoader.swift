@@ -20,11 +20,11 @@ public struct LoadedModel: @unchecked Sendable {
 public struct PackedKernels {
     public typealias Factory = (ModelConfiguration, QuantizationConfig) -> PackedKernels
     public var linear: (_ name: String, _ weights: PackedPlanes) throws -> any LinearKernel
-    public var rows: (_ name: String, _ table: Int8Rows) throws -> any RowTableKernel
+    public var rows: (_ name: String, _ table: RowTable) throws -> any RowTableKernel
     /// The packed KV cache of a scheme with quantized keys and values.
     public var kvCache: KVCacheFormat?
     public init(linear: @escaping (String, PackedPlanes) throws -> any LinearKernel,
-                rows: @escaping (String, Int8Rows) throws -> any RowTableKernel, kvCache: KVCacheFormat? = nil) {
+                rows: @escaping (String, RowTable) throws -> any RowTableKernel, kvCache: KVCacheFormat? = nil) {
         self.linear = linear
         self.rows = rows
         self.kvCache = kvCache
@@ -67,7 +67,9 @@ public enum ModelLoader {
         }
         /// The packed form of `<prefix>.weight` [rows, cols]: v2 plane runs in place, or v1 codes repacked.
         func planes(_ prefix: String, _ shape: [Int]) throws -> PackedPlanes? {
-            guard let bits = quantization?.weights.storageBits, shape.count == 2 else { return nil }
+            let table = prefix == "model.embed_tokens" || prefix == "lm_head"
+            guard var bits = quantization?.weights.storageBits, shape.count == 2 else { return nil }
+            if table { guard quantization?.embeddings?.format == "int4-g32" else { return nil }; bits = 4 }
             if v2 { return try ckpt.packedPlanes(prefix, bits: bits, rows: shape[0], cols: shape[1]) }
             return try ckpt.packedLinear(prefix, bits: bits, rows: shape[0], cols: shape[1]).map(PackedPlanes.init)
         }
@@ -80,8 +82,11 @@ public enum ModelLoader {
             return required || ckpt.info(name) != nil ? try tensor(name, shape) : nil
         }, kernel: kernels.map { k in { name, shape in
             let prefix = String(name.dropLast(7))
-            if let rows = try ckpt.int8Rows(prefix, rows: shape[0], cols: shape[1]) { return try k.rows(prefix, rows) }
-            return try planes(prefix, shape).map { try k.linear(prefix, $0) }
+            if let rows = try ckpt.int8Rows(prefix, rows: shape[0], cols: shape[1]) { return try k.rows(prefix, .int8(rows)) }
+            let table = prefix == "model.embed_tokens" || prefix == "lm_head"
+            if table, let rows = try ckpt.f16Rows(prefix, rows: shape[0], cols: shape[1]) { return try k.rows(prefix, .f16(rows)) }
+            guard let p = try planes(prefix, shape) else { return nil }
+            return table ? try k.rows(prefix, .planes(p)) : try k.linear(prefix, p)
         } })
         model.kvCacheFormat = kernels?.kvCache
         // ResQ / CoQuant per-layer bases: the online residual basis changes, when the folder has them.

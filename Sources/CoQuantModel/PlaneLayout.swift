@@ -164,7 +164,61 @@ public final class Int8Rows: @unchecked Sendable {
     }
 }
 
+/// A table stored as IEEE half precision (llama.cpp's F16), read in place: the `--embeddings f16` option.
+public final class F16Rows: @unchecked Sendable {
+    public let rows: Int
+    public let cols: Int
+    public let bits: UnsafeBufferPointer<UInt16>  // [rows, cols], fp16 bit patterns
+    private let owner: AnyObject?
+
+    init(rows: Int, cols: Int, bits: UnsafeBufferPointer<UInt16>, owner: AnyObject?) {
+        self.rows = rows; self.cols = cols; self.bits = bits; self.owner = owner
+    }
+
+    /// Rounds w [rows, cols] to the nearest fp16 (ties to even; beyond ±65504 to ±inf, which the loader refuses).
+    public convenience init(rounding w: [Float], rows: Int, cols: Int) {
+        precondition(w.count == rows * cols)
+        let bits = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: max(rows * cols, 1))
+        for i in 0..<(rows * cols) { bits[i] = Float16(w[i]).bitPattern }
+        self.init(rows: rows, cols: cols, bits: UnsafeBufferPointer(bits), owner: nil)
+    }
+
+    deinit { if owner == nil { UnsafeMutableBufferPointer(mutating: bits).deallocate() } }
+
+    public func row(_ r: Int, into out: UnsafeMutablePointer<Float>) {
+        for c in 0..<cols { out[c] = Float(Float16(bitPattern: bits[r * cols + c])) }
+    }
+
+    public func dequantized() -> [Float] {
+        var w = [Float](repeating: 0, count: rows * cols)
+        w.withUnsafeMutableBufferPointer { p in for r in 0..<rows { row(r, into: p.baseAddress! + r * cols) } }
+        return w
+    }
+}
+
+/// An embedding table or LM head as a folder stores it, for the Runtime's row kernels.
+public enum RowTable {
+    case int8(Int8Rows)
+    case f16(F16Rows)
+    case planes(PackedPlanes)
+}
+
 extension SafeTensorsCheckpoint {
+    /// `<prefix>.weight` when it is F16 [rows, cols], read in place; nil when absent or of another dtype.
+    public func f16Rows(_ prefix: String, rows: Int, cols: Int) throws -> F16Rows? {
+        guard let w = info(prefix + ".weight"), w.dtype == "F16" else { return nil }
+        let file = files[location[prefix + ".weight"]!]
+        guard w.shape == [rows, cols] else {
+            throw ModelFileError(file.path, "\(prefix).weight is F16 \(w.shape), expected [\(rows), \(cols)]")
+        }
+        let bits = UnsafeBufferPointer(start: (file.file.base + w.offset).assumingMemoryBound(to: UInt16.self), count: rows * cols)
+        // Exponent all ones: inf or NaN, which no model table holds.
+        guard !bits.contains(where: { $0 & 0x7C00 == 0x7C00 }) else {
+            throw ModelFileError(file.path, "\(prefix).weight contains NaN or Inf")
+        }
+        return F16Rows(rows: rows, cols: cols, bits: bits, owner: file)
+    }
+
     /// The v2 linear `<prefix>.qweight` (plane runs) with `.scales/.zeros[/.g_idx][/.group_bits]`, read in place;
     /// nil when the checkpoint has no `<prefix>.qweight`.
     public func packedPlanes(_ prefix: String, bits: Int, rows: Int, cols: Int) throws -> PackedPlanes? {

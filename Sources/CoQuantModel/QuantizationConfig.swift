@@ -64,7 +64,8 @@ public struct QuantizationConfig: Codable, Sendable, Equatable {
     }
 
     public struct Embeddings: Codable, Sendable, Equatable {
-        /// "int8-row" (int8 codes, one fp32 scale per row: llama.cpp's Q8_0 with one block per row) or "f32".
+        /// "int8-row" (int8 codes, one fp32 scale per row: llama.cpp's Q8_0 with one block per row), "int4-g32" (4-bit
+        /// plane runs, asymmetric per 32 columns), "f16" or "f32".
         public var format: String
         /// Whether the LM head (tied or not) uses the same storage.
         public var lmHead: String
@@ -187,8 +188,9 @@ public struct QuantizationConfig: Codable, Sendable, Equatable {
         if let a = activations, !((2...8).contains(a.bits) && ((2...8).contains(a.downProjBits) || a.downProjBits == 16)) {
             throw ModelFileError(path, "quantization_config.activations.bits \(a.bits) / down_proj_bits \(a.downProjBits) outside 2...8")
         }
-        if let e = embeddings, !["int8-row", "f32"].contains(e.format) || !["int8-row", "f32"].contains(e.lmHead) {
-            throw ModelFileError(path, "quantization_config.embeddings: unknown storage \"\(e.format)\" / \"\(e.lmHead)\" (int8-row, f32)")
+        let tables = ["int8-row", "int4-g32", "f16", "f32"]
+        if let e = embeddings, !tables.contains(e.format) || e.lmHead != e.format {
+            throw ModelFileError(path, "quantization_config.embeddings: unknown storage \"\(e.format)\" / \"\(e.lmHead)\" (one of \(tables.joined(separator: ", ")) for both)")
         }
     }
 }

@@ -9,8 +9,10 @@ import Foundation
 //                          (ResQ/CoQuant: the low block at 4 bits, the high one at 8; bits_c = group_bits[g_idx[c]],
 //                          else storage_bits). `.qweight` is
 //                            v2 (`coquant-packed-v2`): the runtime's 4-bit plane runs (PlaneLayout.swift), and the
-//                               embeddings / LM head `<name>.codes` I8 [V, d] + `<name>.row_scales` F32 [V] (Int8Rows)
-//                               unless the run kept them fp32;
+//                               embeddings / LM head (`quantization_config.embeddings.format`) as
+//                               int8-row: `<name>.codes` I8 [V, d] + `<name>.row_scales` F32 [V] (Int8Rows),
+//                               int4-g32: `<name>.qweight/.scales/.zeros`, 4-bit plane runs of 32 columns,
+//                               f16: `<name>.weight` F16 [V, d] (F16Rows), or f32;
 //                            v1 (`coquant-packed-v1`): [R, ⌈Σ_c bits_c / 8⌉], codes bit-packed little-endian row by
 //                               row (PackedLinear below, which is also the in-memory form of a run's result), fp32
 //                               embeddings and head;
@@ -127,6 +129,13 @@ public struct SafeTensorsWriter {
     public mutating func add(_ name: String, _ values: [Int32], shape: [Int]) {
         precondition(values.count == shape.reduce(1, *))
         entries.append((name, "I32", shape, values.withUnsafeBufferPointer { Data(buffer: $0) }))
+    }
+
+    /// IEEE half precision (values already rounded to it convert exactly).
+    public mutating func add(_ name: String, f16 values: [Float], shape: [Int]) {
+        precondition(values.count == shape.reduce(1, *))
+        let half = values.map { Float16($0).bitPattern }
+        entries.append((name, "F16", shape, half.withUnsafeBufferPointer { Data(buffer: $0) }))
     }
 
     /// Raw one-byte elements: `U8` codes, or `I8` (pass the bit patterns).

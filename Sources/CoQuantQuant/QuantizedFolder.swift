@@ -5,22 +5,39 @@ import Foundation
 // The quantized folder of a run (format in CoQuantModel/QuantizedCheckpoint.swift) and how a loaded folder gets its
 // inference-time fake quantization and online rotations back.
 
-/// Writes config.json (with quantization_config), model.safetensors (packed linears in the v2 plane runs, int8 or
-/// fp32 embeddings/head, the fp32 rest) and the tokenizer. Returns the size of model.safetensors.
+/// Writes config.json (with quantization_config), model.safetensors (packed linears in the v2 plane runs, the
+/// embeddings/head as --embeddings says, the fp32 rest) and the tokenizer. Returns the size of model.safetensors.
 public func writeQuantizedFolder(_ out: String, loaded: LoadedModel, result: QuantizationResult, options: QuantizeOptions) throws -> Int {
     let m = loaded.model, c = m.config
     var bytes = 0
     try writeFolderAtomically(out, overwrite: true) { dir in
         var w = SafeTensorsWriter()
         w.metadata = ["format": "pt", "producer": "coquant"]
-        // The run's own int8 tables (quantizing the dequantized values again could move a scale by an ulp).
+        func addPacked(_ name: String, _ packed: PackedLinear) {
+            let layout = PlaneLayout(cols: packed.cols, bits: packed.bits, groupIndex: packed.groupIndex, groupBits: packed.groupBits)
+            w.add(name + ".qweight", bytes: layout.pack(rows: packed.rows, cols: packed.cols) { Int(packed.code($0, $1)) },
+                  shape: [packed.rows, layout.rowBytes])
+            w.add(name + ".scales", packed.scales, shape: [packed.rows, packed.groups])
+            w.add(name + ".zeros", packed.zeros, shape: [packed.rows, packed.groups])
+            let plain = (0..<packed.cols).map { Int32($0 / (packed.cols / packed.groups)) }
+            if packed.groupIndex != plain { w.add(name + ".g_idx", packed.groupIndex, shape: [packed.cols]) }
+            if let widths = packed.groupBits { w.add(name + ".group_bits", widths.map(Int32.init), shape: [widths.count]) }
+        }
+        // The run's own int8 / int4 tables (quantizing the dequantized values again could move a scale by an ulp).
         func addTable(_ name: String, _ values: [Float], _ table: Int8Rows?) throws {
-            if let t = table {
+            switch options.embeddings ?? .f32 {
+            case .int8:
+                guard let t = table else {
+                    throw ModelFileError(out, "the run did not round its embeddings to int8 (a result from before --embeddings?)")
+                }
                 w.add(name + ".codes", bytes: t.codes.map { UInt8(bitPattern: $0) }, shape: [c.vocabSize, c.hiddenSize], dtype: "I8")
                 w.add(name + ".row_scales", t.scales, shape: [c.vocabSize])
-            } else if options.embeddings == .int8 {
-                throw ModelFileError(out, "the run did not round its embeddings to int8 (a result from before --embeddings?)")
-            } else {
+            case .int4:
+                guard let p = result.packed[name] else { throw ModelFileError(out, "the run did not round \(name) to int4") }
+                addPacked(name, p)
+            case .f16:
+                w.add(name + ".weight", f16: values, shape: [c.vocabSize, c.hiddenSize])
+            case .f32:
                 w.add(name + ".weight", values, shape: [c.vocabSize, c.hiddenSize])
             }
         }
@@ -34,14 +51,7 @@ public func writeQuantizedFolder(_ out: String, loaded: LoadedModel, result: Qua
             for name in DecoderLayer.linearNames {
                 let linear = layer[linear: name]
                 if let packed = result.packed[p + name] {
-                    let layout = PlaneLayout(cols: packed.cols, bits: packed.bits, groupIndex: packed.groupIndex, groupBits: packed.groupBits)
-                    w.add(p + name + ".qweight", bytes: layout.pack(rows: packed.rows, cols: packed.cols) { Int(packed.code($0, $1)) },
-                          shape: [packed.rows, layout.rowBytes])
-                    w.add(p + name + ".scales", packed.scales, shape: [packed.rows, packed.groups])
-                    w.add(p + name + ".zeros", packed.zeros, shape: [packed.rows, packed.groups])
-                    let plain = (0..<packed.cols).map { Int32($0 / (packed.cols / packed.groups)) }
-                    if packed.groupIndex != plain { w.add(p + name + ".g_idx", packed.groupIndex, shape: [packed.cols]) }
-                    if let widths = packed.groupBits { w.add(p + name + ".group_bits", widths.map(Int32.init), shape: [widths.count]) }
+                    addPacked(p + name, packed)
                 } else {
                     w.add(p + name + ".weight", linear.weight, shape: [linear.outFeatures, linear.inFeatures])
                 }
@@ -94,7 +104,7 @@ func quantizationConfig(result: QuantizationResult, options: QuantizeOptions, co
     return QuantizationConfig(
         format: "coquant-packed-v2", version: QuantizationConfig.currentVersion,
         method: options.method.rawValue, solver: options.solver.rawValue, scheme: s.name,
-        weights: .init(bits: s.weightBits, storageBits: result.packed.values.first?.bits ?? s.weightBits,
+        weights: .init(bits: s.weightBits, storageBits: result.packed.first { $0.key.hasPrefix("model.layers.") }?.value.bits ?? s.weightBits,
                        groupSize: s.weightGroupSize ?? -1, symmetric: options.weightSymmetric,
                        grid: try options.weightGrid().scheme.configName, mseClip: options.weightClip, actOrder: options.actOrder,
                        percdamp: options.percdamp, targets: DecoderLayer.linearNames, layout: "u4-plane-runs"),

@@ -97,8 +97,12 @@ public enum SolverKind: String, Codable, Sendable, CaseIterable {
     case rtn, gptq, cdquant
 }
 
+/// How the embedding table and the LM head are stored: int8 with one scale per row (the default, as llama.cpp keeps
+/// them at Q8_0), 4-bit asymmetric in groups of 32 columns (as llama.cpp's Q4_1), IEEE half, or fp32 (the papers).
 public enum EmbeddingStorage: String, Codable, Sendable, CaseIterable {
     case int8 = "int8-row"
+    case int4 = "int4-g32"
+    case f16
     case f32
 }
 
@@ -197,7 +201,7 @@ public struct QuantizationResult {
     /// ResQ / CoQuant with a statistics pass: the output-error model against measurement per layer and block input.
     public var errorChecks: [OutputErrorCheck] = []
     /// The embedding table and untied LM head as int8 rows, when the options store them so (the model holds their
-    /// dequantized values).
+    /// dequantized values). At int4 they are in `packed` as "model.embed_tokens" and "lm_head".
     public var embeddings: Int8Rows?
     public var lmHead: Int8Rows?
 }
@@ -342,8 +346,11 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
     }
     result.calibrationSeconds = seconds(since: start)
     // The embeddings and head as the folder stores them, so the in-memory model still equals the folder.
-    if options.embeddings == .int8 {
-        let c = model.config
+    let c = model.config
+    switch options.embeddings ?? .f32 {
+    case .f32:
+        break
+    case .int8:
         let table = Int8Rows(quantizing: model.embedTokens, rows: c.vocabSize, cols: c.hiddenSize)
         model.embedTokens = table.dequantized()
         result.embeddings = table
@@ -353,8 +360,34 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
             model.lmHead = head
             result.lmHead = rows
         }
+    case .f16:
+        model.embedTokens = F16Rows(rounding: model.embedTokens, rows: c.vocabSize, cols: c.hiddenSize).dequantized()
+        if var head = model.lmHead {
+            head.weight = F16Rows(rounding: head.weight, rows: head.outFeatures, cols: head.inFeatures).dequantized()
+            model.lmHead = head
+        }
+    case .int4:
+        let table = try int4Rows(model.embedTokens, rows: c.vocabSize, cols: c.hiddenSize)
+        model.embedTokens = table.dequantized()
+        result.packed["model.embed_tokens"] = table
+        if var head = model.lmHead {
+            let rows = try int4Rows(head.weight, rows: head.outFeatures, cols: head.inFeatures)
+            head.weight = rows.dequantized()
+            model.lmHead = head
+            result.packed["lm_head"] = rows
+        }
     }
     return result
+}
+
+/// A table rounded to nearest on 4-bit asymmetric grids of 32 columns (min/max range, as llama.cpp's Q4_1).
+func int4Rows(_ w: [Float], rows: Int, cols: Int) throws -> PackedLinear {
+    guard cols % 32 == 0 else {
+        throw QuantError.invalidParameter("--embeddings int4 needs a hidden size divisible by 32 (it is \(cols)); use int8")
+    }
+    let q = try quantize(Matrix(rows: rows, cols: cols, data: w.map(Double.init)), grid: .weight(bits: 4, groupSize: 32))
+    return PackedLinear(bits: 4, rows: rows, cols: cols, codes: q.codes, scales: q.scales.data.map(Float.init),
+                        zeros: q.zeros.data.map(Float.init), groupIndex: (0..<cols).map { Int32($0 / 32) })
 }
 
 /// The rotations QuaRot applies online, at inference: a Hadamard transform of the down_proj input (its inverse is

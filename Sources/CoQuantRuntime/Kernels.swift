@@ -143,3 +143,44 @@ public final class Int8RowsKernel: RowTableKernel, @unchecked Sendable {
         }
     }
 }
+
+/// fp16 rows (`--embeddings f16`): the GEMV converts with F16C on the fly; prompts convert tiles for sgemm.
+public final class F16RowsKernel: RowTableKernel, @unchecked Sendable {
+    public let table: F16Rows
+
+    public init(_ table: F16Rows) { self.table = table }
+
+    public func row(_ r: Int, into out: UnsafeMutablePointer<Float>) { table.row(r, into: out) }
+
+    public func apply(_ x: UnsafePointer<Float>, rows T: Int, into y: UnsafeMutablePointer<Float>) {
+        let R = table.rows, C = table.cols, bits = table.bits.baseAddress!
+        if T <= 4 {
+            splitRows(R, work: T * R * C) { r0, r1 in
+                cq_gemv_f16_f32(bits, Int64(C), x, Int64(C), Int64(T), y, Int64(R), Int64(r0), Int64(r1))
+            }
+        } else {
+            productByTiles(x, rows: T, out: R, in: C, into: y) { r0, r1, out in
+                for r in r0..<r1 { self.table.row(r, into: out + (r - r0) * C) }
+            }
+        }
+    }
+}
+
+/// A 4-bit table (`--embeddings int4`, plane runs of 32 columns): the LM head is a weight-only packed linear, and a
+/// token's embedding is one dequantized row.
+public final class PackedRowsKernel: RowTableKernel, @unchecked Sendable {
+    let linear: PackedLinearKernel
+
+    public init(_ planes: PackedPlanes) throws { linear = try PackedLinearKernel(planes, activation: nil) }
+
+    public func row(_ r: Int, into out: UnsafeMutablePointer<Float>) {
+        let w = linear.weights
+        linear.runs.withUnsafeBufferPointer { runs in w.scales.withUnsafeBufferPointer { s in w.zeros.withUnsafeBufferPointer { z in
+            cq_dequantize_rows(w.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), Int64(w.layout.rowBytes), runs.baseAddress!,
+                               Int32(runs.count), s.baseAddress!, z.baseAddress!, Int32(w.groups), Int64(w.cols), Int64(r), Int64(r + 1), out)
+        } } }
+    }
+
+    public func apply(_ x: UnsafePointer<Float>, rows T: Int, into y: UnsafeMutablePointer<Float>) { linear.apply(x, rows: T, into: y) }
+}
+

@@ -24,7 +24,14 @@ public enum Runtime {
             } catch let e as RuntimeError {
                 throw ModelFileError(name, e.description)
             }
-        }, rows: { _, table in Int8RowsKernel(table) }, kvCache: kvCacheFormat(config: c, quantization: q))
+        }, rows: { name, table in
+            switch table {
+            case .int8(let t): return Int8RowsKernel(t)
+            case .f16(let t): return F16RowsKernel(t)
+            case .planes(let p):
+                do { return try PackedRowsKernel(p) } catch let e as RuntimeError { throw ModelFileError(name, e.description) }
+            }
+        }, kvCache: kvCacheFormat(config: c, quantization: q))
     }
 
     /// The packed KV cache: per (token, KV head) as the simulator's K/V quantizers (Recipe.swift

@@ -77,7 +77,7 @@ struct Quantize: ParsableCommand {
     var actOrder = false
     @Flag(inversion: .prefixedNo, help: "quarot: mean-centre the embedding rows when fusing norms, as QuaRot/ResQ/CoQuant do (not function-preserving for RMSNorm models; --no-center-embeddings keeps the function exactly).")
     var centerEmbeddings = true
-    @Option(help: ArgumentHelp("Storage of the embedding table and the LM head: int8 (one scale per row, as llama.cpp's Q8_0; the in-memory model is rounded the same way) or f32.",
+    @Option(help: ArgumentHelp("Storage of the embedding table and the LM head: int8 (one scale per row, as llama.cpp's Q8_0), int4 (asymmetric, groups of 32 columns, as Q4_1), f16 or f32; the in-memory model is rounded the same way.",
                                discussion: "The papers' protocol keeps both at full precision: the research tables use --embeddings f32."))
     var embeddings = "int8"
     @Option(help: "Seed of the calibration sampler (and random rotations).")
@@ -155,8 +155,10 @@ struct Quantize: ParsableCommand {
         o.centerEmbeddings = centerEmbeddings
         switch embeddings.lowercased() {
         case "int8", "int8-row": o.embeddings = .int8
+        case "int4", "int4-g32": o.embeddings = .int4
+        case "f16", "fp16": o.embeddings = .f16
         case "f32", "fp32": o.embeddings = .f32
-        default: throw ValidationError("unknown --embeddings \(embeddings) (choose from int8, f32)")
+        default: throw ValidationError("unknown --embeddings \(embeddings) (choose from int8, int4, f16, f32)")
         }
         if int8DownProj { o.downProjActivationBits = 8 }
         if let b = downProjABits {

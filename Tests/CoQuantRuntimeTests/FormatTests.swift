@@ -43,6 +43,34 @@ final class FormatTests: XCTestCase {
         XCTAssertNotNil(runtime.lmHead?.kernel)
     }
 
+    /// --embeddings int4 and f16: tables stored as 4-bit plane runs / F16, read in place by the row kernels (the
+    /// embedding lookup and the untied head), and folder = memory as for int8. W8A8, so that the tables' 4 bits are
+    /// their own and not the weights'.
+    func testFourBitAndHalfPrecisionEmbeddings() throws {
+        for (e, tensor, dtype) in [(EmbeddingStorage.int4, "qweight", "U8"), (.f16, "weight", "F16")] {
+            let (memory, _, _) = try quantized("W8A8", embeddings: e)
+            let config = try XCTUnwrap(try QuantizationConfig.load(out + "/config.json"))
+            XCTAssertEqual(config.embeddings, .init(format: e.rawValue, lmHead: e.rawValue))
+            XCTAssertEqual(config.weights.storageBits, 8)
+            let ckpt = try SafeTensorsCheckpoint(folder: out)
+            for table in ["model.embed_tokens", "lm_head"] {
+                XCTAssertEqual(ckpt.info(table + "." + tensor)?.dtype, dtype, "\(e) \(table)")
+            }
+            let runtime = try assertFolderComputes(memory)
+            XCTAssertTrue(runtime.embedTokens.isEmpty)
+            let kernels: [any RowTableKernel] = [try XCTUnwrap(runtime.embeddingKernel), try XCTUnwrap(runtime.lmHead?.kernel as? any RowTableKernel)]
+            for k in kernels { XCTAssertTrue(e == .int4 ? k is PackedRowsKernel : k is F16RowsKernel, "\(e): \(type(of: k))") }
+            // The looked-up rows are the in-memory model's rows exactly.
+            let d = memory.model.config.hiddenSize
+            var row = [Float](repeating: 0, count: d)
+            for r in [0, 7, memory.model.config.vocabSize - 1] {
+                row.withUnsafeMutableBufferPointer { kernels[0].row(r, into: $0.baseAddress!) }
+                XCTAssertEqual(row, Array(memory.model.embedTokens[(r * d)..<((r + 1) * d)]), "\(e) row \(r)")
+            }
+            try FileManager.default.removeItem(atPath: out)
+        }
+    }
+
     /// The simulator reading the folder computes exactly the in-memory model; the runtime the same function.
     /// Returns the runtime's model.
     func assertFolderComputes(_ memory: LoadedModel, file: StaticString = #filePath, line: UInt = #line) throws -> LlamaModel {

@@ -294,4 +294,24 @@ final class RuntimeKernelTests: XCTestCase {
             }
         }
     }
+
+    /// fp16 rows × fp32: AVX2 (F16C) = the scalar reference (whose half → float covers subnormals, zeros, signs) =
+    /// float math on Swift's Float16 conversion.
+    func testHalfPrecisionRows() {
+        let R = 13, C = 70, T = 3
+        var bits = (0..<(R * C)).map { _ in Float16(Float.random(in: -4...4, using: &rng)).bitPattern }
+        bits[0] = 0x0001; bits[1] = 0x83FF; bits[2] = 0x8000; bits[3] = 0x7BFF; bits[4] = 0x0400   // subnormals, −0, max, min normal
+        let x = (0..<(T * C)).map { _ in Float.random(in: -1...1, using: &rng) }
+        var expected = [Float](repeating: 0, count: T * R)
+        for t in 0..<T { for r in 0..<R {
+            var d: Float = 0
+            for c in 0..<C { d += Float(Float16(bitPattern: bits[r * C + c])) * x[t * C + c] }
+            expected[t * R + r] = d
+        } }
+        var slow = [Float](repeating: .nan, count: T * R), fast = slow
+        cq_gemv_f16_f32_ref(bits, Int64(C), x, Int64(C), Int64(T), &slow, Int64(R), 0, Int64(R))
+        XCTAssertEqual(slow, expected, "the reference sums in order, as the loop above")
+        cq_gemv_f16_f32(bits, Int64(C), x, Int64(C), Int64(T), &fast, Int64(R), 0, Int64(R))
+        for i in fast.indices { XCTAssertEqual(fast[i], expected[i], accuracy: 1e-6 * max(1, abs(expected[i]))) }
+    }
 }

@@ -121,6 +121,13 @@ void cq_attention_f32(const float *q, const float *k, const float *v, float *ctx
 void cq_attention_f32_ref(const float *q, const float *k, const float *v, float *ctx, int64_t rows, int64_t start,
                           int H, int KV, int hd, float scale, float *scratch, int h0, int h1);
 
+/// fp16 rows (IEEE half bit patterns; the `--embeddings f16` tables) × fp32: y[t, r] = Σ_c w[r, c]·x[t, c], rows
+/// [r0, r1), fp32 accumulation.
+void cq_gemv_f16_f32(const uint16_t *w, int64_t cols, const float *x, int64_t ldx, int64_t tokens,
+                     float *y, int64_t ldy, int64_t r0, int64_t r1);
+void cq_gemv_f16_f32_ref(const uint16_t *w, int64_t cols, const float *x, int64_t ldx, int64_t tokens,
+                         float *y, int64_t ldy, int64_t r0, int64_t r1);
+
 // ## Packed KV cache
 // One (token, KV head) row of hd values is stored as column blocks (cq_act_block; min_max and clip as for
 // activations), each quantized with its own fp32 scale s and zero point z exactly as the simulator's per (token, head)
