@@ -688,65 +688,6 @@ AVX2 static inline float hsum_ps(__m256 s) {
     return _mm_cvtss_f32(h);
 }
 
-// hd a multiple of 8 and at most 256.
-AVX2 static void attention_f32_avx2(const float *q, const float *k, const float *v, float *ctx, int64_t rows, int64_t start,
-                                    int H, int KV, int hd, float scale, float *scratch, int h0, int h1) {
-    const int64_t ld = (int64_t)KV * hd;
-    const int nv = hd / 8;
-    for (int64_t t = 0; t < rows; t++) {
-        int64_t n = start + t + 1;
-        for (int h = h0; h < h1; h++) {
-            const float *qh = q + (t * H + h) * hd;
-            const int64_t g = h / (H / KV);
-            __m256 qv[32];
-            for (int j = 0; j < nv; j++) qv[j] = _mm256_mul_ps(_mm256_loadu_ps(qh + 8 * j), _mm256_set1_ps(scale));
-            __m256 mx = _mm256_set1_ps(-INFINITY);
-            int64_t p = 0;
-            for (; p < n; p++) {
-                const float *kp = k + p * ld + g * hd;
-                __m256 d0 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(kp));
-                __m256 d1 = _mm256_setzero_ps();
-                for (int j = 1; j + 1 < nv; j += 2) {
-                    d1 = _mm256_fmadd_ps(qv[j], _mm256_loadu_ps(kp + 8 * j), d1);
-                    d0 = _mm256_fmadd_ps(qv[j + 1], _mm256_loadu_ps(kp + 8 * j + 8), d0);
-                }
-                if (nv % 2 == 0) d1 = _mm256_fmadd_ps(qv[nv - 1], _mm256_loadu_ps(kp + 8 * (nv - 1)), d1);
-                scratch[p] = hsum_ps(_mm256_add_ps(d0, d1));
-            }
-            float m = -INFINITY;
-            for (p = 0; p + 8 <= n; p += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(scratch + p));
-            for (int i = 0; i < 8; i++) m = ((float *)&mx)[i] > m ? ((float *)&mx)[i] : m;
-            for (; p < n; p++) m = scratch[p] > m ? scratch[p] : m;
-            __m256 sumv = _mm256_setzero_ps(), mv = _mm256_set1_ps(m);
-            float sum = 0;
-            for (p = 0; p + 8 <= n; p += 8) {
-                __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(scratch + p), mv));
-                _mm256_storeu_ps(scratch + p, e);
-                sumv = _mm256_add_ps(sumv, e);
-            }
-            for (; p < n; p++) { scratch[p] = expf(scratch[p] - m); sum += scratch[p]; }
-            float inv = 1 / (sum + hsum_ps(sumv));
-            __m256 acc[32];
-            for (int j = 0; j < nv; j++) acc[j] = _mm256_setzero_ps();
-            for (p = 0; p < n; p++) {
-                const float *vp = v + p * ld + g * hd;
-                __m256 w = _mm256_set1_ps(scratch[p]);
-                for (int j = 0; j < nv; j++) acc[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vp + 8 * j), acc[j]);
-            }
-            float *c = ctx + (t * H + h) * hd;
-            for (int j = 0; j < nv; j++) _mm256_storeu_ps(c + 8 * j, _mm256_mul_ps(acc[j], _mm256_set1_ps(inv)));
-        }
-    }
-}
-
-void cq_attention_f32(const float *q, const float *k, const float *v, float *ctx, int64_t rows, int64_t start,
-                      int H, int KV, int hd, float scale, float *scratch, int h0, int h1) {
-    if (cq_simd_enabled() && hd % 8 == 0 && hd <= 256)
-        attention_f32_avx2(q, k, v, ctx, rows, start, H, KV, hd, scale, scratch, h0, h1);
-    else
-        cq_attention_f32_ref(q, k, v, ctx, rows, start, H, KV, hd, scale, scratch, h0, h1);
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Packed KV cache (layout in the header).
 
@@ -831,7 +772,7 @@ AVX2 static void kv_dequantize_row_avx2(const uint8_t *c, const float *sz, const
     }
 }
 
-static void kv_dequantize_row(int simd, const uint8_t *c, const float *sz, const cq_act_block *blocks, int nblocks, float *out) {
+static inline __attribute__((always_inline)) void kv_dequantize_row(int simd, const uint8_t *c, const float *sz, const cq_act_block *blocks, int nblocks, float *out) {
     if (simd) kv_dequantize_row_avx2(c, sz, blocks, nblocks, out);
     else kv_dequantize_row_scalar(c, sz, blocks, nblocks, out);
 }
@@ -899,45 +840,71 @@ static float softmax_scalar(float *e, int64_t n) {
     return sum;
 }
 
-// Not split into an AVX2 function and a reference: the structure is scalar (rows, groups, positions) and each
-// vector step (row dequantization, dot, axpy, softmax) picks its path; the tests hold it to cq_attention_f32_ref
-// over the dequantized cache, with and without SIMD.
-void cq_attention_kv(const float *q, const uint8_t *kc, const float *ksz, const cq_act_block *kb, int nkb,
-                     const uint8_t *vc, const float *vsz, const cq_act_block *vb, int nvb, float *ctx,
-                     int64_t rows, int64_t start, int H, int KV, int hd, float scale, float *scratch, int h0, int h1) {
-    const int simd = cq_simd_enabled() && hd % 8 == 0;
-    const int G = H / KV;
-    const int64_t kbytes = cq_kv_row_bytes(kb, nkb), vbytes = cq_kv_row_bytes(vb, nvb);
-    const int64_t positions = start + rows;
-    float *row = scratch + (int64_t)G * positions;
-    for (int64_t t = 0; t < rows; t++) {
-        const int64_t n = start + t + 1;
-        for (int g = h0 / G; g <= (h1 - 1) / G; g++) {
-            const int ha = h0 > g * G ? h0 : g * G, hb = h1 < (g + 1) * G ? h1 : (g + 1) * G;
-            if (ha >= hb) continue;
-            for (int64_t p = 0; p < n; p++) {
-                const int64_t at = p * KV + g;
-                kv_dequantize_row(simd, kc + at * kbytes, ksz + at * nkb * 2, kb, nkb, row);
-                for (int h = ha; h < hb; h++) {
-                    const float *qh = q + (t * H + h) * hd;
-                    scratch[(h - ha) * positions + p] = (simd ? dot_avx2(qh, row, hd) : dot_scalar(qh, row, hd)) * scale;
-                }
-            }
-            float inv[256];
-            for (int h = ha; h < hb; h++) {
-                float *e = scratch + (h - ha) * positions;
-                inv[h - ha] = 1 / (simd ? softmax_avx2(e, n) : softmax_scalar(e, n));
-                memset(ctx + (t * H + h) * hd, 0, (size_t)hd * sizeof(float));
-            }
-            for (int64_t p = 0; p < n; p++) {
-                const int64_t at = p * KV + g;
-                kv_dequantize_row(simd, vc + at * vbytes, vsz + at * nvb * 2, vb, nvb, row);
-                for (int h = ha; h < hb; h++) {
-                    float w = scratch[(h - ha) * positions + p] * inv[h - ha];
-                    if (simd) axpy_avx2(w, row, ctx + (t * H + h) * hd, hd);
-                    else axpy_scalar(w, row, ctx + (t * H + h) * hd, hd);
-                }
-            }
+// Row p of KV head g, as fp32: in place in an fp32 cache, else dequantized into buf.
+static inline __attribute__((always_inline)) const float *kv_row(int simd, const cq_kv_view *c, int keys, int64_t p, int g, float *buf) {
+    const int64_t at = p * c->kv_heads + g;
+    if (!c->kc) return (keys ? c->k : c->v) + at * c->head_dim;
+    const cq_act_block *b = keys ? c->kb : c->vb;
+    const int nb = keys ? c->nkb : c->nvb;
+    kv_dequantize_row(simd, (keys ? c->kc : c->vc) + at * cq_kv_row_bytes(b, nb), (keys ? c->ksz : c->vsz) + at * nb * 2, b, nb, buf);
+    return buf;
+}
+
+// One body, compiled twice: with the AVX2 steps inlined (dot, axpy, softmax and row dequantization of 8 lanes), and
+// with the scalar ones. The tests hold both to cq_attention_f32_ref (over the dequantized cache when packed).
+#define ATTENTION_PART(NAME, ATTR, SIMD, DOT, AXPY, SOFTMAX)                                                        \
+    ATTR static void NAME(const float *q, const cq_kv_view *c, int64_t rows, int64_t start, int H, float scale,    \
+                          int64_t p0, int64_t p1, float *scratch, float *m, float *l, float *acc) {                 \
+        const int KV = c->kv_heads, hd = c->head_dim, G = H / KV;                                                  \
+        const int64_t span = p1 - p0;                                                                              \
+        float *buf = scratch + (int64_t)G * span;                                                                  \
+        for (int64_t t = 0; t < rows; t++) {                                                                       \
+            const int64_t n = start + t + 1 < p1 ? start + t + 1 : p1; /* this share's positions row t sees */    \
+            for (int g = 0; g < KV; g++) {                                                                         \
+                const int ha = g * G;                                                                              \
+                for (int64_t p = p0; p < n; p++) {                                                                 \
+                    const float *row = kv_row(SIMD, c, 1, p, g, buf);                                              \
+                    for (int i = 0; i < G; i++)                                                                    \
+                        scratch[i * span + p - p0] = DOT(q + (t * H + ha + i) * hd, row, hd) * scale;              \
+                }                                                                                                  \
+                for (int i = 0; i < G; i++) {                                                                      \
+                    const int64_t at = t * H + ha + i;                                                             \
+                    memset(acc + at * hd, 0, (size_t)hd * sizeof(float));                                         \
+                    if (n <= p0) { m[at] = -INFINITY; l[at] = 0; continue; }                                       \
+                    float *e = scratch + i * span, mx = -INFINITY;                                                 \
+                    for (int64_t p = 0; p < n - p0; p++) mx = e[p] > mx ? e[p] : mx;                               \
+                    m[at] = mx;                                                                                    \
+                    l[at] = SOFTMAX(e, n - p0);                                                                    \
+                }                                                                                                  \
+                for (int64_t p = p0; p < n; p++) {                                                                 \
+                    const float *row = kv_row(SIMD, c, 0, p, g, buf);                                              \
+                    for (int i = 0; i < G; i++)                                                                    \
+                        AXPY(scratch[i * span + p - p0], row, acc + (t * H + ha + i) * hd, hd);                    \
+                }                                                                                                  \
+            }                                                                                                      \
+        }                                                                                                          \
+    }
+ATTENTION_PART(attention_part_avx2, AVX2, 1, dot_avx2, axpy_avx2, softmax_avx2)
+ATTENTION_PART(attention_part_scalar, , 0, dot_scalar, axpy_scalar, softmax_scalar)
+
+void cq_attention_part(const float *q, const cq_kv_view *c, int64_t rows, int64_t start, int H, float scale,
+                       int64_t p0, int64_t p1, float *scratch, float *m, float *l, float *acc) {
+    if (cq_simd_enabled() && c->head_dim % 8 == 0) attention_part_avx2(q, c, rows, start, H, scale, p0, p1, scratch, m, l, acc);
+    else attention_part_scalar(q, c, rows, start, H, scale, p0, p1, scratch, m, l, acc);
+}
+
+void cq_attention_merge(int parts, int64_t rows, int H, int hd, const float *m, const float *l, const float *acc, float *ctx) {
+    const int64_t n = rows * H;
+    for (int64_t at = 0; at < n; at++) {
+        float mx = -INFINITY;
+        for (int k = 0; k < parts; k++) mx = m[k * n + at] > mx ? m[k * n + at] : mx;
+        float sum = 0, w[64];
+        for (int k = 0; k < parts; k++) { w[k] = l[k * n + at] > 0 ? expf(m[k * n + at] - mx) : 0; sum += w[k] * l[k * n + at]; }
+        float *out = ctx + at * hd;
+        for (int i = 0; i < hd; i++) {
+            float v = 0;
+            for (int k = 0; k < parts; k++) v += w[k] * acc[(k * n + at) * hd + i];
+            out[i] = v / sum;
         }
     }
 }

@@ -199,7 +199,7 @@ final class RuntimeKernelTests: XCTestCase {
     /// Decode attention over the fp32 cache: AVX2 against the scalar reference (the model tests check it against the
     /// prefill's GEMM path through the KV-cache decode).
     func testDecodeAttention() {
-        for (H, KV, hd, start, rows) in [(9, 3, 64, 100, 1), (9, 3, 64, 7, 3), (4, 4, 24, 33, 2), (2, 1, 8, 0, 1)] {
+        for (H, KV, hd, start, rows) in [(9, 3, 64, 100, 1), (9, 3, 64, 7, 3), (4, 4, 24, 33, 2), (2, 1, 8, 0, 1), (9, 3, 64, 700, 2), (14, 2, 64, 300, 1)] {
             let n = start + rows
             let q = (0..<(rows * H * hd)).map { _ in Float.random(in: -2...2, using: &rng) }
             let k = (0..<(n * KV * hd)).map { _ in Float.random(in: -2...2, using: &rng) }
@@ -280,16 +280,28 @@ final class RuntimeKernelTests: XCTestCase {
                     var got = [Float](repeating: .nan, count: rows * H * hd)
                     attentionDecode(q, keys: kcodes, kgrids, kc, values: vcodes, vgrids, vc, &got, rows: rows, start: start, heads: H, kvHeads: KV)
                     for i in got.indices { XCTAssertEqual(got[i], expected[i], accuracy: 1e-5, "\(what) simd \(simd)") }
-                    // Uneven splits: heads [0, 2) and [2, H) cut the first group for H/KV > 2.
-                    var split = [Float](repeating: .nan, count: rows * H * hd)
-                    var s2 = [Float](repeating: 0, count: H / KV * n + hd)
+                    // Shares of positions merged: uneven, one empty for the first rows, one share alone.
                     let kb = kc.blocks.map(\.kernelBlock), vb = vc.blocks.map(\.kernelBlock)
-                    for (h0, h1) in [(0, min(2, H)), (min(2, H), H)] where h1 > h0 {
-                        cq_attention_kv(q, kcodes, kgrids, kb, Int32(kb.count), vcodes, vgrids, vb, Int32(vb.count), &split,
-                                        Int64(rows), Int64(start), Int32(H), Int32(KV), Int32(hd), 1 / Float(hd).squareRoot(), &s2,
-                                        Int32(h0), Int32(h1))
+                    for cuts in [[0, n], [0, 1, n], [0, n / 3, n - 1, n]] {
+                        let parts = cuts.count - 1, G = H / KV
+                        var m = [Float](repeating: 0, count: parts * rows * H), l = m
+                        var acc = [Float](repeating: .nan, count: parts * rows * H * hd)
+                        var split = [Float](repeating: .nan, count: rows * H * hd)
+                        kb.withUnsafeBufferPointer { kb in vb.withUnsafeBufferPointer { vb in
+                            var view = cq_kv_view(k: nil, v: nil, kc: kcodes, vc: vcodes, ksz: kgrids, vsz: vgrids, kb: kb.baseAddress,
+                                                  vb: vb.baseAddress, nkb: Int32(kb.count), nvb: Int32(vb.count), kv_heads: Int32(KV), head_dim: Int32(hd))
+                            for w in 0..<parts {
+                                var s2 = [Float](repeating: 0, count: G * (cuts[w + 1] - cuts[w]) + hd)
+                                m.withUnsafeMutableBufferPointer { m in l.withUnsafeMutableBufferPointer { l in acc.withUnsafeMutableBufferPointer { a in
+                                    cq_attention_part(q, &view, Int64(rows), Int64(start), Int32(H), 1 / Float(hd).squareRoot(),
+                                                      Int64(cuts[w]), Int64(cuts[w + 1]), &s2, m.baseAddress! + w * rows * H,
+                                                      l.baseAddress! + w * rows * H, a.baseAddress! + w * rows * H * hd)
+                                } } }
+                            }
+                        } }
+                        cq_attention_merge(Int32(parts), Int64(rows), Int32(H), Int32(hd), m, l, acc, &split)
+                        for i in split.indices { XCTAssertEqual(split[i], expected[i], accuracy: 1e-5, "\(what) cuts \(cuts), simd \(simd)") }
                     }
-                    for i in split.indices { XCTAssertEqual(split[i], expected[i], accuracy: 1e-5, "\(what) split, simd \(simd)") }
                 }
             }
         }

@@ -112,12 +112,10 @@ void cq_gemv_q8_f32(const int8_t *w, int64_t cols, const float *scale, const flo
 void cq_gemv_q8_f32_ref(const int8_t *w, int64_t cols, const float *scale, const float *x, int64_t ldx, int64_t tokens,
                         float *y, int64_t ldy, int64_t r0, int64_t r1);
 
-/// Causal attention of `rows` query rows over a position-major fp32 KV cache, for query heads [h0, h1):
-/// q and ctx [rows, H·hd]; k and v [start + rows, KV·hd] (query head h reads KV head h / (H/KV)); row t sees
-/// positions 0 … start + t. scale = 1/√hd. scratch holds start + rows floats. The decode path: no packing of K into
-/// a GEMM panel, which at a 2k context costs more than the products themselves.
-void cq_attention_f32(const float *q, const float *k, const float *v, float *ctx, int64_t rows, int64_t start,
-                      int H, int KV, int hd, float scale, float *scratch, int h0, int h1);
+/// Causal attention of `rows` query rows over a position-major fp32 KV cache, for query heads [h0, h1): the
+/// scalar definition of decode attention (the tests' reference). q and ctx [rows, H·hd]; k and v [start + rows, KV·hd]
+/// (query head h reads KV head h / (H/KV)); row t sees positions 0 … start + t. scale = 1/√hd; scratch holds
+/// start + rows floats.
 void cq_attention_f32_ref(const float *q, const float *k, const float *v, float *ctx, int64_t rows, int64_t start,
                           int H, int KV, int hd, float scale, float *scratch, int h0, int h1);
 
@@ -143,12 +141,26 @@ void cq_kv_quantize(const float *x, int64_t rows, int hd, const cq_act_block *bl
 /// codes, sz → x̂ [rows, hd] (the simulator's fake-quantized values, bit for bit).
 void cq_kv_dequantize(const uint8_t *codes, const float *sz, int64_t rows, int hd, const cq_act_block *blocks,
                       int nblocks, float *out);
-/// Decode attention as cq_attention_f32, over a packed cache: kc/vc [start + rows, KV, row_bytes], ksz/vsz
-/// [start + rows, KV, nblocks, 2]. Each cached row is dequantized once for all query heads of its group that lie in
-/// [h0, h1). scratch holds (H/KV)·(start + rows) + hd floats.
-void cq_attention_kv(const float *q, const uint8_t *kc, const float *ksz, const cq_act_block *kb, int nkb,
-                     const uint8_t *vc, const float *vsz, const cq_act_block *vb, int nvb, float *ctx,
-                     int64_t rows, int64_t start, int H, int KV, int hd, float scale, float *scratch, int h0, int h1);
+/// A decode-time view of one layer's cache: fp32 (k, v [positions, KV·hd]; kc = NULL) or packed (kc, vc
+/// [positions, KV, row_bytes], ksz, vsz [positions, KV, nblocks, 2], the row blocks kb, vb).
+typedef struct {
+    const float *k, *v;
+    const uint8_t *kc, *vc;
+    const float *ksz, *vsz;
+    const cq_act_block *kb, *vb;
+    int nkb, nvb;
+    int kv_heads, head_dim;
+} cq_kv_view;
+
+/// One worker's share of decode attention (flash-decoding): positions [p0, p1) for all H heads, row t seeing those
+/// ≤ start + t. Per (row, head): the share's max score m, l = Σ e^(s − m) and acc = Σ e^(s − m)·v [rows, H, hd].
+/// Each cached row is read (or dequantized) once for the H/KV query heads of its group. scratch holds
+/// (H/KV)·(p1 − p0) + hd floats.
+void cq_attention_part(const float *q, const cq_kv_view *cache, int64_t rows, int64_t start, int H, float scale,
+                       int64_t p0, int64_t p1, float *scratch, float *m, float *l, float *acc);
+/// ctx [rows, H·hd] from `parts` (≤ 64) shares: m, l [parts, rows·H], acc [parts, rows·H, hd].
+void cq_attention_merge(int parts, int64_t rows, int H, int hd, const float *m, const float *l, const float *acc,
+                        float *ctx);
 
 /// The x86 `pause` hint for spin-wait loops (the worker pool's); a no-op elsewhere.
 void cq_pause(void);
