@@ -44,7 +44,7 @@ static inline int plane_code(const uint8_t *plane, int j) {
     return (j % 32) < 16 ? (b & 15) : (b >> 4);
 }
 
-void cq_row_code_sums(const uint8_t *w, int64_t row_bytes, int64_t rows, const cq_run *runs, int nruns, int32_t *sum_u) {
+static void row_code_sums_scalar(const uint8_t *w, int64_t row_bytes, int64_t rows, const cq_run *runs, int nruns, int32_t *sum_u) {
     for (int64_t r = 0; r < rows; r++) {
         for (int k = 0; k < nruns; k++) {
             const cq_run *run = &runs[k];
@@ -58,6 +58,34 @@ void cq_row_code_sums(const uint8_t *w, int64_t row_bytes, int64_t rows, const c
             sum_u[r * nruns + k] = s;
         }
     }
+}
+
+// Σ of both nibbles of each byte: vpsadbw of the low and the high nibbles against zero, 16 bytes a step.
+AVX2 static void row_code_sums_avx2(const uint8_t *w, int64_t row_bytes, int64_t rows, const cq_run *runs, int nruns, int32_t *sum_u) {
+    const __m128i m = _mm_set1_epi8(0x0F), zero = _mm_setzero_si128();
+    for (int64_t r = 0; r < rows; r++) {
+        for (int k = 0; k < nruns; k++) {
+            const cq_run *run = &runs[k];
+            int32_t s = 0;
+            for (int p = 0; p < run->planes; p++) {
+                const uint8_t *plane = w + r * row_bytes + run->byte_offset + (int64_t)p * run->padded / 2;
+                __m128i acc = _mm_setzero_si128();
+                for (int64_t b = 0; b < run->padded / 2; b += 16) {
+                    __m128i x = _mm_loadu_si128((const __m128i *)(plane + b));
+                    acc = _mm_add_epi64(acc, _mm_sad_epu8(_mm_and_si128(x, m), zero));
+                    acc = _mm_add_epi64(acc, _mm_sad_epu8(_mm_and_si128(_mm_srli_epi16(x, 4), m), zero));
+                }
+                int32_t sp = (int32_t)(_mm_cvtsi128_si64(acc) + _mm_extract_epi64(acc, 1));
+                s += p == 0 ? sp : 16 * sp;
+            }
+            sum_u[r * nruns + k] = s;
+        }
+    }
+}
+
+void cq_row_code_sums(const uint8_t *w, int64_t row_bytes, int64_t rows, const cq_run *runs, int nruns, int32_t *sum_u) {
+    if (cq_simd_enabled()) row_code_sums_avx2(w, row_bytes, rows, runs, nruns, sum_u);
+    else row_code_sums_scalar(w, row_bytes, rows, runs, nruns, sum_u);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

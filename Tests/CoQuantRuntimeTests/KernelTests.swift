@@ -48,6 +48,18 @@ final class RuntimeKernelTests: XCTestCase {
             cq_set_simd(1)
             XCTAssertEqual(out, p.dequantized(), "simd \(simd)")
         }
+        // Σu per (row, run), AVX2 and scalar: the codes' plain sum (8-bit runs as 16·hi + lo).
+        let expected = (0..<5).flatMap { r in planes.layout.runs.map { run in (0..<run.count).reduce(Int32(0)) { $0 + Int32(p.code(r, run.col + $1)) } } }
+        for simd in [1, 0] {
+            cq_set_simd(Int32(simd))
+            var sums = [Int32](repeating: -1, count: expected.count)
+            kernel.runs.withUnsafeBufferPointer { runs in
+                cq_row_code_sums(planes.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), Int64(planes.layout.rowBytes), 5,
+                                 runs.baseAddress!, Int32(runs.count), &sums)
+            }
+            cq_set_simd(1)
+            XCTAssertEqual(sums, expected, "simd \(simd)")
+        }
     }
 
     /// Activation codes give back exactly the simulator's fake-quantized values, s·(a − z').
