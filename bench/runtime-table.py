@@ -14,16 +14,23 @@ for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
         continue
     d = json.load(open(path))
     rows.append((name, d))
-print("| model | pp512 | pp2048 | tg128 | tg128 @ 2k | MB on disk | peak RSS MB |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+def kv(d):
+    return f"{d['kv_cache_bytes'] / 1e6:.1f}" if "kv_cache_bytes" in d else ""
+
+def rss_target(d):
+    # The bound: peak RSS while generating ≤ 1.5 × the folder + the KV cache.
+    return f"{d['peak_rss_bytes'] / (1.5 * d['model_bytes'] + d['kv_cache_bytes']):.2f}" if "kv_cache_bytes" in d else ""
+
+print("| model | pp512 | pp2048 | tg128 | tg128 @ 2k | MB on disk | peak RSS MB | KV cache MB | RSS ÷ (1.5 × disk + KV) |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 fp = rows[0][1]["baseline"] if rows else None
 if fp:
     print(f"| our fp32 (median of the runs below) | " + " | ".join(
         f"{sorted(r[1]['baseline'][k] for r in rows)[len(rows) // 2]:.1f}" for k in keys)
-          + f" | {fp['model_bytes'] / 1e6:.1f} | {fp['peak_rss_bytes'] / 1e6:.0f} |")
-print(f"| llama.cpp Q4_0 | " + " | ".join(f"{llama[k]:.1f}" for k in keys) + f" | {llama['model_bytes'] / 1e6:.1f} | |")
+          + f" | {fp['model_bytes'] / 1e6:.1f} | {fp['peak_rss_bytes'] / 1e6:.0f} | {kv(fp)} | |")
+print(f"| llama.cpp Q4_0 | " + " | ".join(f"{llama[k]:.1f}" for k in keys) + f" | {llama['model_bytes'] / 1e6:.1f} | | | |")
 for name, d in rows:
-    print(f"| {name} | " + " | ".join(f"{d[k]:.1f}" for k in keys) + f" | {d['model_bytes'] / 1e6:.1f} | {d['peak_rss_bytes'] / 1e6:.0f} |")
+    print(f"| {name} | " + " | ".join(f"{d[k]:.1f}" for k in keys) + f" | {d['model_bytes'] / 1e6:.1f} | {d['peak_rss_bytes'] / 1e6:.0f} | {kv(d)} | {rss_target(d)} |")
 print()
 print("| ratio | pp512 | pp2048 | tg128 | tg128 @ 2k | bytes |")
 print("|---|---:|---:|---:|---:|---:|")

@@ -47,9 +47,12 @@ struct Bench: ParsableCommand {
         var decode2kTokS: Double
         var modelBytes: Int
         var peakRSSBytes: Int
+        /// The KV cache of the 2048-token prompt and its decoded tokens (packed for KV4 schemes).
+        var kvCacheBytes: Int
         enum CodingKeys: String, CodingKey {
             case prefill512TokS = "prefill_512_tok_s", prefill2048TokS = "prefill_2048_tok_s", decodeShortTokS = "decode_short_tok_s",
-                 decode2kTokS = "decode_2k_tok_s", modelBytes = "model_bytes", peakRSSBytes = "peak_rss_bytes"
+                 decode2kTokS = "decode_2k_tok_s", modelBytes = "model_bytes", peakRSSBytes = "peak_rss_bytes",
+                 kvCacheBytes = "kv_cache_bytes"
         }
     }
 
@@ -87,7 +90,7 @@ struct Bench: ParsableCommand {
         let path: String
         let loaded: LoadedModel
         var prefill512: [Double] = [], prefill2048: [Double] = [], decodeShort: [Double] = [], decode2k: [Double] = []
-        var peakRSS = 0
+        var peakRSS = 0, kvCacheBytes = 0
         init(path: String, loaded: LoadedModel) { self.path = path; self.loaded = loaded }
     }
 
@@ -129,11 +132,11 @@ struct Bench: ParsableCommand {
                             rounds: rounds, threads: ProcessInfo.processInfo.activeProcessorCount)
         if output.json { try printJSON(result); return }
         func row(_ name: String, _ f: Figures) -> String {
-            String(format: "%-10@ %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f", name as NSString, f.prefill512TokS, f.prefill2048TokS,
-                   f.decodeShortTokS, f.decode2kTokS, Double(f.modelBytes) / 1e6, Double(f.peakRSSBytes) / 1e6)
+            String(format: "%-10@ %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f", name as NSString, f.prefill512TokS, f.prefill2048TokS,
+                   f.decodeShortTokS, f.decode2kTokS, Double(f.modelBytes) / 1e6, Double(f.peakRSSBytes) / 1e6, Double(f.kvCacheBytes) / 1e6)
         }
-        print(String(format: "%-10@ %10@ %10@ %10@ %10@ %10@ %10@", "" as NSString, "pp512" as NSString, "pp2048" as NSString,
-                     "tg128" as NSString, "tg128@2k" as NSString, "MB disk" as NSString, "MB RSS" as NSString))
+        print(String(format: "%-10@ %10@ %10@ %10@ %10@ %10@ %10@ %10@", "" as NSString, "pp512" as NSString, "pp2048" as NSString,
+                     "tg128" as NSString, "tg128@2k" as NSString, "MB disk" as NSString, "MB RSS" as NSString, "MB KV" as NSString))
         print(row("model", figures))
         if let b = baseFigures, let r = ratios {
             print(row("baseline", b))
@@ -155,6 +158,7 @@ struct Bench: ParsableCommand {
         let logits = m.forward(Array(ids[0..<2048]), cache: cache, logits: .last)
         s.prefill2048.append(2048 / seconds(since: t))
         s.decode2k.append(decode(m, cache, logits))
+        s.kvCacheBytes = cache.byteCount
         let short = m.makeCache(capacity: 8 + decodeTokens)
         s.decodeShort.append(decode(m, short, m.forward(Array(ids[0..<8]), cache: short, logits: .last)))
     }
@@ -174,7 +178,8 @@ struct Bench: ParsableCommand {
     func summary(_ s: Subject) -> Figures {
         func median(_ x: [Double]) -> Double { let y = x.sorted(); return y.count % 2 == 1 ? y[y.count / 2] : (y[y.count / 2 - 1] + y[y.count / 2]) / 2 }
         return Figures(prefill512TokS: median(s.prefill512), prefill2048TokS: median(s.prefill2048), decodeShortTokS: median(s.decodeShort),
-                       decode2kTokS: median(s.decode2k), modelBytes: modelBytes(s.path), peakRSSBytes: s.peakRSS)
+                       decode2kTokS: median(s.decode2k), modelBytes: modelBytes(s.path), peakRSSBytes: s.peakRSS,
+                       kvCacheBytes: s.kvCacheBytes)
     }
 }
 
