@@ -593,11 +593,7 @@ AVX2 static void gemv_q8_f32_avx2(const int8_t *w, int64_t cols, const float *sc
                 a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), _mm256_loadu_ps(xt + c), a0);
                 a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8))), _mm256_loadu_ps(xt + c + 8), a1);
             }
-            __m256 s = _mm256_add_ps(a0, a1);
-            __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            h = _mm_add_ss(h, _mm_movehdup_ps(h));
-            float d = _mm_cvtss_f32(h);
+            float d = hsum_ps(_mm256_add_ps(a0, a1));
             for (; c < cols; c++) d += (float)wr[c] * xt[c];
             y[t * ldy + r] = scale[r] * d;
         }
