@@ -11,13 +11,13 @@
 #   python3 scripts/zeroshot-compare.py results/smollm2 fp-1000 quarot-cdquant-w4a4kv4-s0-1000 \
 #       resq-cdquant-shared-s0-1000 coquant-cdquant-shared-s0-1000
 #
-# Variables: LIMIT (1000), RUNS (runs/), ROWS (default: the three configs, then fp), BIN (the coquant binary: a copy
+# Variables: LIMIT (1000), RUNS (runs/), ROWS (default: QuaRot, FP, CoQuant, ResQ), BIN (the coquant binary: a copy
 # keeps one build for the whole table while .build changes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 limit=${LIMIT:-1000}
 runs=${RUNS:-runs}
-rows=(${ROWS:-quarot-cdquant-w4a4kv4-s0 coquant-cdquant-shared-s0 resq-cdquant-shared-s0 fp})
+rows=(${ROWS:-quarot-cdquant-w4a4kv4-s0 fp coquant-cdquant-shared-s0 resq-cdquant-shared-s0})
 model=${COQUANT_MODELS:-models}/SmolLM2-135M-Instruct.Q4_1.gguf
 for row in "${rows[@]}"; do
   target=$model
