@@ -55,6 +55,14 @@ public enum ModelLoader {
         let ckpt = try SafeTensorsCheckpoint(folder: folder)
         let quantization = try QuantizationConfig.load(folder + "/config.json")
         let kernels = quantization.flatMap { q in factory.map { $0(config, q) } }
+        // The tables' tensors pick how they load; they must be what the config says they are.
+        if let e = quantization?.embeddings {
+            for prefix in ["model.embed_tokens", "lm_head"] {
+                if let kind = ckpt.tableStorage(prefix), kind != e.format {
+                    throw ModelFileError(folder, "\(prefix) is stored as \(kind) but quantization_config.embeddings.format says \(e.format)")
+                }
+            }
+        }
         let v2 = (quantization?.formatVersion ?? 0) >= 2
         func tensor(_ name: String, _ shape: [Int]) throws -> [Float] {
             guard let info = ckpt.info(name) else {

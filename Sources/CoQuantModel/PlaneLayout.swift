@@ -204,6 +204,13 @@ public enum RowTable {
 }
 
 extension SafeTensorsCheckpoint {
+    /// How the table `<prefix>` is stored, in `quantization_config.embeddings.format`'s words; nil when absent.
+    func tableStorage(_ prefix: String) -> String? {
+        if info(prefix + ".codes") != nil { return "int8-row" }
+        if info(prefix + ".qweight") != nil { return "int4-g32" }
+        return info(prefix + ".weight").map { $0.dtype == "F16" ? "f16" : $0.dtype == "F32" ? "f32" : $0.dtype }
+    }
+
     /// `<prefix>.weight` when it is F16 [rows, cols], read in place; nil when absent or of another dtype.
     public func f16Rows(_ prefix: String, rows: Int, cols: Int) throws -> F16Rows? {
         guard let w = info(prefix + ".weight"), w.dtype == "F16" else { return nil }

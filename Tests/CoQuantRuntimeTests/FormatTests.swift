@@ -177,6 +177,10 @@ final class FormatTests: XCTestCase {
         try editConfig { q in var w = q["weights"] as! [String: Any]; w["storage_bits"] = 8; q["weights"] = w }
         for runtime in [false, true] { assertRefused(runtime, mentioning: ["qweight", "expected U8"]) }
         try restore()
+        // Tables stored otherwise than the config says.
+        try editConfig { $0["embeddings"] = ["format": "f16", "lm_head": "f16"] }
+        for runtime in [false, true] { assertRefused(runtime, mentioning: ["model.embed_tokens", "stored as int8-row", "says f16"]) }
+        try restore()
         // A truncated model file.
         let path = out + "/model.safetensors"
         let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
