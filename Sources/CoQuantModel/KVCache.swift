@@ -18,11 +18,6 @@ public struct KVCacheFormat: Sendable, Equatable {
         self.keys = KVRowCodec(blocks: keys, headDim: headDim)
         self.values = KVRowCodec(blocks: values, headDim: headDim)
     }
-
-    /// Bytes of one cached position in one layer (keys and values of all KV heads, with their grids).
-    public func bytesPerPosition(kvHeads: Int) -> Int {
-        kvHeads * (keys.rowBytes + values.rowBytes + 4 * (keys.gridCount + values.gridCount))
-    }
 }
 
 public final class KVCache {

@@ -196,6 +196,7 @@ public func attentionDecode(_ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>
 /// instead would leave a core idle for a fifth of the time with SmolLM2's 9 heads.
 func attentionDecode(_ q: UnsafePointer<Float>, _ view: cq_kv_view, _ ctx: UnsafeMutablePointer<Float>, rows: Int, start: Int, heads H: Int) {
     let hd = Int(view.head_dim), G = H / Int(view.kv_heads), n = start + rows, scale = 1 / Float(hd).squareRoot()
+    // A short context is microseconds of work, less than waking the other core.
     let parts = n >= 256 ? forwardWorkers : 1
     let m = UnsafeMutablePointer<Float>.allocate(capacity: parts * rows * H), l = UnsafeMutablePointer<Float>.allocate(capacity: parts * rows * H)
     let acc = UnsafeMutablePointer<Float>.allocate(capacity: parts * rows * H * hd)
