@@ -420,6 +420,7 @@ final class CLITests: XCTestCase {
             (["--method", "gptq", "--scheme", "W4A4KV4", "--a-clip-ratio=2"], ["--a-clip-ratio 2.0", "(0, 1]"]),
             (["--method", "gptq", "--scheme", "W4A4KV4", "--kv-clip-ratio=0"], ["--kv-clip-ratio 0.0", "(0, 1]"]),
             (["--method", "gptq", "--percdamp", "inf"], ["--percdamp inf", "finite"]),
+            (["--method", "rtn", "--embeddings", "int2"], ["--embeddings int2", "int8, int4, f16, f32"]),
             // Subspace options are refused for the methods that have no subspace (they used to be ignored).
             (["--method", "quarot", "--scheme", "W4A4KV4", "--high-fraction", "0.25"], ["--high-fraction", "resq or coquant", "quarot"]),
             (["--method", "gptq", "--granularity", "shared"], ["--granularity", "resq or coquant", "gptq"]),
