@@ -14,6 +14,16 @@ import Foundation
 public protocol LinearKernel: AnyObject, Sendable {
     /// y[T, out] = x[T, in] · Ŵᵀ, no bias.
     func apply(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>)
+    /// ys[0] for this kernel and ys[i] for others[i − 1], all over the same x, in one parallel loop (q/k/v and
+    /// gate/up while decoding: one barrier for the group instead of one per linear). false: not done, run them one
+    /// by one.
+    func apply(fusedWith others: [any LinearKernel], _ x: UnsafePointer<Float>, rows: Int, into ys: [UnsafeMutablePointer<Float>]) -> Bool
+}
+
+extension LinearKernel {
+    public func apply(fusedWith others: [any LinearKernel], _ x: UnsafePointer<Float>, rows: Int, into ys: [UnsafeMutablePointer<Float>]) -> Bool {
+        false
+    }
 }
 
 /// A LinearKernel whose rows can be read back one at a time: a packed embedding table, which a tied LM head shares.
@@ -47,6 +57,16 @@ public struct Linear: Sendable {
         self.outFeatures = outFeatures
     }
 
+    /// ys[i] = linears[i](x): one parallel loop where their kernels can share it (LinearKernel.apply(fusedWith:)).
+    public static func apply(_ linears: [Linear], _ x: UnsafePointer<Float>, rows: Int, into ys: [UnsafeMutablePointer<Float>]) {
+        let kernels = linears.compactMap(\.kernel)
+        if kernels.count == linears.count, kernels[0].apply(fusedWith: Array(kernels.dropFirst()), x, rows: rows, into: ys) {
+            for (l, y) in zip(linears, ys) { l.addBias(y, rows: rows) }
+            return
+        }
+        for (l, y) in zip(linears, ys) { l(x, rows: rows, into: y) }
+    }
+
     /// y[T, out] = x[T, in] · Wᵀ (+ b).
     public func callAsFunction(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
         if let kernel {
@@ -56,6 +76,10 @@ public struct Linear: Sendable {
                 parallelSgemm(transB: true, rows, outFeatures, inFeatures, 1, x, inFeatures, w.baseAddress!, inFeatures, y, outFeatures)
             }
         }
+        addBias(y, rows: rows)
+    }
+
+    func addBias(_ y: UnsafeMutablePointer<Float>, rows: Int) {
         if let bias {
             for t in 0..<rows { for j in 0..<outFeatures { y[t * outFeatures + j] += bias[j] } }
         }
@@ -398,9 +422,7 @@ public final class LlamaModel: @unchecked Sendable {
                         context.withUnsafeMutableBufferPointer { pc in
                             let h = ph.baseAddress!, q = pq.baseAddress!, k = pk.baseAddress!, v = pv.baseAddress!
                             let ctx = pc.baseAddress!
-                            attn.qProj(h, rows: T, into: q)
-                            attn.kProj(h, rows: T, into: k)
-                            attn.vProj(h, rows: T, into: v)
+                            Linear.apply([attn.qProj, attn.kProj, attn.vProj], h, rows: T, into: [q, k, v])
                             if let packing {
                                 for s in packing.segments {
                                     applyRope(q + s.rows.lowerBound * H * hd, rows: s.rows.count, heads: H, start: s.start)
@@ -466,8 +488,7 @@ public final class LlamaModel: @unchecked Sendable {
         h.withUnsafeBufferPointer { ph in
             gate.withUnsafeMutableBufferPointer { pg in
                 up.withUnsafeMutableBufferPointer { pu in
-                    mlp.gateProj(ph.baseAddress!, rows: T, into: pg.baseAddress!)
-                    mlp.upProj(ph.baseAddress!, rows: T, into: pu.baseAddress!)
+                    Linear.apply([mlp.gateProj, mlp.upProj], ph.baseAddress!, rows: T, into: [pg.baseAddress!, pu.baseAddress!])
                     siluMultiply(pg.baseAddress!, pu.baseAddress!, T * F)
                     hook?(l, .downProjInput, pg.baseAddress!, T, F)
                 }

@@ -61,39 +61,83 @@ public final class PackedLinearKernel: LinearKernel, @unchecked Sendable {
     }
 
     public func apply(_ x: UnsafePointer<Float>, rows T: Int, into y: UnsafeMutablePointer<Float>) {
-        let w = weights, R = w.rows, C = w.cols, P = w.layout.paddedCols, nr = runs.count
+        let w = weights, R = w.rows, C = w.cols
+        if activation == nil && T > 4 {
+            w.scales.withUnsafeBufferPointer { sw in w.zeros.withUnsafeBufferPointer { zw in
+                runs.withUnsafeBufferPointer { runs in
+                    productByTiles(x, rows: T, out: R, in: C, into: y) { r0, r1, out in
+                        cq_dequantize_rows(w.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), Int64(w.layout.rowBytes), runs.baseAddress!,
+                                           Int32(runs.count), sw.baseAddress!, zw.baseAddress!, Int32(w.groups), Int64(C),
+                                           Int64(r0), Int64(r1), out)
+                    }
+                }
+            } }
+            return
+        }
+        let input = Input(self, x, rows: T)
+        splitRows(R, work: T * R * C) { r0, r1 in product(input, rows: r0, r1, into: y) }
+    }
+
+    /// Decoding: the kernels over the same input with the same runs and activation blocks (q/k/v, gate/up) share one
+    /// quantized (or gathered) input and one parallel loop over their rows laid end to end.
+    public func apply(fusedWith others: [any LinearKernel], _ x: UnsafePointer<Float>, rows T: Int, into ys: [UnsafeMutablePointer<Float>]) -> Bool {
+        let all = [self] + others.compactMap { $0 as? PackedLinearKernel }
+        guard T <= 4, all.count == others.count + 1,
+              all.allSatisfy({ $0.activation == activation && $0.weights.layout.runs == weights.layout.runs }) else { return false }
+        let input = Input(self, x, rows: T)
+        let rows = all.map(\.weights.rows), total = rows.reduce(0, +)
+        splitRows(total, work: T * total * weights.cols) { r0, r1 in
+            var base = 0
+            for (k, kernel) in all.enumerated() {
+                let a = max(r0, base), b = min(r1, base + rows[k])
+                if a < b { kernel.product(input, rows: a - base, b - base, into: ys[k]) }
+                base += rows[k]
+            }
+        }
+        return true
+    }
+
+    /// The input of a product in the form the kernels read: int8 codes per token and run (quantized activations), or
+    /// fp32 gathered into the run layout (weight-only decode).
+    final class Input {
+        let tokens: Int
+        var codes: [Int8] = [], scales: [Float] = [], zeros: [Int32] = [], sums: [Int32] = []
+        var gathered: [Float] = [], gatheredSums: [Float] = []
+
+        init(_ k: PackedLinearKernel, _ x: UnsafePointer<Float>, rows T: Int) {
+            tokens = T
+            let C = k.weights.cols, P = k.weights.layout.paddedCols, nr = k.runs.count
+            k.runs.withUnsafeBufferPointer { runs in
+                if k.activation != nil {
+                    codes = [Int8](repeating: 0, count: T * P)
+                    scales = [Float](repeating: 0, count: T * nr); zeros = [Int32](repeating: 0, count: T * nr); sums = zeros
+                    k.blocks.withUnsafeBufferPointer { b in
+                        cq_quantize_activations(x, Int64(C), Int64(T), b.baseAddress!, Int32(b.count), runs.baseAddress!, Int32(nr), Int64(P),
+                                                &codes, &scales, &zeros, &sums)
+                    }
+                } else {
+                    gathered = [Float](repeating: 0, count: T * P); gatheredSums = [Float](repeating: 0, count: T * nr)
+                    cq_gather_runs(x, Int64(C), Int64(T), runs.baseAddress!, Int32(nr), Int64(P), &gathered, &gatheredSums)
+                }
+            }
+        }
+    }
+
+    /// Rows [r0, r1) of y [T, rows] from a prepared input.
+    func product(_ input: Input, rows r0: Int, _ r1: Int, into y: UnsafeMutablePointer<Float>) {
+        let w = weights, R = w.rows, P = w.layout.paddedCols, nr = runs.count, T = input.tokens
         let wb = w.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), rb = Int64(w.layout.rowBytes)
         runs.withUnsafeBufferPointer { runs in
             let runs = runs.baseAddress!
             if activation != nil {
-                let a = UnsafeMutablePointer<Int8>.allocate(capacity: T * P)
-                var sa = [Float](repeating: 0, count: T * nr), za = [Int32](repeating: 0, count: T * nr), suma = za
-                defer { a.deallocate() }
-                blocks.withUnsafeBufferPointer { b in
-                    cq_quantize_activations(x, Int64(C), Int64(T), b.baseAddress!, Int32(b.count), runs, Int32(nr), Int64(P),
-                                            a, &sa, &za, &suma)
-                }
                 w.scales.withUnsafeBufferPointer { sw in zerosInt.withUnsafeBufferPointer { zw in sumU.withUnsafeBufferPointer { su in
-                    splitRows(R, work: T * R * C) { r0, r1 in
-                        cq_gemm_w4a8(wb, rb, runs, Int32(nr), sw.baseAddress!, zw.baseAddress!, Int32(w.groups), su.baseAddress!,
-                                     a, Int64(P), Int64(T), sa, za, suma, y, Int64(R), Int64(r0), Int64(r1))
-                    }
+                    cq_gemm_w4a8(wb, rb, runs, Int32(nr), sw.baseAddress!, zw.baseAddress!, Int32(w.groups), su.baseAddress!,
+                                 input.codes, Int64(P), Int64(T), input.scales, input.zeros, input.sums, y, Int64(R), Int64(r0), Int64(r1))
                 } } }
-            } else if T <= 4 {
-                var xp = [Float](repeating: 0, count: T * P), sx = [Float](repeating: 0, count: T * nr)
-                cq_gather_runs(x, Int64(C), Int64(T), runs, Int32(nr), Int64(P), &xp, &sx)
-                w.scales.withUnsafeBufferPointer { sw in w.zeros.withUnsafeBufferPointer { zw in
-                    splitRows(R, work: T * R * C) { r0, r1 in
-                        cq_gemv_w4_f32(wb, rb, runs, Int32(nr), sw.baseAddress!, zw.baseAddress!, Int32(w.groups),
-                                       xp, Int64(P), Int64(T), sx, y, Int64(R), Int64(r0), Int64(r1))
-                    }
-                } }
             } else {
                 w.scales.withUnsafeBufferPointer { sw in w.zeros.withUnsafeBufferPointer { zw in
-                    productByTiles(x, rows: T, out: R, in: C, into: y) { r0, r1, out in
-                        cq_dequantize_rows(wb, rb, runs, Int32(nr), sw.baseAddress!, zw.baseAddress!, Int32(w.groups), Int64(C),
-                                           Int64(r0), Int64(r1), out)
-                    }
+                    cq_gemv_w4_f32(wb, rb, runs, Int32(nr), sw.baseAddress!, zw.baseAddress!, Int32(w.groups),
+                                   input.gathered, Int64(P), Int64(T), input.gatheredSums, y, Int64(R), Int64(r0), Int64(r1))
                 } }
             }
         }

@@ -81,6 +81,12 @@ final class FormatTests: XCTestCase {
         let runtime = try Runtime.load(out)
         try prepareForInference(runtime)
         XCTAssertLessThan(relativeToRange(runtime.model.forward(ids), memory.model.forward(ids)), 1e-3, file: file, line: line)
+        // Token by token through the KV cache (the decode path: q/k/v and gate/up in one fused loop, biases added
+        // after it) computes what the prompt pass computes.
+        let cache = runtime.model.makeCache(capacity: ids.count)
+        var decoded: [Float] = []
+        for id in ids { decoded += runtime.model.forward([id], cache: cache) }
+        XCTAssertLessThan(relativeToRange(decoded, runtime.model.forward(ids)), 1e-3, "decode vs prefill", file: file, line: line)
         return runtime.model
     }
 
