@@ -175,15 +175,21 @@ public final class Int8RowsKernel: RowTableKernel, @unchecked Sendable {
     public func apply(_ x: UnsafePointer<Float>, rows T: Int, into y: UnsafeMutablePointer<Float>) {
         let R = table.rows, C = table.cols, codes = table.codes.baseAddress!
         table.scales.withUnsafeBufferPointer { s in
-            if T <= 4 {
-                splitRows(R, work: T * R * C) { r0, r1 in
-                    cq_gemv_q8_f32(codes, Int64(C), s.baseAddress!, x, Int64(C), Int64(T), y, Int64(R), Int64(r0), Int64(r1))
-                }
-            } else {
-                productByTiles(x, rows: T, out: R, in: C, into: y) { r0, r1, out in
-                    for r in r0..<r1 { self.table.row(r, into: out + (r - r0) * C) }
-                }
+            rowTableProduct(self, x, rows: T, out: R, in: C, into: y) { r0, r1 in
+                cq_gemv_q8_f32(codes, Int64(C), s.baseAddress!, x, Int64(C), Int64(T), y, Int64(R), Int64(r0), Int64(r1))
             }
+        }
+    }
+}
+
+/// y[T, R] = x·Ŵᵀ for a row table: its GEMV `gemv(r0, r1)` while decoding, rows converted into sgemm tiles for prompts.
+func rowTableProduct(_ table: any RowTableKernel, _ x: UnsafePointer<Float>, rows T: Int, out R: Int, in C: Int,
+                     into y: UnsafeMutablePointer<Float>, gemv: (Int, Int) -> Void) {
+    if T <= 4 {
+        splitRows(R, work: T * R * C, gemv)
+    } else {
+        productByTiles(x, rows: T, out: R, in: C, into: y) { r0, r1, out in
+            for r in r0..<r1 { table.row(r, into: out + (r - r0) * C) }
         }
     }
 }
@@ -198,14 +204,8 @@ public final class F16RowsKernel: RowTableKernel, @unchecked Sendable {
 
     public func apply(_ x: UnsafePointer<Float>, rows T: Int, into y: UnsafeMutablePointer<Float>) {
         let R = table.rows, C = table.cols, bits = table.bits.baseAddress!
-        if T <= 4 {
-            splitRows(R, work: T * R * C) { r0, r1 in
-                cq_gemv_f16_f32(bits, Int64(C), x, Int64(C), Int64(T), y, Int64(R), Int64(r0), Int64(r1))
-            }
-        } else {
-            productByTiles(x, rows: T, out: R, in: C, into: y) { r0, r1, out in
-                for r in r0..<r1 { self.table.row(r, into: out + (r - r0) * C) }
-            }
+        rowTableProduct(self, x, rows: T, out: R, in: C, into: y) { r0, r1 in
+            cq_gemv_f16_f32(bits, Int64(C), x, Int64(C), Int64(T), y, Int64(R), Int64(r0), Int64(r1))
         }
     }
 }
