@@ -63,15 +63,7 @@ public final class PackedLinearKernel: LinearKernel, @unchecked Sendable {
     public func apply(_ x: UnsafePointer<Float>, rows T: Int, into y: UnsafeMutablePointer<Float>) {
         let w = weights, R = w.rows, C = w.cols
         if activation == nil && T > 4 {
-            w.scales.withUnsafeBufferPointer { sw in w.zeros.withUnsafeBufferPointer { zw in
-                runs.withUnsafeBufferPointer { runs in
-                    productByTiles(x, rows: T, out: R, in: C, into: y) { r0, r1, out in
-                        cq_dequantize_rows(w.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), Int64(w.layout.rowBytes), runs.baseAddress!,
-                                           Int32(runs.count), sw.baseAddress!, zw.baseAddress!, Int32(w.groups), Int64(C),
-                                           Int64(r0), Int64(r1), out)
-                    }
-                }
-            } }
+            productByTiles(x, rows: T, out: R, in: C, into: y, dequantize: dequantizeRows)
             return
         }
         let input = Input(self, x, rows: T)
@@ -121,6 +113,15 @@ public final class PackedLinearKernel: LinearKernel, @unchecked Sendable {
                 }
             }
         }
+    }
+
+    /// Rows [r0, r1) of Ŵ in fp32, original column order: out [r1 − r0, cols] (prompt tiles; a 4-bit table's row).
+    func dequantizeRows(_ r0: Int, _ r1: Int, into out: UnsafeMutablePointer<Float>) {
+        let w = weights
+        runs.withUnsafeBufferPointer { runs in w.scales.withUnsafeBufferPointer { s in w.zeros.withUnsafeBufferPointer { z in
+            cq_dequantize_rows(w.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), Int64(w.layout.rowBytes), runs.baseAddress!,
+                               Int32(runs.count), s.baseAddress!, z.baseAddress!, Int32(w.groups), Int64(w.cols), Int64(r0), Int64(r1), out)
+        } } }
     }
 
     /// Rows [r0, r1) of y [T, rows] from a prepared input.
@@ -217,13 +218,7 @@ public final class PackedRowsKernel: RowTableKernel, @unchecked Sendable {
 
     public init(_ planes: PackedPlanes) throws { linear = try PackedLinearKernel(planes, activation: nil) }
 
-    public func row(_ r: Int, into out: UnsafeMutablePointer<Float>) {
-        let w = linear.weights
-        linear.runs.withUnsafeBufferPointer { runs in w.scales.withUnsafeBufferPointer { s in w.zeros.withUnsafeBufferPointer { z in
-            cq_dequantize_rows(w.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), Int64(w.layout.rowBytes), runs.baseAddress!,
-                               Int32(runs.count), s.baseAddress!, z.baseAddress!, Int32(w.groups), Int64(w.cols), Int64(r), Int64(r + 1), out)
-        } } }
-    }
+    public func row(_ r: Int, into out: UnsafeMutablePointer<Float>) { linear.dequantizeRows(r, r + 1, into: out) }
 
     public func apply(_ x: UnsafePointer<Float>, rows T: Int, into y: UnsafeMutablePointer<Float>) { linear.apply(x, rows: T, into: y) }
 }
