@@ -10,7 +10,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "coquant", targets: ["coquant"]),
-        .library(name: "CoQuant", targets: ["CoQuantTensor", "CoQuantModel", "CoQuantQuant", "CoQuantEval", "CoQuantRuntime"]),
+        .library(name: "CoQuant", targets: ["CoQuantTensor", "CoQuantModel", "CoQuantQuant", "CoQuantEval", "CoQuantRuntime", "CoQuantExport"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -27,8 +27,10 @@ let package = Package(
         // x86-64. -O3 also in debug builds: the tile loops must unroll into registers for the tests to run fast.
         .target(name: "CCoQuantKernels", cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]),
         .target(name: "CoQuantRuntime", dependencies: ["CoQuantModel", "CoQuantTensor", "CCoQuantKernels"], swiftSettings: kernelFlags),
+        // Formats other tools load (GGUF): writes what a folder holds, so it needs the Model layer only.
+        .target(name: "CoQuantExport", dependencies: ["CoQuantModel"], swiftSettings: kernelFlags),
         .executableTarget(name: "coquant", dependencies: [
-            "CoQuantModel", "CoQuantEval", "CoQuantQuant", "CoQuantRuntime",
+            "CoQuantModel", "CoQuantEval", "CoQuantQuant", "CoQuantRuntime", "CoQuantExport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "coquant-bench", dependencies: ["CoQuantModel", "CoQuantQuant", "CoQuantEval"], path: "bench/Sources",
@@ -37,6 +39,7 @@ let package = Package(
         .testTarget(name: "CoQuantModelTests", dependencies: ["CoQuantModel"]),
         .testTarget(name: "CoQuantQuantTests", dependencies: ["CoQuantQuant", "CoQuantModel", "CoQuantTensor"]),
         .testTarget(name: "CoQuantRuntimeTests", dependencies: ["CoQuantRuntime", "CCoQuantKernels", "CoQuantQuant", "CoQuantModel", "CoQuantTensor"]),
+        .testTarget(name: "CoQuantExportTests", dependencies: ["CoQuantExport", "CoQuantQuant", "CoQuantModel", "CoQuantTensor"]),
         .testTarget(name: "CoQuantEvalTests", dependencies: ["CoQuantEval", "CoQuantModel", "CoQuantQuant", "CoQuantTensor"]),
         // Runs the built `coquant` executable as a subprocess (found next to the test bundle), so it links no module.
         .testTarget(name: "CoQuantCLITests"),

@@ -48,15 +48,17 @@ public struct Sampler {
 }
 
 /// Prefills `prompt` into a fresh KV cache, then samples up to `maxTokens` tokens, stopping at any of `stopIds`.
-/// `onToken` sees each new id as it is produced and may return false to stop early.
+/// `onToken` sees each new id as it is produced and may return false to stop early; `onLogits` sees the logits each
+/// id was chosen from.
 public func generate(model: LlamaModel, prompt: [Int], maxTokens: Int, sampling: SamplingOptions = .init(),
-                     stopIds: Set<Int> = [], onToken: (Int) -> Bool = { _ in true }) -> [Int] {
+                     stopIds: Set<Int> = [], onLogits: ([Float]) -> Void = { _ in }, onToken: (Int) -> Bool = { _ in true }) -> [Int] {
     guard maxTokens > 0, !prompt.isEmpty else { return [] }
     let cache = model.makeCache(capacity: prompt.count + maxTokens)
     var sampler = Sampler(sampling)
     var logits = model.forward(prompt, cache: cache, logits: .last)
     var out: [Int] = []
     while out.count < maxTokens {
+        onLogits(logits)
         let id = sampler.next(logits[...])
         out.append(id)
         if stopIds.contains(id) || !onToken(id) || out.count == maxTokens { break }

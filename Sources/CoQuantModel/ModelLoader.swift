@@ -196,7 +196,8 @@ public enum ModelLoader {
         return LoadedModel(model: model, tokenizer: tokenizer, path: path, format: "gguf", tensorTable: table)
     }
 
-    static func ggufTensorName(_ hf: String) -> String {
+    /// The GGUF name of an HF tensor name (`model.layers.3.mlp.down_proj.weight` → `blk.3.ffn_down.weight`).
+    public static func ggufTensorName(_ hf: String) -> String {
         let map = ["self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
                    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
                    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"]
@@ -209,6 +210,19 @@ public enum ModelLoader {
             let module = parts[3..<(parts.count - 1)].joined(separator: ".")
             return "blk.\(parts[2]).\(map[module] ?? module).\(parts.last!)"
         }
+    }
+
+    /// The order llama.cpp's converter gives a `llama` model's q/k rows: GGUF row h·hd + 2i + j is HF row
+    /// h·hd + j·hd/2 + i (interleaved RoPE pairs instead of rotate-half halves). Whole rows move, so it commutes with
+    /// any quantization along the row.
+    public static func ggufRowOrder(rows: Int, headDim hd: Int) -> [Int] {
+        var order = [Int](repeating: 0, count: rows)
+        for h in 0..<(rows / hd) {
+            for i in 0..<(hd / 2) {
+                for j in 0..<2 { order[h * hd + 2 * i + j] = h * hd + j * (hd / 2) + i }
+            }
+        }
+        return order
     }
 
     /// llama.cpp stores each head's rows as interleaved pairs (2i, 2i+1); HF's rotate-half wants (i, i + hd/2).

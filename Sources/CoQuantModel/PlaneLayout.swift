@@ -135,7 +135,8 @@ public final class Int8Rows: @unchecked Sendable {
         self.rows = rows; self.cols = cols; self.codes = codes; self.scales = scales; self.owner = owner
     }
 
-    /// Rounds w [rows, cols] half to even on each row's grid.
+    /// Rounds w [rows, cols] half to even on each row's grid. The scale is rounded to fp16 first (Q8_0 stores it so),
+    /// so a GGUF export of the table holds exactly these values.
     public convenience init(quantizing w: [Float], rows: Int, cols: Int) {
         precondition(w.count == rows * cols)
         let codes = UnsafeMutableBufferPointer<Int8>.allocate(capacity: max(rows * cols, 1))
@@ -143,7 +144,8 @@ public final class Int8Rows: @unchecked Sendable {
         for r in 0..<rows {
             var m: Float = 0
             for c in 0..<cols { m = max(m, abs(w[r * cols + c])) }
-            let s = m > 0 ? m / 127 : 1
+            let half = Float(Float16(m / 127))
+            let s = half > 0 ? half : 1
             scales[r] = s
             for c in 0..<cols { codes[r * cols + c] = Int8(max(-127, min(127, (w[r * cols + c] / s).rounded(.toNearestOrEven)))) }
         }

@@ -1,3 +1,4 @@
+import CoQuantModel
 import CoQuantTensor
 import Foundation
 
@@ -58,6 +59,13 @@ public enum GridScheme: Sendable, Equatable {
     /// s = max(max|x|, 1e−5)/(2^(b−1) − 1), signed codes in [−2^(b−1), 2^(b−1) − 1], stored here offset by
     /// z = 2^(b−1) so that every scheme has codes in 0…maxq.
     case signedSymmetric
+    /// A ggml 32-value block type whose value is d·(q − z) with a fixed z (Q4_0: 8, Q5_0: 16, Q8_0: 128), placed as
+    /// llama.cpp's reference quantizer places it — Q4_0/Q5_0: d = v/−2^(b−1) for the block's value v of largest
+    /// magnitude (the first one on ties), so v lands exactly on the lowest code; Q8_0: d = max|x|/127 — and then
+    /// **rounded to fp16, as the file stores it, before any code is chosen**: the codes are solved on the grid the
+    /// GGUF file holds, so the export equals the in-memory result. (llama.cpp rounds d after choosing the codes
+    /// with the unrounded d.) d may be negative; an all-zero block gets d = 1 (every code z, value 0).
+    case ggml(GGMLType)
 
     /// How `config.json` names the grid, so a folder says which reference's quantizer made its codes.
     public var configName: String {
@@ -65,6 +73,7 @@ public enum GridScheme: Sendable, Equatable {
         case .asymmetric: "asymmetric (s = (max − min)/(2^b − 1))"
         case .symmetric: "gptq quant.py symmetric (s = 2·max|w|/(2^b − 1), unsigned codes)"
         case .signedSymmetric: "quarot WeightQuantizer (s = max|w|/(2^(b−1) − 1), signed codes)"
+        case .ggml(let t): "ggml \(t.name) (fp16 d per 32 columns, codes q with value d·(q − \(t.blockZero ?? 0)))"
         }
     }
 }
@@ -140,6 +149,11 @@ public struct QuantGrid: Sendable, Equatable {
                 throw QuantError.invalidMSESearch("grid \(m.grid), maxShrink \(m.maxShrink), norm \(m.norm)")
             }
         }
+        if case .ggml(let t) = scheme {
+            guard t.blockZero != nil, t.codeBits == bits, granularity == .perRowGroup(32), mse == nil, clipRatio == 1 else {
+                throw QuantError.invalidParameter("the ggml \(t.name) grid is \(t.codeBits.map { "\($0)-bit" } ?? "not a code block type"), groups of 32, no clipping (got \(bits) bits, \(granularity), clip \(mse != nil ? "MSE" : "\(clipRatio)"))")
+            }
+        }
         self.bits = bits
         self.scheme = scheme
         self.granularity = granularity
@@ -168,6 +182,7 @@ public struct QuantGrid: Sendable, Equatable {
     /// The reference's `find_params` for one slice: its (scale, zero).
     public func parameters(of x: UnsafeBufferPointer<Double>) -> (scale: Double, zero: Double) {
         precondition(!x.isEmpty, "quantizer slice is empty")
+        if case .ggml(let type) = scheme { return ggmlParameters(of: x, type) }
         var lo = Double.infinity, hi = -Double.infinity
         for v in x { lo = Swift.min(lo, v); hi = Swift.max(hi, v) }
         switch rangeRule {
@@ -208,6 +223,15 @@ public struct QuantGrid: Sendable, Equatable {
         return (s, z)
     }
 
+    /// `GridScheme.ggml`: (d rounded to fp16, the type's fixed zero).
+    private func ggmlParameters(of x: UnsafeBufferPointer<Double>, _ type: GGMLType) -> (scale: Double, zero: Double) {
+        var amax = 0.0, v = 0.0
+        for e in x where abs(e) > amax { amax = abs(e); v = e }
+        let d = type == .q8_0 ? amax / Double(maxq / 2) : v / -Double((maxq + 1) / 2)
+        let h = Float16(Swift.max(Swift.min(d, Double(Float16.greatestFiniteMagnitude)), -Double(Float16.greatestFiniteMagnitude)))
+        return (h == 0 ? 1 : Double(h), Double(type.blockZero!))
+    }
+
     /// The range the scheme places its grid on (quant.py L59-66 for the GPTQ schemes).
     private func placedRange(_ lo: Double, _ hi: Double) -> (Double, Double) {
         switch scheme {
@@ -220,6 +244,8 @@ public struct QuantGrid: Sendable, Equatable {
         case .signedSymmetric:
             let m = Swift.max(Swift.max(abs(lo), hi), 1e-5)   // QuaRot: .clamp(min=1e-5)
             return (-m, m)
+        case .ggml:
+            preconditionFailure("ggml grids are placed by ggmlParameters")
         }
     }
 
@@ -234,6 +260,8 @@ public struct QuantGrid: Sendable, Equatable {
             return ((hi - lo) / m, (m + 1) / 2)
         case .signedSymmetric:
             return (hi / Double((maxq - 1) / 2), (m + 1) / 2)
+        case .ggml:
+            preconditionFailure("ggml grids are placed by ggmlParameters")
         }
     }
 

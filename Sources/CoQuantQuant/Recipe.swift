@@ -13,6 +13,12 @@ public struct QuantScheme: Codable, Sendable, Equatable {
     public var weightGroupSize: Int?
     public var activationBits: Int      // 16: activations stay fp32
     public var kvBits: Int              // 16: KV cache stays fp32
+    /// A GGUF-native scheme (Q4_0, Q5_0, Q8_0): weights solved on that block type's exact grid (fp16 scale per 32
+    /// columns), so the folder exports to a GGUF bit for bit. nil for the W/A/KV schemes.
+    public var ggml: String?
+
+    /// The ggml block types a scheme can name: the 32-value ones whose value is d·(q − z).
+    public static let ggmlTypes: [String: GGMLType] = ["Q4_0": .q4_0, "Q5_0": .q5_0, "Q8_0": .q8_0]
 
     public init(weightBits: Int, weightGroupSize: Int? = nil, activationBits: Int = 16, kvBits: Int = 16) {
         self.weightBits = weightBits
@@ -21,7 +27,15 @@ public struct QuantScheme: Codable, Sendable, Equatable {
         self.kvBits = kvBits
     }
 
+    /// The block type of a GGUF-native scheme.
+    public var ggmlType: GGMLType? { ggml.flatMap { Self.ggmlTypes[$0] } }
+
     public init(parsing name: String) throws {
+        if let type = Self.ggmlTypes[name.uppercased()] {
+            self.init(weightBits: type.codeBits!, weightGroupSize: 32)
+            ggml = type.name
+            return
+        }
         let s = name.uppercased().replacingOccurrences(of: "_", with: "")
         func number(after tag: Character, in text: Substring) -> (Int, Substring)? {
             guard text.first == tag else { return nil }
@@ -31,30 +45,31 @@ public struct QuantScheme: Codable, Sendable, Equatable {
         }
         var rest = Substring(s)
         guard let (w, r1) = number(after: "W", in: rest), let (a, r2) = number(after: "A", in: r1) else {
-            throw QuantError.invalidParameter("unknown scheme \"\(name)\" (examples: W4A16, W3A16, W4A16g128, W8A8, W4A4KV4)")
+            throw QuantError.invalidParameter("unknown scheme \"\(name)\" (examples: W4A16, W3A16, W4A16g128, W8A8, W4A4KV4, Q4_0, Q8_0)")
         }
         rest = r2
         var kv = 16
         if rest.hasPrefix("KV") {
             let digits = rest.dropFirst(2).prefix { $0.isNumber }
-            guard let v = Int(digits) else { throw QuantError.invalidParameter("unknown scheme \"\(name)\" (examples: W4A16, W3A16, W4A16g128, W8A8, W4A4KV4)") }
+            guard let v = Int(digits) else { throw QuantError.invalidParameter("unknown scheme \"\(name)\" (examples: W4A16, W3A16, W4A16g128, W8A8, W4A4KV4, Q4_0, Q8_0)") }
             kv = v
             rest = rest.dropFirst(2 + digits.count)
         }
         var group: Int?
         if rest.hasPrefix("G") {
-            guard let v = Int(rest.dropFirst()) else { throw QuantError.invalidParameter("unknown scheme \"\(name)\" (examples: W4A16, W3A16, W4A16g128, W8A8, W4A4KV4)") }
+            guard let v = Int(rest.dropFirst()) else { throw QuantError.invalidParameter("unknown scheme \"\(name)\" (examples: W4A16, W3A16, W4A16g128, W8A8, W4A4KV4, Q4_0, Q8_0)") }
             group = v
             rest = ""
         }
-        guard rest.isEmpty else { throw QuantError.invalidParameter("unknown scheme \"\(name)\" (examples: W4A16, W3A16, W4A16g128, W8A8, W4A4KV4)") }
+        guard rest.isEmpty else { throw QuantError.invalidParameter("unknown scheme \"\(name)\" (examples: W4A16, W3A16, W4A16g128, W8A8, W4A4KV4, Q4_0, Q8_0)") }
         for b in [w, a, kv] where !((2...8).contains(b) || b == 16) { throw QuantError.unsupportedBits(b) }
         guard w <= 8 else { throw QuantError.invalidParameter("\(name): weights must be 2–8 bits") }
         self.init(weightBits: w, weightGroupSize: group, activationBits: a, kvBits: kv)
     }
 
     public var name: String {
-        "W\(weightBits)A\(activationBits)" + (kvBits < 16 ? "KV\(kvBits)" : "") + (weightGroupSize.map { "g\($0)" } ?? "")
+        if let ggml { return ggml }
+        return "W\(weightBits)A\(activationBits)" + (kvBits < 16 ? "KV\(kvBits)" : "") + (weightGroupSize.map { "g\($0)" } ?? "")
     }
 }
 
@@ -120,6 +135,9 @@ public struct QuantizeOptions: Codable, Sendable {
     public var seed: UInt32 = 0
     public var percdamp = 0.01
     public var actOrder = false
+    /// GPTQ/CDQuant with groups: every group's grid from the original weights, before any error feedback (GPTQ's
+    /// `--static-groups`); nil or false: at each group's first column, from the weights updated so far.
+    public var staticGroups: Bool?
     public var centerEmbeddings = true       // the reference's embedding mean-centring when norms are fused
     /// ResQ / CoQuant only (nil otherwise; optional so folders written before it existed still decode).
     public var subspace: SubspaceOptions?
@@ -146,6 +164,12 @@ public struct QuantizeOptions: Codable, Sendable {
     /// `main.py --w_rtn` without `--rotate`), so that every row of a W4A4KV4 table has the same weight grid:
     /// `WeightQuantizer`'s signed codes, s = max|w|/(2^(b−1) − 1).
     public func weightGrid(bits: Int? = nil) throws -> QuantGrid {
+        if let t = scheme.ggmlType {
+            guard weightSymmetric, !weightClip else {
+                throw QuantError.invalidParameter("--scheme \(scheme.name) places its own grid (fp16 d per 32 columns): drop --w-asym and --w-clip")
+            }
+            return try .weight(bits: bits ?? scheme.weightBits, scheme: .ggml(t), groupSize: 32)
+        }
         let quarotCode = method.usesSubspace || method == .quarot || scheme.activationBits < 16 || scheme.kvBits < 16
         let symmetric: GridScheme = quarotCode ? .signedSymmetric : .symmetric
         return try .weight(bits: bits ?? scheme.weightBits, scheme: weightSymmetric ? symmetric : .asymmetric,
@@ -303,7 +327,7 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
         }
     }
     func solver(_ cg: ColumnGrids?) -> WeightSolver {
-        var gptq = GPTQ(percDamp: options.percdamp, actOrder: options.actOrder)
+        var gptq = GPTQ(percDamp: options.percdamp, actOrder: options.actOrder, staticGroups: options.staticGroups ?? false)
         gptq.columnGrids = cg
         switch options.solver {
         case .rtn: return RTN(columnGrids: cg)

@@ -14,5 +14,5 @@ struct CoQuant: ParsableCommand {
           coquant ppl models/SmolLM2-135M-Instruct.Q4_1.gguf --windows 16
           coquant generate models/SmolLM2-135M-Instruct.Q4_1.gguf --chat --prompt "What is 2+2?"
         """,
-        subcommands: [Quantize.self, Perplexity.self, Eval.self, Report.self, Generate.self, Bench.self, Inspect.self])
+        subcommands: [Quantize.self, Export.self, Perplexity.self, Eval.self, Report.self, Generate.self, Bench.self, Inspect.self])
 }

@@ -53,6 +53,39 @@ final class WeightQuantizerTests: XCTestCase {
         XCTAssertEqual(four.codes, [0, 14, 15, 4, 0, 5, 6, 15])
     }
 
+    /// GGUF-native grids: d placed as llama.cpp's reference quantizer places it, then rounded to fp16 before any code
+    /// is chosen, so every (row, group) scale is a half and the values are exactly what the GGUF block decodes to.
+    func testGGMLBlockGrids() throws {
+        var rng = SeededGenerator(seed: 7)
+        let W = Matrix<Double>(rows: 3, cols: 64, data: (0..<192).map { i in i < 32 ? 0 : Double.random(in: -0.2...0.1, using: &rng) })
+        for (type, bits) in [(GGMLType.q4_0, 4), (.q5_0, 5), (.q8_0, 8)] {
+            let grid = try QuantGrid.weight(bits: bits, scheme: .ggml(type), groupSize: 32)
+            let q = try RTN().solve(W: W, grid: grid)
+            for r in 0..<3 {
+                for g in 0..<2 {
+                    let s = q.scales[r, g], z = q.zeros[r, g]
+                    XCTAssertEqual(s, Double(Float16(s)), "\(type.name) scale is a half")
+                    XCTAssertEqual(z, Double(type.blockZero!))
+                    let block = (0..<32).map { W[r, g * 32 + $0] }
+                    if r == 0 && g == 0 { XCTAssertEqual(s, 1, "an all-zero block"); continue }
+                    let top = block.max { abs($0) < abs($1) }!
+                    let d = type == .q8_0 ? abs(top) / 127 : top / -Double((1 << bits) / 2)
+                    XCTAssertEqual(s, Double(Float16(d)), "\(type.name) d from the largest magnitude")
+                    for c in 0..<32 {
+                        let code = q.codes[r * 64 + g * 32 + c]
+                        XCTAssertEqual(q.values[r, g * 32 + c], s * (Double(code) - z))
+                        XCTAssert((0...((1 << bits) - 1)).contains(Int(code)))
+                    }
+                    if type != .q8_0 { XCTAssertEqual(q.codes[r * 64 + g * 32 + block.firstIndex(of: top)!], 0, "the extreme takes code 0") }
+                }
+            }
+        }
+        XCTAssertThrowsError(try QuantGrid.weight(bits: 4, scheme: .ggml(.q4_0), groupSize: 64))
+        XCTAssertThrowsError(try QuantGrid.weight(bits: 5, scheme: .ggml(.q4_0), groupSize: 32))
+        XCTAssertThrowsError(try QuantGrid.weight(bits: 4, scheme: .ggml(.q4_1), groupSize: 32))
+        XCTAssertThrowsError(try QuantGrid.weight(bits: 4, scheme: .ggml(.q4_0), groupSize: 32, mse: .reference))
+    }
+
     /// The symmetric quirk of quant.py: a row with no negative entry keeps xmin = 0, so its grid is s·{−8…7} with
     /// s = xmax/15 and the largest entries clip to 7s ≈ xmax/2.
     func testSymmetricNonNegativeRowQuirk() throws {

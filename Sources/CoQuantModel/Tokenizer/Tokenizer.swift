@@ -151,6 +151,8 @@ public final class Tokenizer: @unchecked Sendable {
         var bosTokenId: Int?
         var eosTokenIds: [Int]                   // declared ones; end-of-turn markers are added to these
         var size: Int                            // at least 1 + the largest id
+        /// Set when built from GGUF metadata: what that held beyond the above, for `ggufMetadata`.
+        var gguf: GGUFVocabulary? = nil
     }
 
     private init(_ spec: Spec) throws {
@@ -321,7 +323,7 @@ public final class Tokenizer: @unchecked Sendable {
         var ignoreMerges = false
         var addBOSDefault = false
         switch pre {
-        case "gpt2", "default":
+        case "gpt2", "gpt-2", "default":   // "gpt-2" is llama.cpp's name for the GPT-2 regex
             preTokenizer = .gpt2
         case "smollm":
             // llama.cpp's "smollm" (and upstream SmolLM2's tokenizer.json) split off every digit before the GPT-2
@@ -340,7 +342,7 @@ public final class Tokenizer: @unchecked Sendable {
             ignoreMerges = true
             addBOSDefault = true
         default:
-            throw ModelFileError(path, "tokenizer.ggml.pre '\(pre)' is not supported (supported: gpt2, default, smollm, qwen2, llama-bpe, llama3)")
+            throw ModelFileError(path, "tokenizer.ggml.pre '\(pre)' is not supported (supported: gpt2, gpt-2, default, smollm, qwen2, llama-bpe, llama3)")
         }
 
         guard let tokenValues = md["tokenizer.ggml.tokens"]?.array else {
@@ -369,6 +371,7 @@ public final class Tokenizer: @unchecked Sendable {
         // Control tokens (type 3) are special added tokens, user-defined ones (type 4, e.g. Qwen's <tool_call>) plain
         // added tokens: both are matched whole in the text. llama.cpp does the same with these types.
         var added: [AddedToken] = []
+        var tokenTypes: [Int32]? = nil
         if let types = md["tokenizer.ggml.token_type"]?.array {
             guard types.count == tokens.count else {
                 throw ModelFileError(path, "tokenizer.ggml.token_type has \(types.count) entries for \(tokens.count) tokens")
@@ -380,6 +383,7 @@ public final class Tokenizer: @unchecked Sendable {
                                             lstrip: false, rstrip: false, normalized: false))
                 }
             }
+            tokenTypes = types.map { Int32(clamping: $0.int ?? 0) }   // all integers, checked above
         }
 
         func tokenId(_ key: String) throws -> Int? {
@@ -402,7 +406,8 @@ public final class Tokenizer: @unchecked Sendable {
 
         try self.init(Spec(file: path, preTokenizer: preTokenizer, vocab: vocab, merges: merges, ignoreMerges: ignoreMerges,
                            unkId: nil, added: added, nfc: false, prefixIds: addBOS ? [bos!] : [],
-                           suffixIds: addEOS ? [eos!] : [], bosTokenId: bos, eosTokenIds: eosIds, size: tokens.count))
+                           suffixIds: addEOS ? [eos!] : [], bosTokenId: bos, eosTokenIds: eosIds, size: tokens.count,
+                           gguf: GGUFVocabulary(pre: pre, tokenTypes: tokenTypes, metadata: md, vocabSize: tokens.count)))
     }
 
     // MARK: tokenizer.json pieces

@@ -1,0 +1,327 @@
+import CoQuantModel
+import Foundation
+
+// A CoQuant folder (quantized or not) as a GGUF file llama.cpp loads (INTEROP.md, ggml docs/gguf.md).
+//
+// Each quantized linear keeps its solved codes; the grid decides the block type:
+//   4-bit, zero 8 (symmetric grids)           Q4_0   d = s                   value d·(q − 8)
+//   4-bit, other integer zeros (asymmetric)   Q4_1   d = s, m = −s·z         value d·q + m
+//   5-bit, zero 16                            Q5_0   d = s
+//   8-bit, zero 128                           Q8_0   d = s, q − 128
+// A group (or the whole row, per channel) spans whole 32-column blocks, each repeating the group's parameters.
+// The file stores d and m as fp16: folders solved on a ggml grid (`--scheme Q4_0 …`) hold fp16 values already and
+// export bit for bit; any other scale is rounded, and the report says by how much. Tables: int8-row → Q8_0,
+// int4-g32 → Q4_1, f16 → F16, f32 → F32; norms and biases F32. `dense` writes every matrix as F32 or F16 from the
+// folder's dequantized values instead (the fallback llama.cpp always loads, and the reference for tolerances).
+//
+// What a GGUF cannot carry is refused before anything is written: quantized activations or KV cache (llama.cpp
+// quantizes activations itself and has its own KV-cache types), the online Hadamards and basis changes of
+// QuaRot/ResQ/CoQuant, mixed-width column groups, groups that do not cover whole 32-column blocks (act-order with
+// dynamic groups, group sizes not a multiple of 32), grids without a block type (3-bit, asymmetric 8-bit), and
+// llama3-style RoPE scaling.
+
+public enum DenseType: String, CaseIterable, Sendable {
+    case f32, f16
+
+    var ggml: GGMLType { self == .f32 ? .f32 : .f16 }
+}
+
+public struct GGUFExportReport: Sendable {
+    /// (GGUF name, type) per tensor, in file order.
+    public var tensors: [(name: String, type: GGMLType)] = []
+    /// Block parameters (d, and m for Q4_1) that were not fp16 values and were rounded, of all written.
+    public var roundedParameters = 0, parameters = 0
+    /// The largest relative change rounding made to one of them.
+    public var largestRounding = 0.0
+    public var bytes = 0
+    public var fileType: UInt32 = 0
+
+    /// "Q4_0 ×210, Q8_0 ×1, F32 ×61".
+    public var typeSummary: String {
+        var counts: [String: Int] = [:]
+        for t in tensors { counts[t.type.name, default: 0] += 1 }
+        return counts.sorted { $0.value > $1.value || ($0.value == $1.value && $0.key < $1.key) }
+            .map { "\($0.key) ×\($0.value)" }.joined(separator: ", ")
+    }
+}
+
+public enum GGUFExport {
+    /// Writes `folder` as the GGUF `path` (atomically; an existing `path` only with `overwrite`).
+    public static func write(folder: String, to path: String, dense: DenseType? = nil, overwrite: Bool = false) throws -> GGUFExportReport {
+        if FileManager.default.fileExists(atPath: path) && !overwrite {
+            throw ModelFileError(path, "already exists (pass --overwrite to replace it)")
+        }
+        let config = try ModelConfiguration.load(folder + "/config.json")
+        let quant = try QuantizationConfig.load(folder + "/config.json")
+        let ckpt = try SafeTensorsCheckpoint(folder: folder)
+        try refuseWhatGGUFCannotCarry(folder, config, quant)
+        guard FileManager.default.fileExists(atPath: folder + "/tokenizer.json") else {
+            throw ModelFileError(folder, "has no tokenizer.json: a GGUF carries its tokenizer, so there is nothing to export it from")
+        }
+        let tokenizerConfig = folder + "/tokenizer_config.json"
+        let hasConfig = FileManager.default.fileExists(atPath: tokenizerConfig)
+        let tokenizer = try Tokenizer(tokenizerJSON: folder + "/tokenizer.json", tokenizerConfig: hasConfig ? tokenizerConfig : nil)
+
+        var report = GGUFExportReport()
+        var w = GGUFWriter()
+        let arch = config.modelType
+        w.set("general.architecture", .string(arch))
+        w.set("general.name", .string(URL(fileURLWithPath: folder).lastPathComponent))
+        w.set("general.quantization_version", .u32(2))
+        w.set("\(arch).block_count", .u32(UInt32(config.numHiddenLayers)))
+        w.set("\(arch).context_length", .u32(UInt32(config.maxPositionEmbeddings)))
+        w.set("\(arch).embedding_length", .u32(UInt32(config.hiddenSize)))
+        w.set("\(arch).feed_forward_length", .u32(UInt32(config.intermediateSize)))
+        w.set("\(arch).attention.head_count", .u32(UInt32(config.numAttentionHeads)))
+        w.set("\(arch).attention.head_count_kv", .u32(UInt32(config.numKeyValueHeads)))
+        if config.headDim * config.numAttentionHeads != config.hiddenSize {
+            w.set("\(arch).attention.key_length", .u32(UInt32(config.headDim)))
+            w.set("\(arch).attention.value_length", .u32(UInt32(config.headDim)))
+        }
+        w.set("\(arch).attention.layer_norm_rms_epsilon", .f32(Float(config.rmsNormEps)))
+        w.set("\(arch).rope.freq_base", .f32(Float(config.ropeTheta)))
+        w.set("\(arch).rope.dimension_count", .u32(UInt32(config.headDim)))
+        w.set("\(arch).vocab_size", .u32(UInt32(config.vocabSize)))
+        var chatTemplate: String?
+        if hasConfig, let data = FileManager.default.contents(atPath: tokenizerConfig),
+           let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
+            chatTemplate = json["chat_template"] as? String
+        }
+        w.set(paddedVocabulary(tokenizer.ggufMetadata(chatTemplate: chatTemplate), to: config.vocabSize))
+
+        let source = Source(folder: folder, ckpt: ckpt, quant: quant, dense: dense)
+        var linearTypes: [GGMLType] = []
+        func add(_ hf: String, _ shape: [Int]) throws {
+            let name = ModelLoader.ggufTensorName(hf)
+            let prefix = hf.hasSuffix(".weight") ? String(hf.dropLast(7)) : hf
+            // llama's q/k rows (and biases) in llama.cpp's interleaved RoPE order.
+            let order = arch == "llama" && (prefix.hasSuffix("q_proj") || prefix.hasSuffix("k_proj") || hf.hasSuffix("q_proj.bias") || hf.hasSuffix("k_proj.bias"))
+                ? ModelLoader.ggufRowOrder(rows: shape[0], headDim: config.headDim) : nil
+            let tensor = try source.tensor(hf, prefix: prefix, shape: shape, rowOrder: order, report: &report)
+            w.add(tensor: name, type: tensor.type, dims: shape.reversed(), bytes: tensor.bytes)
+            report.tensors.append((name, tensor.type))
+            if hf.contains(".layers."), shape.count == 2 { linearTypes.append(tensor.type) }
+        }
+
+        let d = config.hiddenSize, hd = config.headDim, H = config.numAttentionHeads, KV = config.numKeyValueHeads
+        try add("model.embed_tokens.weight", [config.vocabSize, d])
+        for l in 0..<config.numHiddenLayers {
+            let p = "model.layers.\(l)."
+            try add(p + "input_layernorm.weight", [d])
+            for (m, rows, cols) in [("self_attn.q_proj", H * hd, d), ("self_attn.k_proj", KV * hd, d), ("self_attn.v_proj", KV * hd, d)] {
+                try add(p + m + ".weight", [rows, cols])
+                if config.qkvBias { try add(p + m + ".bias", [rows]) }
+            }
+            try add(p + "self_attn.o_proj.weight", [d, H * hd])
+            if config.oBias { try add(p + "self_attn.o_proj.bias", [d]) }
+            try add(p + "post_attention_layernorm.weight", [d])
+            try add(p + "mlp.gate_proj.weight", [config.intermediateSize, d])
+            try add(p + "mlp.up_proj.weight", [config.intermediateSize, d])
+            try add(p + "mlp.down_proj.weight", [d, config.intermediateSize])
+        }
+        try add("model.norm.weight", [d])
+        if !config.tieWordEmbeddings { try add("lm_head.weight", [config.vocabSize, d]) }
+
+        report.fileType = fileType(linearTypes)
+        w.set("general.file_type", .u32(report.fileType))
+        try w.write(to: path)
+        report.bytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        return report
+    }
+
+    static func refuseWhatGGUFCannotCarry(_ folder: String, _ config: ModelConfiguration, _ quant: QuantizationConfig?) throws {
+        if let r = config.ropeScaling, r.ropeType != "default" {
+            throw ModelFileError(folder, "uses \(r.ropeType) RoPE scaling, which this exporter does not write (llama.cpp wants it as a rope_freqs tensor)")
+        }
+        guard let q = quant else { return }
+        if let a = q.activations {
+            throw ModelFileError(folder, "quantizes activations to \(a.bits) bits (\(q.scheme)): a GGUF holds weights only and llama.cpp quantizes activations itself; quantize weight-only (e.g. --scheme Q4_0 or W4A16) to export")
+        }
+        if let kv = q.kvCache {
+            throw ModelFileError(folder, "quantizes the KV cache to \(kv.bits) bits with its own scales: a GGUF cannot carry that (llama.cpp's KV types are a run-time flag, -ctk/-ctv)")
+        }
+        if q.rotation != nil || q.subspace != nil {
+            throw ModelFileError(folder, "was quantized with \(q.method)'s rotations, whose online Hadamards / basis changes a GGUF cannot carry (llama.cpp would run the model without them)")
+        }
+    }
+
+    /// llama.cpp wants one token per embedding row.
+    static func paddedVocabulary(_ entries: [(String, GGUFWriter.Value)], to rows: Int) -> [(String, GGUFWriter.Value)] {
+        entries.map { key, value in
+            switch (key, value) {
+            case ("tokenizer.ggml.tokens", .strings(let t)) where t.count < rows:
+                return (key, .strings(t + (t.count..<rows).map { "[PAD\($0)]" }))
+            case ("tokenizer.ggml.token_type", .i32s(let t)) where t.count < rows:
+                return (key, .i32s(t + [Int32](repeating: 5, count: rows - t.count)))     // 5: unused
+            default:
+                return (key, value)
+            }
+        }
+    }
+
+    /// llama.cpp's `llama_ftype` of the linears' dominant type.
+    static func fileType(_ types: [GGMLType]) -> UInt32 {
+        var counts: [GGMLType: Int] = [:]
+        for t in types { counts[t, default: 0] += 1 }
+        let top = counts.max { $0.value < $1.value || ($0.value == $1.value && $0.key.rawValue > $1.key.rawValue) }?.key ?? .f32
+        switch top {
+        case .f32: return 0
+        case .f16: return 1
+        case .q4_0: return 2
+        case .q4_1: return 3
+        case .q8_0: return 7
+        case .q5_0: return 8
+        default: return 0
+        }
+    }
+}
+
+/// Where each tensor's bytes come from.
+private struct Source {
+    let folder: String
+    let ckpt: SafeTensorsCheckpoint
+    let quant: QuantizationConfig?
+    let dense: DenseType?
+
+    func tensor(_ hf: String, prefix: String, shape: [Int], rowOrder: [Int]?, report: inout GGUFExportReport)
+        throws -> (type: GGMLType, bytes: () throws -> [UInt8]) {
+        let rows = shape[0], cols = shape.count == 2 ? shape[1] : 1
+        let table = prefix == "model.embed_tokens" || prefix == "lm_head"
+        if shape.count == 2, dense == nil {
+            if let t = try ckpt.int8Rows(prefix, rows: rows, cols: cols) {
+                return (.q8_0, try int8Blocks(t, prefix, rowOrder, &report))
+            }
+            if let p = try planes(prefix, rows: rows, cols: cols, table: table) {
+                return try codeBlocks(p, bits: table ? 4 : quant!.weights.bits, prefix, rowOrder, &report)
+            }
+            if table, let f = try ckpt.f16Rows(prefix, rows: rows, cols: cols) {
+                let bits = Array(f.bits)
+                return (.f16, { reorder(bits, rows: rows, rowOrder).flatMap { [UInt8(truncatingIfNeeded: $0), UInt8(truncatingIfNeeded: $0 >> 8)] } })
+            }
+        }
+        // Dense: 1-D tensors always F32 (llama.cpp's norms and biases), matrices as asked (default F32).
+        let type: GGMLType = shape.count == 2 ? (dense ?? .f32).ggml : .f32
+        let ckpt = self.ckpt, folder = self.folder
+        let planesOf = { (p: String) in try self.planes(p, rows: rows, cols: cols, table: table) }
+        return (type, {
+            var values: [Float]
+            if shape.count == 2, let t = try ckpt.int8Rows(prefix, rows: rows, cols: cols) { values = t.dequantized() }
+            else if shape.count == 2, let p = try planesOf(prefix) { values = p.dequantized() }
+            else if shape.count == 2, table, let f = try ckpt.f16Rows(prefix, rows: rows, cols: cols) { values = f.dequantized() }
+            else {
+                guard let info = ckpt.info(hf) else { throw ModelFileError(folder, "missing tensor '\(hf)'") }
+                guard info.shape == shape else { throw ModelFileError(folder, "tensor '\(hf)' has shape \(info.shape), expected \(shape)") }
+                values = try ckpt.floats(hf)
+            }
+            values = reorder(values, rows: rows, rowOrder)
+            if type == .f16 {
+                return values.flatMap { v -> [UInt8] in let b = Float16(v).bitPattern; return [UInt8(truncatingIfNeeded: b), UInt8(truncatingIfNeeded: b >> 8)] }
+            }
+            return values.withUnsafeBytes { Array($0) }
+        })
+    }
+
+    /// The packed codes of `<prefix>` (v2 plane runs in place, v1 repacked); nil when it is not packed.
+    func planes(_ prefix: String, rows: Int, cols: Int, table: Bool) throws -> PackedPlanes? {
+        guard let q = quant else { return nil }
+        if table { guard q.embeddings?.format == "int4-g32" else { return nil } }
+        let bits = table ? 4 : q.weights.storageBits
+        if q.formatVersion >= 2 { return try ckpt.packedPlanes(prefix, bits: bits, rows: rows, cols: cols) }
+        return try ckpt.packedLinear(prefix, bits: bits, rows: rows, cols: cols).map(PackedPlanes.init)
+    }
+
+    /// Q8_0 from an int8-row table: its codes as they are, the row's scale as every block's d.
+    func int8Blocks(_ t: Int8Rows, _ prefix: String, _ order: [Int]?, _ report: inout GGUFExportReport) throws -> () throws -> [UInt8] {
+        guard t.cols % 32 == 0 else {
+            throw ModelFileError(folder, "\(prefix) has \(t.cols) columns, not a multiple of 32: no GGUF block type fits (export --type f16)")
+        }
+        for s in t.scales { note(s, &report, count: t.cols / 32) }
+        return {
+            let blocks = t.cols / 32, size = GGMLType.q8_0.typeSize
+            var out = [UInt8](repeating: 0, count: t.rows * blocks * size)
+            var q = [UInt8](repeating: 0, count: 32)
+            for k in 0..<t.rows {
+                let r = order?[k] ?? k
+                for b in 0..<blocks {
+                    for j in 0..<32 { q[j] = UInt8(Int(t.codes[r * t.cols + b * 32 + j]) + 128) }
+                    out.withUnsafeMutableBufferPointer { o in
+                        encodeBlock(.q8_0, codes: q, d: Float16(t.scales[r]), into: o.baseAddress! + (k * blocks + b) * size)
+                    }
+                }
+            }
+            return out
+        }
+    }
+
+    /// Blocks from a packed linear's codes and grid (the table at the top of the file).
+    func codeBlocks(_ p: PackedPlanes, bits: Int, _ prefix: String, _ order: [Int]?, _ report: inout GGUFExportReport) throws
+        -> (type: GGMLType, bytes: () throws -> [UInt8]) {
+        let G = p.groups
+        guard p.layout.runs.allSatisfy({ $0.planes == p.layout.runs[0].planes }) else {
+            throw ModelFileError(folder, "\(prefix) mixes code widths across column groups: no GGUF block type carries that")
+        }
+        guard p.cols % 32 == 0 else {
+            throw ModelFileError(folder, "\(prefix) has \(p.cols) columns, not a multiple of 32: no GGUF block type fits (export --type f16)")
+        }
+        // The group of each 32-column block: every column of a block must share it.
+        var columnGroup = [Int](repeating: -1, count: p.cols)
+        for run in p.layout.runs { for j in 0..<run.count { columnGroup[run.col + j] = run.group } }
+        let blockGroup = stride(from: 0, to: p.cols, by: 32).map { columnGroup[$0] }
+        for (b, g) in blockGroup.enumerated() where columnGroup[(b * 32)..<(b * 32 + 32)].contains(where: { $0 != g }) {
+            throw ModelFileError(folder, "\(prefix): columns \(b * 32)…\(b * 32 + 31) belong to different groups (act-order with groups, or a group size that is not a multiple of 32), which GGUF's 32-column blocks cannot express")
+        }
+        let symmetricZero: Float? = p.zeros.allSatisfy({ $0 == p.zeros[0] }) ? p.zeros[0] : nil
+        let type: GGMLType
+        switch (bits, symmetricZero) {
+        case (4, 8): type = .q4_0
+        case (4, _): type = .q4_1
+        case (5, 16): type = .q5_0
+        case (8, 128): type = .q8_0
+        default:
+            throw ModelFileError(folder, "\(prefix): \(bits)-bit codes with zero points \(symmetricZero.map { "\(Int($0))" } ?? "per group") have no 32-value GGUF block type (export --type f16 for a dense file)")
+        }
+        let blocks = p.cols / 32
+        for r in 0..<p.rows {
+            for g in Set(blockGroup) {
+                let s = p.scales[r * G + g]
+                note(s, &report, count: 1)
+                if type == .q4_1 { note(-s * p.zeros[r * G + g], &report, count: 1) }
+            }
+        }
+        let rows = p.rows
+        return (type, {
+            let size = type.typeSize
+            var out = [UInt8](repeating: 0, count: rows * blocks * size)
+            var q = [UInt8](repeating: 0, count: 32)
+            for k in 0..<rows {
+                let r = order?[k] ?? k
+                for b in 0..<blocks {
+                    for j in 0..<32 { q[j] = UInt8(p.code(r, b * 32 + j)) }
+                    let s = p.scales[r * G + blockGroup[b]], z = p.zeros[r * G + blockGroup[b]]
+                    out.withUnsafeMutableBufferPointer { o in
+                        encodeBlock(type, codes: q, d: Float16(s), m: Float16(-s * z), into: o.baseAddress! + (k * blocks + b) * size)
+                    }
+                }
+            }
+            return out
+        })
+    }
+
+    /// Counts a block parameter the file stores as fp16, and whether rounding changed it.
+    func note(_ v: Float, _ report: inout GGUFExportReport, count: Int) {
+        report.parameters += count
+        let h = Float(Float16(v))
+        guard h != v else { return }
+        report.roundedParameters += count
+        report.largestRounding = max(report.largestRounding, Double(abs(h - v) / max(abs(v), .leastNormalMagnitude)))
+    }
+}
+
+/// Rows of a row-major [rows, n] array in `order` (out row k = row order[k]).
+private func reorder<T>(_ a: [T], rows: Int, _ order: [Int]?) -> [T] {
+    guard let order else { return a }
+    let n = a.count / rows
+    var out = a
+    for k in 0..<rows { for c in 0..<n { out[k * n + c] = a[order[k] * n + c] } }
+    return out
+}

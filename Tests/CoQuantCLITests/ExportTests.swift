@@ -1,0 +1,55 @@
+import Foundation
+import XCTest
+
+/// `coquant export --format gguf`: the file computes what the folder computes, and what a GGUF cannot carry is refused
+/// with nothing written. (scripts/interop-test.sh loads the same kind of files in llama.cpp itself.)
+extension CLITests {
+    /// A Q4_0 folder (solved on the fp16 grid) and its GGUF give the same perplexity to the last digit: same codes,
+    /// same scales, q/k rows permuted back by our GGUF loader exactly as llama.cpp's converter permuted them.
+    func testGGUFExportComputesTheFolder() throws {
+        let model = try tinyModelWithTokenizer(), calibration = try smallTextFile("calib.txt")
+        let folder = path("q4_0"), gguf = path("out/q4_0.gguf")
+        assertSucceeded(try coquant(["quantize", model, "--method", "gptq", "--scheme", "Q4_0", "--nsamples", "2", "--seqlen", "16",
+                                     "--calib-file", calibration, "--out", folder]))
+        let e = try coquant(["export", folder, "--format", "gguf", "--out", gguf])
+        assertSucceeded(e)
+        XCTAssertTrue(e.stdout.contains("Q4_0 ×28"), e.transcript)
+        XCTAssertTrue(e.stdout.contains("are fp16 values: the file holds exactly the folder's weights"), e.transcript)
+        func ppl(_ m: String, _ extra: [String] = []) throws -> String {
+            let r = try coquant(["ppl", m, "--text", calibration, "--seqlen", "32", "--quiet"] + extra)
+            assertSucceeded(r)
+            return r.stdout.split(separator: "\n").first { $0.hasPrefix("perplexity:") }.map(String.init) ?? r.transcript
+        }
+        XCTAssertEqual(try ppl(gguf), try ppl(folder, ["--simulate"]))
+        let inspect = try coquant(["inspect", gguf])
+        XCTAssertTrue(inspect.stdout.contains("Q4_0 ×28"), inspect.transcript)
+
+        // An existing file is kept unless --overwrite.
+        let again = try coquant(["export", folder, "--out", gguf])
+        assertRefused(again, mentioning: [gguf, "--overwrite"], usage: nil)
+        assertSucceeded(try coquant(["export", folder, "--out", gguf, "--overwrite", "--type", "f16"]))
+        XCTAssertTrue(try coquant(["inspect", gguf]).stdout.contains("F16 ×29"))
+    }
+
+    func testGGUFExportRefusesWhatItCannotCarry() throws {
+        let model = try tinyModelWithTokenizer(), calibration = try smallTextFile("calib.txt")
+        func quantize(_ name: String, _ args: [String]) throws -> String {
+            let out = path(name)
+            assertSucceeded(try coquant(["quantize", model, "--nsamples", "2", "--seqlen", "16", "--calib-file", calibration,
+                                         "--out", out] + args))
+            return out
+        }
+        let w4a4 = try quantize("w4a4", ["--method", "quarot", "--scheme", "W4A4KV4"])
+        assertRefused(try coquant(["export", w4a4, "--out", path("w4a4.gguf")]), mentioning: [w4a4, "activations"], usage: nil)
+        assertNothingWritten(at: path("w4a4.gguf"))
+        let w3 = try quantize("w3", ["--method", "rtn", "--scheme", "W3A16"])
+        assertRefused(try coquant(["export", w3, "--out", path("w3.gguf")]), mentioning: ["3-bit", "--type f16"], usage: nil)
+        assertNothingWritten(at: path("w3.gguf"))
+        let actOrder = try quantize("act-order", ["--method", "gptq", "--scheme", "W4A16g32", "--act-order"])
+        assertRefused(try coquant(["export", actOrder, "--out", path("ao.gguf")]), mentioning: ["act-order", "32-column"], usage: nil)
+        assertNothingWritten(at: path("ao.gguf"))
+        let onnx = try coquant(["export", w3, "--format", "onnx", "--out", path("x")])
+        XCTAssertTrue(onnx.exitedNormally && onnx.status != 0 && onnx.stderr.contains("'onnx' is invalid for '--format"), onnx.transcript)
+        assertNothingWritten(at: path("x"))
+    }
+}
