@@ -85,6 +85,10 @@ public final class LayerwiseCalibration {
     let T: Int
     /// Bytes the down_proj inputs of all windows may take to be kept between its Hessian and the output pass.
     public var downProjInputBudget = 4 << 30
+    /// How much each window's first token counts in H (1: as much as any token, the reference). That token is an
+    /// attention sink, read by every later token's attention, so its outputs matter far more than 1/T of the loss
+    /// says: GPTQ with small groups trades them away (RESULTS.md, "GPTQ with small groups").
+    public var sinkWeight: Float = 1
 
     /// Captures the layer-0 inputs (the embeddings) of every window.
     public init(model: LlamaModel, windows: [[Int]]) throws {
@@ -186,6 +190,10 @@ public final class LayerwiseCalibration {
     /// Adds one window (counted as one sample, as the reference's add_batch does for a batch of one sequence).
     func accumulate(_ H: inout HessianAccumulator, _ x: [Float], layer: Int, _ what: String) throws {
         guard x.allSatisfy(\.isFinite) else { throw PipelineError(description: "layer \(layer): \(what) contains NaN/Inf") }
+        guard sinkWeight != 1 else { return x.withUnsafeBufferPointer { H.add($0.baseAddress!, rows: T, samples: 1) } }
+        var x = x
+        let root = sinkWeight.squareRoot()
+        for i in 0..<(x.count / T) { x[i] *= root }
         x.withUnsafeBufferPointer { H.add($0.baseAddress!, rows: T, samples: 1) }
     }
 }

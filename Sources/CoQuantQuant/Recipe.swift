@@ -138,6 +138,8 @@ public struct QuantizeOptions: Codable, Sendable {
     /// GPTQ/CDQuant with groups: every group's grid from the original weights, before any error feedback (GPTQ's
     /// `--static-groups`); nil or false: at each group's first column, from the weights updated so far.
     public var staticGroups: Bool?
+    /// Weight of each calibration window's first token (the attention sink) in the layer Hessians; nil: 1.
+    public var sinkWeight: Double?
     public var centerEmbeddings = true       // the reference's embedding mean-centring when norms are fused
     /// ResQ / CoQuant only (nil otherwise; optional so folders written before it existed still decode).
     public var subspace: SubspaceOptions?
@@ -193,6 +195,7 @@ extension QuantizeOptions {
         }
         guard nsamples > 0 else { throw QuantError.invalidParameter("--nsamples \(nsamples) must be positive") }
         guard seqlen >= 2 else { throw QuantError.invalidParameter("--seqlen \(seqlen) must be at least 2") }
+        if let w = sinkWeight, !(w > 0 && w.isFinite) { throw QuantError.invalidParameter("--sink-weight \(w) must be finite and > 0") }
         guard percdamp >= 0 && percdamp.isFinite else { throw QuantError.invalidParameter("--percdamp \(percdamp) must be finite and ≥ 0") }
         _ = try weightGrid()
     }
@@ -339,6 +342,7 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
     let packedBits = options.method.usesSubspace ? max(grid.bits, options.subspace?.highBits ?? 8) : grid.bits
     let start = ContinuousClock.now
     let calibration = try LayerwiseCalibration(model: model, windows: windows)
+    calibration.sinkWeight = Float(options.sinkWeight ?? 1)
     for (l, done) in resume.enumerated() {
         for (name, packed) in done.packed {
             let linear = name.replacingOccurrences(of: "model.layers.\(l).", with: "")

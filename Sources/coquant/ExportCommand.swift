@@ -4,7 +4,7 @@ import CoQuantModel
 import Foundation
 
 enum ExportFormat: String, ExpressibleByArgument, CaseIterable {
-    case gguf
+    case gguf, mlx
 }
 
 enum ExportType: String, ExpressibleByArgument, CaseIterable {
@@ -25,21 +25,27 @@ struct Export: ParsableCommand {
         A GGUF cannot carry quantized activations or KV cache, the online rotations of quarot/resq/coquant, act-order
         with groups, or 3-bit codes: such folders are refused, and nothing is written.
 
+        mlx: a folder (config.json, model.safetensors, tokenizer) that mlx-lm loads with QuantizedLinear layers holding
+        the solved codes of 2-, 4- or 8-bit folders, and the folder's own fp32 scales (groups of 32, 64 or 128; per
+        channel repeats the row's). int8 embeddings become 8-bit layers. Refused as for gguf (activations, KV cache,
+        rotations, act-order with groups), and other code widths.
+
         Examples:
           coquant quantize models/SmolLM2-135M-Instruct.Q4_1.gguf --method gptq --scheme Q4_0 --out out/smollm2-q4_0
           coquant export out/smollm2-q4_0 --format gguf --out out/smollm2-q4_0.gguf
+          coquant export out/smollm2-q4_0 --format mlx --out out/smollm2-q4_0-mlx
         """)
 
     @Argument(help: "A CoQuant folder (quantized or full precision).")
     var folder: String
 
-    @Option(help: "Output format: gguf.")
+    @Option(help: "Output format: gguf (one file) or mlx (a folder).")
     var format: ExportFormat = .gguf
 
-    @Option(name: .shortAndLong, help: "Output file.")
+    @Option(name: .shortAndLong, help: "Output file (gguf) or folder (mlx).")
     var out: String
 
-    @Option(help: "auto: each tensor as the block type its codes fit; f32 | f16: every matrix dequantized.")
+    @Option(help: "gguf only. auto: each tensor as the block type its codes fit; f32 | f16: every matrix dequantized.")
     var type: ExportType = .auto
 
     @Flag(help: "Replace OUT if it exists.")
@@ -49,6 +55,19 @@ struct Export: ParsableCommand {
 
     func validate() throws {
         try checkCreatable(out, flag: "--out")
+        if format == .mlx && type != .auto {
+            throw ValidationError("--type \(type.rawValue) applies to --format gguf: an mlx folder keeps the codes (export a dense folder from an unquantized model)")
+        }
+    }
+
+    struct MLXSummary: Codable {
+        let path: String
+        let format: String
+        let bytes: Int
+        let bits: Int?
+        let groupSize: Int?
+        let quantizedMatrices: Int
+        let tensors: Int
     }
 
     struct Summary: Codable {
@@ -69,6 +88,7 @@ struct Export: ParsableCommand {
             throw RunError("\(folder): export reads a CoQuant or Hugging Face folder; this is a file (a GGUF needs no export)")
         }
         try FileManager.default.createDirectory(at: URL(fileURLWithPath: out).deletingLastPathComponent(), withIntermediateDirectories: true)
+        if format == .mlx { return try runMLX() }
         let dense: DenseType? = type == .auto ? nil : DenseType(rawValue: type.rawValue)
         let report = try GGUFExport.write(folder: folder, to: out, dense: dense, overwrite: overwrite)
         var types: [String: Int] = [:]
@@ -85,6 +105,21 @@ struct Export: ParsableCommand {
         } else {
             print(line)
             if report.parameters > 0 { print(rounding) }
+        }
+    }
+
+    func runMLX() throws {
+        let report = try MLXExport.write(folder: folder, to: out, overwrite: overwrite)
+        let codes = report.bits.map { "linears \($0)-bit in groups of \(report.groupSize!), " } ?? ""
+        let what = report.quantizedMatrices == 0 ? "all F32"
+            : "\(report.quantizedMatrices) quantized (\(codes)fp32 scales), the rest F32"
+        let line = "wrote \(out) (\(String(format: "%.1f", Double(report.bytes) / 1e6)) MB): \(report.tensors.count) tensors, \(what)"
+        if output.json {
+            try printJSON(MLXSummary(path: out, format: format.rawValue, bytes: report.bytes, bits: report.bits, groupSize: report.groupSize,
+                                     quantizedMatrices: report.quantizedMatrices, tensors: report.tensors.count))
+            printErr(line)
+        } else {
+            print(line)
         }
     }
 }

@@ -77,6 +77,8 @@ struct Quantize: ParsableCommand {
     var actOrder = false
     @Flag(name: [.customLong("static-groups"), .customLong("static_groups")], help: "GPTQ/CDQuant with groups: each group's scale from the original weights, before any error feedback (with --act-order: the only way groups stay expressible in GGUF and compressed-tensors).")
     var staticGroups = false
+    @Option(help: "Weight of each calibration window's first token in the layer Hessians (1: the reference). That token is an attention sink every later token reads: with small groups (g32, Q4_0) GPTQ loses to rounding unless it counts more — 64 recovers it on SmolLM2 (RESULTS.md).")
+    var sinkWeight: Double?
     @Flag(inversion: .prefixedNo, help: "quarot: mean-centre the embedding rows when fusing norms, as QuaRot/ResQ/CoQuant do (not function-preserving for RMSNorm models; --no-center-embeddings keeps the function exactly).")
     var centerEmbeddings = true
     @Option(help: ArgumentHelp("Storage of the embedding table and the LM head: int8 (one scale per row, as llama.cpp's Q8_0), int4 (asymmetric, groups of 32 columns, as Q4_1), f16 or f32; the in-memory model is rounded the same way.",
@@ -155,6 +157,7 @@ struct Quantize: ParsableCommand {
         o.percdamp = percdamp
         o.actOrder = actOrder
         o.staticGroups = staticGroups ? true : nil
+        o.sinkWeight = sinkWeight
         o.centerEmbeddings = centerEmbeddings
         switch embeddings.lowercased() {
         case "int8", "int8-row": o.embeddings = .int8

@@ -66,6 +66,28 @@ final class PipelineTests: XCTestCase {
         XCTAssertThrowsError(try LayerwiseCalibration(model: model, windows: []))
     }
 
+    /// --sink-weight w: each window's first token counts w times in H; the others as before (w = 1 is the reference).
+    func testSinkWeightScalesTheFirstTokensShareOfH() throws {
+        let model = try ModelLoader.load(dir).model
+        let calib = try LayerwiseCalibration(model: model, windows: windows)
+        let T = windows[0].count, C = 8
+        var rng = SeededGenerator(seed: 3)
+        let x = (0..<(T * C)).map { _ in Float.random(in: -1...1, using: &rng) }
+        func hessian(_ w: Float) throws -> Matrix<Double> {
+            calib.sinkWeight = w
+            var h = HessianAccumulator(columns: C)
+            try calib.accumulate(&h, x, layer: 0, "x")
+            return h.H
+        }
+        let h1 = try hessian(1), h16 = try hessian(16)
+        // H(16) − H(1) = (2/1)·15·x₀x₀ᵀ (one sample: the window), x₀ the first token.
+        for i in 0..<C {
+            for j in 0..<C {
+                XCTAssertEqual(h16[i, j] - h1[i, j], 2 * 15 * Double(x[i]) * Double(x[j]), accuracy: 1e-4 * (1 + abs(h16[i, j])))
+            }
+        }
+    }
+
     /// CDQuant's report carries the loss of its GPTQ start on the same H as its own loss (undamped, as `loss`), so
     /// the report compares GPTQ with CDQuant on identical inputs; not the damped objective the descent minimised.
     func testCDQuantReportsItsGPTQStartOnTheSameHessian() throws {
