@@ -1,4 +1,5 @@
 import ArgumentParser
+import CoQuantExport
 import CoQuantEval
 import CoQuantModel
 import CoQuantQuant
@@ -43,6 +44,9 @@ struct Quantize: ParsableCommand {
 
     @Option(name: [.customLong("out"), .customShort("o")], help: "Output folder.")
     var out: String
+
+    @Option(help: "Also export the result for another tool, as `coquant export` would: gguf writes OUT.gguf, mlx writes OUT-mlx/. What the format cannot carry is refused before quantizing.")
+    var format: ExportFormat?
 
     @Option(name: [.customLong("w-bits"), .customLong("w_bits")], help: "Override the scheme's weight bits.")
     var wBits: Int?
@@ -230,9 +234,32 @@ struct Quantize: ParsableCommand {
     }
 
     /// Every check that needs only the command line, so a mistyped option fails before a model is loaded.
+    /// Where --format writes its export.
+    var exportPath: String? { format.map { $0 == .gguf ? out + ".gguf" : out + "-mlx" } }
+
     func validate() throws {
-        _ = try options()
+        let o = try options()
         try checkCreatable(out, flag: "--out")
+        if let format, let path = exportPath {
+            // The exporters refuse these from the folder's config; here they are known before hours of solving.
+            let s = o.scheme, name = format.rawValue.uppercased()
+            if s.activationBits < 16 || s.kvBits < 16 {
+                throw ValidationError("--format \(format.rawValue): \(name) holds weights only; \(s.name) quantizes activations or the KV cache")
+            }
+            if [.quarot, .resq, .coquant].contains(o.method) {
+                throw ValidationError("--format \(format.rawValue): \(o.method.rawValue)'s online rotations cannot be carried by \(name)")
+            }
+            if o.actOrder && s.weightGroupSize != nil {
+                throw ValidationError("--format \(format.rawValue): act-order with groups cannot be expressed in \(name)'s consecutive groups")
+            }
+            let bits = format == .gguf ? [4, 5, 8] : [2, 4, 8]
+            if !bits.contains(s.weightBits) {
+                throw ValidationError("--format \(format.rawValue): \(s.weightBits)-bit weights have no \(name) type here (\(bits.map(String.init).joined(separator: ", ")) bits do)")
+            }
+            if FileManager.default.fileExists(atPath: path) && !overwrite {
+                throw ValidationError("\(path) already exists (pass --overwrite to replace it)")
+            }
+        }
         if FileManager.default.fileExists(atPath: out) && !overwrite {
             throw ValidationError("\(out) already exists (pass --overwrite to replace it)")
         }
@@ -347,6 +374,19 @@ struct Quantize: ParsableCommand {
         let line = String(format: "quantized: %d linears, %@, Σ layer loss %.6g, %.1f s; wrote %@ (%.1f MB)",
                           result.reports.count, opts.scheme.name, total, report.seconds, out, Double(bytes) / 1e6)
         if output.json { printErr(line) } else { print(line) }
+        if let format, let path = exportPath {
+            let bytes: Int, what: String
+            switch format {
+            case .gguf:
+                let r = try GGUFExport.write(folder: out, to: path, overwrite: overwrite)
+                (bytes, what) = (r.bytes, r.typeSummary + (r.roundedParameters > 0 ? "; \(r.roundedParameters) of \(r.parameters) scales rounded to fp16" : ""))
+            case .mlx:
+                let r = try MLXExport.write(folder: out, to: path, overwrite: overwrite)
+                (bytes, what) = (r.bytes, "\(r.quantizedMatrices) quantized matrices" + (r.bits.map { ", \($0)-bit in groups of \(r.groupSize!)" } ?? ""))
+            }
+            let exported = String(format: "exported: %@ (%.1f MB), %@", path, Double(bytes) / 1e6, what)
+            if output.json { printErr(exported) } else { print(exported) }
+        }
     }
 }
 

@@ -52,4 +52,19 @@ extension CLITests {
         XCTAssertTrue(onnx.exitedNormally && onnx.status != 0 && onnx.stderr.contains("'onnx' is invalid for '--format"), onnx.transcript)
         assertNothingWritten(at: path("x"))
     }
+
+    /// `quantize … --format gguf` quantizes and exports in one run; what the format cannot carry is refused before work.
+    func testQuantizeWithFormatExportsInOneRun() throws {
+        let model = try tinyModelWithTokenizer(), calibration = try smallTextFile("calib.txt")
+        let out = path("one-run")
+        let r = try coquant(["quantize", model, "--method", "rtn", "--scheme", "Q8_0", "--nsamples", "1", "--seqlen", "16",
+                             "--calib-file", calibration, "--out", out, "--format", "gguf"])
+        assertSucceeded(r)
+        XCTAssertTrue(r.stdout.contains("exported: \(out).gguf"), r.transcript)
+        XCTAssertTrue(try coquant(["inspect", out + ".gguf"]).stdout.contains("Q8_0 ×29"))
+        let refused = try coquant(["quantize", model, "--method", "quarot", "--scheme", "W4A4KV4", "--nsamples", "1",
+                                   "--seqlen", "16", "--calib-file", calibration, "--out", path("w4a4"), "--format", "mlx"])
+        assertRefused(refused, mentioning: ["--format mlx", "W4A4KV4"], usage: "quantize")
+        assertNothingWritten(at: path("w4a4"))
+    }
 }
