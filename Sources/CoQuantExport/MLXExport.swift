@@ -77,18 +77,19 @@ public enum MLXExport {
             report.groupSize = G
         }
 
-        var file = MLXSafeTensors()
+        var file = SafeTensorsWriter()
+        file.metadata = ["format": "mlx", "producer": "coquant"]
         func dense(_ name: String, _ shape: [Int]) throws {
             guard let info = ckpt.info(name) else { throw ModelFileError(folder, "missing tensor '\(name)'") }
             guard info.shape == shape else { throw ModelFileError(folder, "tensor '\(name)' has shape \(info.shape), expected \(shape)") }
-            file.add(name, floats: try ckpt.floats(name), shape: shape)
+            file.add(name, try ckpt.floats(name), shape: shape)
         }
         // mlx-lm quantizes nothing without a "quantization" entry: a folder with only its tables packed states theirs.
         var stated: (bits: Int, groupSize: Int)? = report.bits.map { ($0, G!) }
         func quantized(_ prefix: String, _ m: MLXQuantized) {
             file.add(prefix + ".weight", words: m.words, shape: [m.rows, m.cols * m.bits / 32])
-            file.add(prefix + ".scales", floats: m.scales, shape: [m.rows, m.cols / m.groupSize])
-            file.add(prefix + ".biases", floats: m.biases, shape: [m.rows, m.cols / m.groupSize])
+            file.add(prefix + ".scales", m.scales, shape: [m.rows, m.cols / m.groupSize])
+            file.add(prefix + ".biases", m.biases, shape: [m.rows, m.cols / m.groupSize])
             report.quantizedMatrices += 1
             if stated == nil { stated = (m.bits, m.groupSize) }
         }
@@ -98,12 +99,12 @@ public enum MLXExport {
                 if let g = groupSizes.first(where: { d % $0 == 0 }) {
                     quantized(prefix, int8Table(t, groupSize: g))
                 } else {
-                    file.add(prefix + ".weight", floats: t.dequantized(), shape: [rows, d])      // no MLX group fits the width
+                    file.add(prefix + ".weight", t.dequantized(), shape: [rows, d])      // no MLX group fits the width
                 }
             } else if quant?.embeddings?.format == "int4-g32", let p = try packedPlanes(ckpt, quant, prefix, rows: rows, cols: d, table: true) {
                 quantized(prefix, try MLXQuantized(p, bits: 4, groupSize: try groupSize(folder, [(prefix, p)], sizes: [32]), folder, prefix))
             } else if let f = try ckpt.f16Rows(prefix, rows: rows, cols: d) {
-                file.add(prefix + ".weight", floats: f.dequantized(), shape: [rows, d])
+                file.add(prefix + ".weight", f.dequantized(), shape: [rows, d])
             } else {
                 try dense(prefix + ".weight", [rows, d])
             }
@@ -136,7 +137,7 @@ public enum MLXExport {
                 try FileManager.default.copyItem(atPath: folder + "/" + name, toPath: dir + "/" + name)
             }
         }
-        report.tensors = file.entries.map { ($0.name, $0.dtype, $0.shape) }
+        report.tensors = file.tensors
         report.bytes = (try? FileManager.default.attributesOfItem(atPath: out + "/model.safetensors")[.size] as? Int) ?? 0
         return report
     }
@@ -264,37 +265,5 @@ struct MLXQuantized {
             }
         }
         self.init(rows: p.rows, cols: p.cols, bits: bits, groupSize: g, words: words, scales: scales, biases: biases)
-    }
-}
-
-/// A safetensors file of F32 and U32 tensors (SafeTensorsWriter has no 4-byte unsigned type, which mlx's packed
-/// weights must be).
-struct MLXSafeTensors {
-    var entries: [(name: String, dtype: String, shape: [Int], data: Data)] = []
-
-    mutating func add(_ name: String, floats: [Float], shape: [Int]) {
-        precondition(floats.count == shape.reduce(1, *))
-        entries.append((name, "F32", shape, floats.withUnsafeBufferPointer { Data(buffer: $0) }))
-    }
-
-    mutating func add(_ name: String, words: [UInt32], shape: [Int]) {
-        precondition(words.count == shape.reduce(1, *))
-        entries.append((name, "U32", shape, words.withUnsafeBufferPointer { Data(buffer: $0) }))
-    }
-
-    func write(to path: String) throws {
-        var header: [String: Any] = ["__metadata__": ["format": "mlx", "producer": "coquant"]]
-        var offset = 0
-        for e in entries {
-            header[e.name] = ["dtype": e.dtype, "shape": e.shape, "data_offsets": [offset, offset + e.data.count]]
-            offset += e.data.count
-        }
-        var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
-        while json.count % 8 != 0 { json.append(0x20) }     // 8-byte aligned data, as the format recommends
-        var out = Data(capacity: 8 + json.count + offset)
-        withUnsafeBytes(of: UInt64(json.count).littleEndian) { out.append(contentsOf: $0) }
-        out.append(json)
-        for e in entries { out.append(e.data) }
-        try out.write(to: URL(fileURLWithPath: path))
     }
 }

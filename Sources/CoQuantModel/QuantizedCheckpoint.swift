@@ -116,6 +116,9 @@ public struct SafeTensorsWriter {
 
     public init() {}
 
+    /// (name, dtype, shape) of the tensors added so far, in order.
+    public var tensors: [(name: String, dtype: String, shape: [Int])] { entries.map { ($0.name, $0.dtype, $0.shape) } }
+
     public mutating func add(_ name: String, _ values: [Float], shape: [Int]) {
         precondition(values.count == shape.reduce(1, *))
         entries.append((name, "F32", shape, values.withUnsafeBufferPointer { Data(buffer: $0) }))
@@ -129,6 +132,12 @@ public struct SafeTensorsWriter {
     public mutating func add(_ name: String, _ values: [Int32], shape: [Int]) {
         precondition(values.count == shape.reduce(1, *))
         entries.append((name, "I32", shape, values.withUnsafeBufferPointer { Data(buffer: $0) }))
+    }
+
+    /// Unsigned 32-bit words (MLX's packed codes).
+    public mutating func add(_ name: String, words: [UInt32], shape: [Int]) {
+        precondition(words.count == shape.reduce(1, *))
+        entries.append((name, "U32", shape, words.withUnsafeBufferPointer { Data(buffer: $0) }))
     }
 
     /// IEEE half precision (values already rounded to it convert exactly).
