@@ -10,14 +10,15 @@
 # Resumable: each finished row is results/gguf/<model>/<row>.json; run again after a kill.
 #   scripts/gguf-table.sh                 # SmolLM2, all rows
 #   ROWS="gptq-q4_0" scripts/gguf-table.sh
-# Variables: MODEL, WINDOWS (16), NSAMPLES (128), ROWS (fp llamacpp-q4_0 rtn-q4_0 gptq-q4_0 gptq-q4_0-sink64
-# cdquant-q4_0-sink64; a row <method>-<scheme>[-sink<W>] quantizes with --sink-weight W).
+# Variables: MODEL, WINDOWS (16), NSAMPLES (128), ROWS (default: fp, llama.cpp's Q4_0, and ours with RTN, GPTQ, GPTQ
+# with the sink weighted 64×, with act-order + static groups, both, CDQuant with both; a row is
+# <method>-<scheme>[-sink<W>][-ao]: --sink-weight W, --act-order --static-groups).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${MODEL:-${COQUANT_MODELS:-models}/SmolLM2-135M-Instruct.Q4_1.gguf}
 windows=${WINDOWS:-16}
 nsamples=${NSAMPLES:-128}
-rows=(${ROWS:-fp llamacpp-q4_0 rtn-q4_0 gptq-q4_0 gptq-q4_0-sink64 cdquant-q4_0-sink64})
+rows=(${ROWS:-fp llamacpp-q4_0 rtn-q4_0 gptq-q4_0 gptq-q4_0-sink64 gptq-q4_0-ao gptq-q4_0-sink64-ao cdquant-q4_0-sink64-ao})
 bin=${BIN:-.build/release/coquant}
 name=$(basename "$model" .gguf)
 results=results/gguf/$name
@@ -36,11 +37,16 @@ for row in "${rows[@]}"; do
         "$venv/bin/python" bench/gguf-requantize.py "$model" "$file" "$type"
       fi ;;
     *)
-      # <method>-<scheme>[-sink<W>]: e.g. gptq-q4_0-sink64 is --sink-weight 64.
-      IFS=- read -r method scheme sink <<< "$row"
+      # <method>-<scheme>[-sink<W>][-ao]: sink<W> is --sink-weight W, ao is --act-order --static-groups.
+      IFS=- read -r method scheme extra <<< "$row"
       scheme=$(echo "$scheme" | tr a-z A-Z)
       flags=()
-      [ -n "$sink" ] && flags=(--sink-weight "${sink#sink}")
+      for x in ${extra//-/ }; do
+        case $x in
+          sink*) flags+=(--sink-weight "${x#sink}") ;;
+          ao) flags+=(--act-order --static-groups) ;;
+        esac
+      done
       resume=()
       [ -d "$work/$row.partial" ] && resume=(--resume)
       file=$work/$row.gguf

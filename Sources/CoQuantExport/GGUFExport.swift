@@ -268,7 +268,7 @@ private struct Source {
         for run in p.layout.runs { for j in 0..<run.count { columnGroup[run.col + j] = run.group } }
         let blockGroup = stride(from: 0, to: p.cols, by: 32).map { columnGroup[$0] }
         for (b, g) in blockGroup.enumerated() where columnGroup[(b * 32)..<(b * 32 + 32)].contains(where: { $0 != g }) {
-            throw ModelFileError(folder, "\(prefix): columns \(b * 32)…\(b * 32 + 31) belong to different groups (act-order with groups, or a group size that is not a multiple of 32), which GGUF's 32-column blocks cannot express")
+            throw ModelFileError(folder, "\(prefix): columns \(b * 32)…\(b * 32 + 31) belong to different groups (act-order with dynamic groups — quantize with --static-groups — or a group size that is not a multiple of 32), which GGUF's 32-column blocks cannot express")
         }
         let symmetricZero: Float? = p.zeros.allSatisfy({ $0 == p.zeros[0] }) ? p.zeros[0] : nil
         let type: GGMLType

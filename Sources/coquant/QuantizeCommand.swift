@@ -249,8 +249,8 @@ struct Quantize: ParsableCommand {
             if [.quarot, .resq, .coquant].contains(o.method) {
                 throw ValidationError("--format \(format.rawValue): \(o.method.rawValue)'s online rotations cannot be carried by \(name)")
             }
-            if o.actOrder && s.weightGroupSize != nil {
-                throw ValidationError("--format \(format.rawValue): act-order with groups cannot be expressed in \(name)'s consecutive groups")
+            if o.actOrder && s.weightGroupSize != nil && o.staticGroups != true {
+                throw ValidationError("--format \(format.rawValue): act-order with dynamic groups cannot be expressed in \(name)'s consecutive groups (add --static-groups)")
             }
             let bits = format == .gguf ? [4, 5, 8] : [2, 4, 8]
             if !bits.contains(s.weightBits) {
