@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 model=${MODEL:-${COQUANT_MODELS:-models}/SmolLM2-135M-Instruct.Q4_1.gguf}
 windows=${WINDOWS:-16}
 nsamples=${NSAMPLES:-128}
-rows=(${ROWS:-fp llamacpp-q4_0 rtn-q4_0 gptq-q4_0 gptq-q4_0-sink64 gptq-q4_0-ao gptq-q4_0-sink64-ao cdquant-q4_0-sink64-ao})
+rows=(${ROWS:-fp llamacpp-q4_0 rtn-q4_0 gptq-q4_0 gptq-q4_0-sink64-ao cdquant-q4_0-sink64-ao gptq-q4_0-ao gptq-q4_0-sink64})
 bin=${BIN:-.build/release/coquant}
 name=$(basename "$model" .gguf)
 results=results/gguf/$name
@@ -58,11 +58,13 @@ for row in "${rows[@]}"; do
   esac
   start=$(date +%s)
   "$bin" ppl "$file" --windows "$windows" --quiet --json > "$results/$row.tmp"
-  python3 - "$results/$row.tmp" "$file" "$row" $(( $(date +%s) - start )) <<'PY'
+  python3 - "$results/$row.tmp" "$file" "$row" $(( $(date +%s) - start )) "$nsamples" <<'PY'
 import json, os, sys
-tmp, file, row, secs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+tmp, file, row, secs, nsamples = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 r = json.load(open(tmp))
 r.update({"row": row, "file": os.path.basename(file), "file_bytes": os.path.getsize(file), "ppl_seconds": secs})
+if row not in ("fp",) and not row.startswith("llamacpp"):
+    r["nsamples"] = nsamples
 json.dump(r, open(tmp, "w"), indent=1)
 PY
   mv "$results/$row.tmp" "$results/$row.json"

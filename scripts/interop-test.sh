@@ -18,17 +18,30 @@
 # scales; measured 6.8e-6–1.1e-5 on the tiny models, 1.7e-5–6.0e-5 on SmolLM2, the same with mlx's weights
 # dequantized into dense Linears: fp32 summation order only).
 #
+# transformers (CPU torch — the `torch==2.13.0+cpu` wheel pip finds via find-links, as bench/setup-torch.sh installs
+# it — plus `transformers`, `compressed-tensors` and `accelerate`, in-process): the W4A16g32 --w-asym and per-channel
+# W4A16 folders exported with --format compressed-tensors, and the W4A16g32 folder with --format hf --type f32 and
+# --format hf (F16), loaded by `AutoModelForCausalLM.from_pretrained(dtype=float32)` on CPU (every decoder linear
+# carries the 4-bit scheme and decompresses to at most 16 values per group), prompt + our greedy path in one forward
+# against `coquant generate --simulate` on the folder: same greedy tokens and |Δ log-prob| ≤ 1e-4 (fp32 exports:
+# transformers dequantizes to the folder's own values; measured 5.0e-6–1.1e-5 on the tiny models, 1.0e-5–2.2e-5 on
+# SmolLM2: fp32 summation order only), ≤ 0.05 for the F16 folder (its weights rounded to fp16; measured 0.008–0.022,
+# 0.012 on SmolLM2). Asymmetric folders load with dequantize=True (see
+# scripts/interop_transformers.py: the default route of transformers 5.25 + compressed-tensors 0.20.1 expects the zero
+# points unpacked).
+#
 # A client that cannot be installed is skipped with a line saying so. Usage: scripts/interop-test.sh
 # Environment: BIN (default .build/debug/coquant, as scripts/test.sh builds it), INTEROP_VENV (.venv-interop),
-# INTEROP_MLX_VENV (.venv-interop-mlx), INTEROP_CLIENTS (default "llamacpp mlx": which clients to run),
-# COQUANT_MODELS (where SmolLM2 is looked for; default models).
+# INTEROP_MLX_VENV (.venv-interop-mlx), INTEROP_TORCH_VENV (.venv-interop-torch), INTEROP_CLIENTS (default
+# "llamacpp mlx transformers": which clients to run), COQUANT_MODELS (where SmolLM2 is looked for; default models).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${BIN:-.build/debug/coquant}
 [ -x "$bin" ] || swift build --product coquant
 venv=${INTEROP_VENV:-.venv-interop}
 mlx_venv=${INTEROP_MLX_VENV:-.venv-interop-mlx}
-clients=" ${INTEROP_CLIENTS:-llamacpp mlx} "
+torch_venv=${INTEROP_TORCH_VENV:-.venv-interop-torch}
+clients=" ${INTEROP_CLIENTS:-llamacpp mlx transformers} "
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 head -c 4000 data/wikitext-2-raw-v1/test.gptq_join.txt > "$work/calib.txt"
@@ -55,6 +68,23 @@ if [[ $clients == *" mlx "* ]]; then
   fi
   [ $mlx = yes ] && echo "interop: mlx-lm $("$mlx_venv/bin/python" -c 'from importlib.metadata import version as v; print(v("mlx-lm"), "on mlx", v("mlx"))')"
 fi
+tf=no
+if [[ $clients == *" transformers "* ]]; then
+  tf=yes
+  if ! "$torch_venv/bin/python" -c "import torch, transformers, compressed_tensors, accelerate" 2>/dev/null; then
+    # PyPI's torch is the CUDA build (3 GB); the CPU wheel comes from pip's find-links (bench/setup-torch.sh).
+    torch_spec="torch==2.13.0+cpu"
+    "$torch_venv/bin/pip" --version > /dev/null 2>&1 || python3 -m venv "$torch_venv" > /dev/null 2>&1 || true
+    if ! "$torch_venv/bin/pip" install -q --dry-run --no-deps --only-binary=:all: "$torch_spec" > /dev/null 2>&1; then torch_spec=torch; fi
+    if ! { "$torch_venv/bin/pip" install -q --no-deps --only-binary=:all: "$torch_spec" &&
+           "$torch_venv/bin/pip" install -q filelock "typing-extensions>=4.10" "setuptools>=77.0.3" "sympy>=1.13.3" mpmath \
+             "networkx>=2.5.1" jinja2 MarkupSafe "fsspec>=0.8.5" numpy transformers compressed-tensors accelerate; } > "$work/pip-torch.log" 2>&1; then
+      echo "interop: SKIPPED transformers — torch / transformers / compressed-tensors could not be installed ($(tail -1 "$work/pip-torch.log"))"
+      tf=no
+    fi
+  fi
+  [ $tf = yes ] && echo "interop: transformers $("$torch_venv/bin/python" -c 'from importlib.metadata import version as v; print(v("transformers"), "+ compressed-tensors", v("compressed-tensors"), "on torch", v("torch"))')"
+fi
 
 failures=0
 check() {   # check GGUF TOL [--exact-greedy]
@@ -79,6 +109,17 @@ check_mlx() {   # check_mlx FOLDER MLX_FOLDER TOL: the export against the folder
     failures=$((failures + 1))
   fi
 }
+check_tf() {   # check_tf FOLDER EXPORT TOL: the export against the folder it was written from
+  local folder=$1 export=$2 tol=$3 result
+  "$bin" generate "$folder" --simulate --prompt-ids "$prompt" --max-tokens 8 --top-logprobs 10 --json --quiet > "$work/ours-tf.json"
+  [ $tf = yes ] || return 0
+  if result=$("$torch_venv/bin/python" scripts/interop_transformers.py "$export" "$work/ours-tf.json" --tol "$tol" 2>"$work/tf.log"); then
+    echo "  ok    transformers $(basename "$export"): $result"
+  else
+    echo "  FAIL  transformers $(basename "$export"): ${result:-$(tail -3 "$work/tf.log")}"
+    failures=$((failures + 1))
+  fi
+}
 
 models=()
 for m in a_llama_gqa_tied c_qwen2_bias_untied d_llama_headdim32; do
@@ -100,7 +141,8 @@ for model in "${models[@]}"; do
     scheme=$1; shift
     gguf=no; [[ $clients == *" llamacpp "* ]] && gguf=yes
     mlx_export=no; [[ $clients == *" mlx "* && $scheme != Q4_0 && $scheme != Q5_0 ]] && mlx_export=yes
-    [ $gguf = yes ] || [ $mlx_export = yes ] || continue
+    tf_export=no; [[ $clients == *" transformers "* && $scheme == W4A16* ]] && tf_export=yes
+    [ $gguf = yes ] || [ $mlx_export = yes ] || [ $tf_export = yes ] || continue
     folder="$work/$name-$scheme"
     "$bin" quantize "$model" --method rtn --scheme "$scheme" "$@" --nsamples 1 --seqlen 32 \
       --calib-file "$work/calib.txt" --out "$folder" --quiet > /dev/null
@@ -115,6 +157,16 @@ for model in "${models[@]}"; do
     if [ $mlx_export = yes ]; then
       "$bin" export "$folder" --format mlx --out "$folder-mlx" | sed 's/^/  /'
       check_mlx "$folder" "$folder-mlx" 1e-4
+    fi
+    if [ $tf_export = yes ]; then
+      "$bin" export "$folder" --format compressed-tensors --out "$folder-ct" | sed 's/^/  /'
+      check_tf "$folder" "$folder-ct" 1e-4
+      if [ "$scheme" = W4A16g32 ]; then
+        "$bin" export "$folder" --format hf --type f32 --out "$folder-hf32" | sed 's/^/  /'
+        check_tf "$folder" "$folder-hf32" 1e-4
+        "$bin" export "$folder" --format hf --out "$folder-hf16" | sed 's/^/  /'
+        check_tf "$folder" "$folder-hf16" 0.05
+      fi
     fi
   done
 done

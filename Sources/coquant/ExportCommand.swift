@@ -4,7 +4,8 @@ import CoQuantModel
 import Foundation
 
 enum ExportFormat: String, ExpressibleByArgument, CaseIterable {
-    case gguf, mlx
+    case gguf, mlx, hf
+    case compressedTensors = "compressed-tensors"
 }
 
 enum ExportType: String, ExpressibleByArgument, CaseIterable {
@@ -30,22 +31,34 @@ struct Export: ParsableCommand {
         channel repeats the row's). int8 embeddings become 8-bit layers. Refused as for gguf (activations, KV cache,
         rotations, act-order with groups), and other code widths.
 
+        compressed-tensors: a folder transformers and vLLM load (quant_method compressed-tensors, format
+        pack-quantized, weight-only): each linear's solved 4- or 8-bit codes packed into int32 words, the folder's
+        fp32 scales (groups or per channel) and, for asymmetric grids, its zero points; embeddings and the LM head
+        dense F32. Refused as for mlx (activations, KV cache, rotations, act-order with groups), and widths other
+        than 4 and 8.
+
+        hf: the dequantized model as a plain Hugging Face folder (every matrix the values the folder evaluates
+        with), F16 by default or --type f32. Refused when the folder quantizes activations or the KV cache or
+        needs online rotations, which a dense model would lose.
+
         Examples:
           coquant quantize models/SmolLM2-135M-Instruct.Q4_1.gguf --method gptq --scheme Q4_0 --out out/smollm2-q4_0
           coquant export out/smollm2-q4_0 --format gguf --out out/smollm2-q4_0.gguf
           coquant export out/smollm2-q4_0 --format mlx --out out/smollm2-q4_0-mlx
+          coquant export out/smollm2-q4_0 --format compressed-tensors --out out/smollm2-q4_0-ct
+          coquant export out/smollm2-q4_0 --format hf --type f32 --out out/smollm2-q4_0-hf
         """)
 
     @Argument(help: "A CoQuant folder (quantized or full precision).")
     var folder: String
 
-    @Option(help: "Output format: gguf (one file) or mlx (a folder).")
+    @Option(help: "Output format: gguf (one file), mlx, compressed-tensors or hf (folders).")
     var format: ExportFormat = .gguf
 
-    @Option(name: .shortAndLong, help: "Output file (gguf) or folder (mlx).")
+    @Option(name: .shortAndLong, help: "Output file (gguf) or folder (mlx, compressed-tensors, hf).")
     var out: String
 
-    @Option(help: "gguf only. auto: each tensor as the block type its codes fit; f32 | f16: every matrix dequantized.")
+    @Option(help: "gguf: auto (each tensor as the block type its codes fit) or f32 | f16 (every matrix dequantized); hf: f16 (auto) or f32.")
     var type: ExportType = .auto
 
     @Flag(help: "Replace OUT if it exists.")
@@ -55,8 +68,8 @@ struct Export: ParsableCommand {
 
     func validate() throws {
         try checkCreatable(out, flag: "--out")
-        if format == .mlx && type != .auto {
-            throw ValidationError("--type \(type.rawValue) applies to --format gguf: an mlx folder keeps the codes (export a dense folder from an unquantized model)")
+        if (format == .mlx || format == .compressedTensors) && type != .auto {
+            throw ValidationError("--type \(type.rawValue) applies to --format gguf and hf: a\(format == .mlx ? "n mlx" : " compressed-tensors") folder keeps the codes (export --format hf --type \(type.rawValue) for a dense folder)")
         }
     }
 
@@ -89,6 +102,8 @@ struct Export: ParsableCommand {
         }
         try FileManager.default.createDirectory(at: URL(fileURLWithPath: out).deletingLastPathComponent(), withIntermediateDirectories: true)
         if format == .mlx { return try runMLX() }
+        if format == .compressedTensors { return try runCompressedTensors() }
+        if format == .hf { return try runHF() }
         let dense: DenseType? = type == .auto ? nil : DenseType(rawValue: type.rawValue)
         let report = try GGUFExport.write(folder: folder, to: out, dense: dense, overwrite: overwrite)
         var types: [String: Int] = [:]
@@ -117,6 +132,52 @@ struct Export: ParsableCommand {
         if output.json {
             try printJSON(MLXSummary(path: out, format: format.rawValue, bytes: report.bytes, bits: report.bits, groupSize: report.groupSize,
                                      quantizedMatrices: report.quantizedMatrices, tensors: report.tensors.count))
+            printErr(line)
+        } else {
+            print(line)
+        }
+    }
+
+    struct CompressedTensorsSummary: Codable {
+        let path: String
+        let format: String
+        let bytes: Int
+        let bits: Int
+        let groupSize: Int?
+        let symmetric: Bool
+        let quantizedLinears: Int
+        let tensors: Int
+    }
+
+    func runCompressedTensors() throws {
+        let r = try CompressedTensorsExport.write(folder: folder, to: out, overwrite: overwrite)
+        let grid = "\(r.bits)-bit \(r.symmetric ? "symmetric" : "asymmetric"), \(r.groupSize.map { "groups of \($0)" } ?? "per channel")"
+        let line = "wrote \(out) (\(String(format: "%.1f", Double(r.bytes) / 1e6)) MB): \(r.tensors.count) tensors, \(r.quantizedLinears) linears pack-quantized (\(grid), fp32 scales), the rest F32"
+        if output.json {
+            try printJSON(CompressedTensorsSummary(path: out, format: format.rawValue, bytes: r.bytes, bits: r.bits, groupSize: r.groupSize,
+                                                   symmetric: r.symmetric, quantizedLinears: r.quantizedLinears, tensors: r.tensors.count))
+            printErr(line)
+        } else {
+            print(line)
+        }
+    }
+
+    struct HFSummary: Codable {
+        let path: String
+        let format: String
+        let bytes: Int
+        let dtype: String
+        let dequantizedMatrices: Int
+        let tensors: Int
+    }
+
+    func runHF() throws {
+        let dtype: DenseType = type == .f32 ? .f32 : .f16
+        let r = try HFExport.write(folder: folder, to: out, type: dtype, overwrite: overwrite)
+        let line = "wrote \(out) (\(String(format: "%.1f", Double(r.bytes) / 1e6)) MB): \(r.tensors.count) tensors, all \(dtype.rawValue.uppercased())\(r.dequantizedMatrices > 0 ? " (\(r.dequantizedMatrices) matrices dequantized)" : "")"
+        if output.json {
+            try printJSON(HFSummary(path: out, format: format.rawValue, bytes: r.bytes, dtype: dtype.rawValue,
+                                    dequantizedMatrices: r.dequantizedMatrices, tensors: r.tensors.count))
             printErr(line)
         } else {
             print(line)

@@ -45,7 +45,7 @@ struct Quantize: ParsableCommand {
     @Option(name: [.customLong("out"), .customShort("o")], help: "Output folder.")
     var out: String
 
-    @Option(help: "Also export the result for another tool, as `coquant export` would: gguf writes OUT.gguf, mlx writes OUT-mlx/. What the format cannot carry is refused before quantizing.")
+    @Option(help: "Also export the result for another tool, as `coquant export` would: gguf writes OUT.gguf, mlx | hf | compressed-tensors write OUT-<format>/. What the format cannot carry is refused before quantizing.")
     var format: ExportFormat?
 
     @Option(name: [.customLong("w-bits"), .customLong("w_bits")], help: "Override the scheme's weight bits.")
@@ -235,7 +235,7 @@ struct Quantize: ParsableCommand {
 
     /// Every check that needs only the command line, so a mistyped option fails before a model is loaded.
     /// Where --format writes its export.
-    var exportPath: String? { format.map { $0 == .gguf ? out + ".gguf" : out + "-mlx" } }
+    var exportPath: String? { format.map { $0 == .gguf ? out + ".gguf" : out + "-" + $0.rawValue } }
 
     func validate() throws {
         let o = try options()
@@ -252,7 +252,7 @@ struct Quantize: ParsableCommand {
             if o.actOrder && s.weightGroupSize != nil && o.staticGroups != true {
                 throw ValidationError("--format \(format.rawValue): act-order with dynamic groups cannot be expressed in \(name)'s consecutive groups (add --static-groups)")
             }
-            let bits = format == .gguf ? [4, 5, 8] : [2, 4, 8]
+            let bits = format == .gguf ? [4, 5, 8] : format == .mlx ? [2, 4, 8] : format == .compressedTensors ? [4, 8] : Array(2...8)
             if !bits.contains(s.weightBits) {
                 throw ValidationError("--format \(format.rawValue): \(s.weightBits)-bit weights have no \(name) type here (\(bits.map(String.init).joined(separator: ", ")) bits do)")
             }
@@ -383,6 +383,12 @@ struct Quantize: ParsableCommand {
             case .mlx:
                 let r = try MLXExport.write(folder: out, to: path, overwrite: overwrite)
                 (bytes, what) = (r.bytes, "\(r.quantizedMatrices) quantized matrices" + (r.bits.map { ", \($0)-bit in groups of \(r.groupSize!)" } ?? ""))
+            case .compressedTensors:
+                let r = try CompressedTensorsExport.write(folder: out, to: path, overwrite: overwrite)
+                (bytes, what) = (r.bytes, "\(r.quantizedLinears) linears pack-quantized")
+            case .hf:
+                let r = try HFExport.write(folder: out, to: path, overwrite: overwrite)
+                (bytes, what) = (r.bytes, "F16, \(r.dequantizedMatrices) matrices dequantized")
             }
             let exported = String(format: "exported: %@ (%.1f MB), %@", path, Double(bytes) / 1e6, what)
             if output.json { printErr(exported) } else { print(exported) }
