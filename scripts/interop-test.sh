@@ -98,25 +98,18 @@ check() {   # check GGUF TOL [--exact-greedy]
     failures=$((failures + 1))
   fi
 }
-check_mlx() {   # check_mlx FOLDER MLX_FOLDER TOL: the export against the folder it was written from
-  local folder=$1 export=$2 tol=$3 result
-  "$bin" generate "$folder" --simulate --prompt-ids "$prompt" --max-tokens 8 --top-logprobs 10 --json --quiet > "$work/ours-mlx.json"
-  [ $mlx = yes ] || return 0
-  if result=$("$mlx_venv/bin/python" scripts/interop_mlx.py "$export" "$work/ours-mlx.json" --tol "$tol" 2>"$work/mlx.log"); then
-    echo "  ok    mlx-lm $(basename "$export"): $result"
+check_export() {   # check_export mlx|transformers FOLDER EXPORT TOL: the export against the folder it was written from
+  local client=$1 folder=$2 export=$3 tol=$4 enabled python label result
+  case $client in
+    mlx) enabled=$mlx python=$mlx_venv/bin/python label=mlx-lm ;;
+    transformers) enabled=$tf python=$torch_venv/bin/python label=transformers ;;
+  esac
+  "$bin" generate "$folder" --simulate --prompt-ids "$prompt" --max-tokens 8 --top-logprobs 10 --json --quiet > "$work/ours-$client.json"
+  [ "$enabled" = yes ] || return 0
+  if result=$("$python" "scripts/interop_$client.py" "$export" "$work/ours-$client.json" --tol "$tol" 2>"$work/$client.log"); then
+    echo "  ok    $label $(basename "$export"): $result"
   else
-    echo "  FAIL  mlx-lm $(basename "$export"): ${result:-$(tail -3 "$work/mlx.log")}"
-    failures=$((failures + 1))
-  fi
-}
-check_tf() {   # check_tf FOLDER EXPORT TOL: the export against the folder it was written from
-  local folder=$1 export=$2 tol=$3 result
-  "$bin" generate "$folder" --simulate --prompt-ids "$prompt" --max-tokens 8 --top-logprobs 10 --json --quiet > "$work/ours-tf.json"
-  [ $tf = yes ] || return 0
-  if result=$("$torch_venv/bin/python" scripts/interop_transformers.py "$export" "$work/ours-tf.json" --tol "$tol" 2>"$work/tf.log"); then
-    echo "  ok    transformers $(basename "$export"): $result"
-  else
-    echo "  FAIL  transformers $(basename "$export"): ${result:-$(tail -3 "$work/tf.log")}"
+    echo "  FAIL  $label $(basename "$export"): ${result:-$(tail -3 "$work/$client.log")}"
     failures=$((failures + 1))
   fi
 }
@@ -156,16 +149,16 @@ for model in "${models[@]}"; do
     fi
     if [ $mlx_export = yes ]; then
       "$bin" export "$folder" --format mlx --out "$folder-mlx" | sed 's/^/  /'
-      check_mlx "$folder" "$folder-mlx" 1e-4
+      check_export mlx "$folder" "$folder-mlx" 1e-4
     fi
     if [ $tf_export = yes ]; then
       "$bin" export "$folder" --format compressed-tensors --out "$folder-ct" | sed 's/^/  /'
-      check_tf "$folder" "$folder-ct" 1e-4
+      check_export transformers "$folder" "$folder-ct" 1e-4
       if [ "$scheme" = W4A16g32 ]; then
         "$bin" export "$folder" --format hf --type f32 --out "$folder-hf32" | sed 's/^/  /'
-        check_tf "$folder" "$folder-hf32" 1e-4
+        check_export transformers "$folder" "$folder-hf32" 1e-4
         "$bin" export "$folder" --format hf --out "$folder-hf16" | sed 's/^/  /'
-        check_tf "$folder" "$folder-hf16" 0.05
+        check_export transformers "$folder" "$folder-hf16" 0.05
       fi
     fi
   done

@@ -11,23 +11,20 @@ and exits 1 when --tol fails, greedy tokens differ, or a linear that the export 
 
 Usage: python interop_mlx.py MLX_FOLDER OURS.json [--k 10] [--tol 1e-4]
 """
-import argparse, json, sys
+import json, os, sys
 from pathlib import Path
 
-ap = argparse.ArgumentParser()
-ap.add_argument("model")
-ap.add_argument("ours")
-ap.add_argument("--k", type=int, default=10)
-ap.add_argument("--tol", type=float, required=True)
-a = ap.parse_args()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from interop_common import compare_and_exit, parse_args, read_ours
+
+a = parse_args()
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx_lm.utils import load_model
 
-ours = json.load(open(a.ours))
-prompt, path, our_top = ours["promptIds"], ours["ids"], ours["topLogprobs"]
+prompt, path, our_top = read_ours(a.ours)
 config = json.load(open(Path(a.model) / "config.json"))
 
 model, _ = load_model(Path(a.model))
@@ -44,14 +41,5 @@ z = np.array(logits.astype(mx.float32), dtype=np.float64)
 z -= z.max(axis=-1, keepdims=True)
 logprobs = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
-worst, agree = 0.0, None
-for i, ours_i in enumerate(our_top):
-    row = logprobs[len(prompt) - 1 + i]
-    if agree is None and int(row.argmax()) != path[i]:
-        agree = i
-    worst = max(worst, max(abs(c["logprob"] - row[c["id"]]) for c in ours_i[: a.k]))
-agree = len(path) if agree is None else agree
-print(json.dumps({"model": a.model, "steps": len(path), "max_abs_dlogprob": float(f"{worst:.3g}"), "greedy_agree": agree,
-                  "quantized": f"{quantized}/{len(linears)} linears" + (", embedding" if embedding else ""),
-                  "dtype": str(logits.dtype), "tol": a.tol}))
-sys.exit(0 if worst <= a.tol and agree == len(path) else 1)
+compare_and_exit(a, prompt, path, our_top, logprobs,
+                 quantized=f"{quantized}/{len(linears)} linears" + (", embedding" if embedding else ""), dtype=str(logits.dtype))

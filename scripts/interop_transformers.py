@@ -14,15 +14,13 @@ and exits 1 when --tol fails, greedy tokens differ, or a linear was not loaded a
 
 Usage: python interop_transformers.py EXPORT OURS.json [--k 10] [--tol 1e-4]
 """
-import argparse, json, sys, warnings
+import json, os, sys, warnings
 from pathlib import Path
 
-ap = argparse.ArgumentParser()
-ap.add_argument("model")
-ap.add_argument("ours")
-ap.add_argument("--k", type=int, default=10)
-ap.add_argument("--tol", type=float, required=True)
-a = ap.parse_args()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from interop_common import compare_and_exit, parse_args, read_ours
+
+a = parse_args()
 
 warnings.filterwarnings("ignore")
 import torch
@@ -31,8 +29,7 @@ from transformers import AutoModelForCausalLM
 
 transformers.logging.set_verbosity_error()
 torch.manual_seed(0)
-ours = json.load(open(a.ours))
-prompt, path, our_top = ours["promptIds"], ours["ids"], ours["topLogprobs"]
+prompt, path, our_top = read_ours(a.ours)
 config = json.load(open(Path(a.model) / "config.json"))
 qc = config.get("quantization_config")
 
@@ -100,13 +97,4 @@ else:
     what = (f"{grid_ok}/{len(linears)} {want['num_bits']}-bit {want['strategy']} {'sym' if want['symmetric'] else 'asym'}"
             + (" (dequantize=True)" if dequantize else " decompressed on first forward"))
 
-worst, agree = 0.0, None
-for i, ours_i in enumerate(our_top):
-    row = logprobs[len(prompt) - 1 + i]
-    if agree is None and int(row.argmax()) != path[i]:
-        agree = i
-    worst = max(worst, max(abs(c["logprob"] - row[c["id"]]) for c in ours_i[: a.k]))
-agree = len(path) if agree is None else agree
-print(json.dumps({"model": a.model, "steps": len(path), "max_abs_dlogprob": float(f"{worst:.3g}"), "greedy_agree": agree,
-                  "linears": what, "dtype": str(model.dtype).replace("torch.", ""), "tol": a.tol}))
-sys.exit(0 if worst <= a.tol and agree == len(path) else 1)
+compare_and_exit(a, prompt, path, our_top, logprobs, linears=what, dtype=str(model.dtype).replace("torch.", ""))

@@ -132,13 +132,8 @@ public enum CompressedTensorsExport {
             "ignore": ignore, "kv_cache_scheme": NSNull(),
         ]
         let configData = try hfConfig(config, dtype: "float32", quantizationConfig: quantizationConfig)
-        try writeFolderAtomically(out, overwrite: overwrite) { dir in
-            try configData.write(to: URL(fileURLWithPath: dir + "/config.json"))
-            try file.write(to: dir + "/model.safetensors")
-            try copyTokenizerFiles(from: folder, to: dir)
-        }
         report.tensors = file.tensors
-        report.bytes = (try? FileManager.default.attributesOfItem(atPath: out + "/model.safetensors")[.size] as? Int) ?? 0
+        report.bytes = try writeHFFolder(out, overwrite: overwrite, config: configData, file: file, tokenizerFrom: folder)
         return report
     }
 

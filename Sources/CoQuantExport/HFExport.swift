@@ -47,13 +47,8 @@ public enum HFExport {
             }
         }
         let configData = try hfConfig(config, dtype: type == .f32 ? "float32" : "float16", quantizationConfig: nil)
-        try writeFolderAtomically(out, overwrite: overwrite) { dir in
-            try configData.write(to: URL(fileURLWithPath: dir + "/config.json"))
-            try file.write(to: dir + "/model.safetensors")
-            try copyTokenizerFiles(from: folder, to: dir)
-        }
         report.tensors = file.tensors
-        report.bytes = (try? FileManager.default.attributesOfItem(atPath: out + "/model.safetensors")[.size] as? Int) ?? 0
+        report.bytes = try writeHFFolder(out, overwrite: overwrite, config: configData, file: file, tokenizerFrom: folder)
         return report
     }
 
@@ -125,6 +120,17 @@ func hfConfig(_ c: ModelConfiguration, dtype: String, quantizationConfig: [Strin
     json["dtype"] = dtype
     if let q = quantizationConfig { json["quantization_config"] = q }
     return try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys])
+}
+
+/// Writes the folder `out` (atomically; an existing one only with `overwrite`): config.json, model.safetensors and the
+/// tokenizer files of `folder`. Returns model.safetensors' size in bytes.
+func writeHFFolder(_ out: String, overwrite: Bool, config: Data, file: SafeTensorsWriter, tokenizerFrom folder: String) throws -> Int {
+    try writeFolderAtomically(out, overwrite: overwrite) { dir in
+        try config.write(to: URL(fileURLWithPath: dir + "/config.json"))
+        try file.write(to: dir + "/model.safetensors")
+        try copyTokenizerFiles(from: folder, to: dir)
+    }
+    return (try? FileManager.default.attributesOfItem(atPath: out + "/model.safetensors")[.size] as? Int) ?? 0
 }
 
 func copyTokenizerFiles(from folder: String, to dir: String) throws {

@@ -26,14 +26,14 @@ extension CLITests {
         XCTAssertEqual(config["tie_word_embeddings"] as? Bool, true)
         XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/tokenizer.json"))
 
-        let ct = try CTTensorFile(out + "/model.safetensors"), source = try CTTensorFile(folder + "/model.safetensors")
+        let ct = try TensorFile(out + "/model.safetensors"), source = try TensorFile(folder + "/model.safetensors")
         XCTAssertNil(ct.header["lm_head.weight"], "tied: no head")
         for l in 0..<4 {
             for (name, rows, cols) in [("self_attn.q_proj", 64, 64), ("self_attn.v_proj", 16, 64), ("mlp.down_proj", 64, 160)] {
                 let prefix = "model.layers.\(l).\(name)"
                 let theirs = try ct.symmetric4BitValues(prefix)
                 XCTAssertEqual(theirs.count, rows * cols, prefix)
-                XCTAssertEqual(theirs, try source.folderValuesPerChannel(prefix, rows: rows, cols: cols), prefix)
+                XCTAssertEqual(theirs, try source.folderValues4Bit(prefix, rows: rows, cols: cols, groupSize: nil), prefix)
                 XCTAssertNil(ct.header[prefix + ".weight_zero_point"], "symmetric: no zero points")
             }
         }
@@ -47,13 +47,13 @@ extension CLITests {
         let h = try coquant(["export", folder, "--format", "hf", "--type", "f32", "--out", hf])
         assertSucceeded(h)
         XCTAssertTrue(h.stdout.contains("all F32 (29 matrices dequantized)"), h.transcript)
-        let dense = try CTTensorFile(hf + "/model.safetensors")
+        let dense = try TensorFile(hf + "/model.safetensors")
         XCTAssertEqual(try dense.raw("model.layers.2.mlp.down_proj.weight", dtype: "F32", as: Float.self).values,
-                       try source.folderValuesPerChannel("model.layers.2.mlp.down_proj", rows: 64, cols: 160))
+                       try source.folderValues4Bit("model.layers.2.mlp.down_proj", rows: 64, cols: 160, groupSize: nil))
         XCTAssertNil(try jsonObject(hf + "/config.json")["quantization_config"])
         assertSucceeded(try coquant(["export", folder, "--format", "hf", "--out", hf, "--overwrite"]))
         XCTAssertEqual(try jsonObject(hf + "/config.json")["torch_dtype"] as? String, "float16")
-        _ = try CTTensorFile(hf + "/model.safetensors").raw("model.norm.weight", dtype: "F16", as: UInt16.self)
+        _ = try TensorFile(hf + "/model.safetensors").raw("model.norm.weight", dtype: "F16", as: UInt16.self)
 
         // An existing folder is kept unless --overwrite; --type is gguf's and hf's.
         assertRefused(try coquant(["export", folder, "--format", "compressed-tensors", "--out", out]), mentioning: [out, "--overwrite"], usage: nil)
@@ -65,9 +65,7 @@ extension CLITests {
 
     func testCompressedTensorsAndHFExportRefuseQuantizedActivations() throws {
         let model = try tinyModelWithTokenizer(), calibration = try smallTextFile("calib.txt")
-        let w4a4 = path("w4a4")
-        assertSucceeded(try coquant(["quantize", model, "--method", "quarot", "--scheme", "W4A4KV4", "--nsamples", "2", "--seqlen", "16",
-                                     "--calib-file", calibration, "--out", w4a4]))
+        let w4a4 = try quantizedW4A4(model, calibration: calibration)
         assertRefused(try coquant(["export", w4a4, "--format", "compressed-tensors", "--out", path("w4a4-ct")]),
                       mentioning: [w4a4, "activations"], usage: nil)
         assertNothingWritten(at: path("w4a4-ct"))
@@ -81,27 +79,8 @@ extension CLITests {
     }
 }
 
-/// A safetensors file read whole: enough for the few tensors a test looks at.
-private struct CTTensorFile {
-    let data: Data
-    let header: [String: [String: Any]]
-    let start: Int
-
-    init(_ path: String) throws {
-        data = try XCTUnwrap(FileManager.default.contents(atPath: path), "\(path) is missing")
-        let n = Int(data.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) })
-        header = try XCTUnwrap(JSONSerialization.jsonObject(with: data.subdata(in: 8..<(8 + n))) as? [String: Any])
-            .compactMapValues { $0 as? [String: Any] }
-        start = 8 + n
-    }
-
-    func raw<T>(_ name: String, dtype: String, as: T.Type) throws -> (values: [T], shape: [Int]) {
-        let e = try XCTUnwrap(header[name], "no tensor \(name)")
-        XCTAssertEqual(e["dtype"] as? String, dtype, name)
-        let o = try XCTUnwrap(e["data_offsets"] as? [Int]), shape = try XCTUnwrap(e["shape"] as? [Int])
-        return (data.subdata(in: (start + o[0])..<(start + o[1])).withUnsafeBytes { Array($0.bindMemory(to: T.self)) }, shape)
-    }
-
+/// Reading the export as compressed-tensors' loader does.
+private extension TensorFile {
     /// (q − 8)·scale of a symmetric 4-bit per-channel `<prefix>.weight_packed/.weight_scale/.weight_shape`, [out, in].
     func symmetric4BitValues(_ prefix: String) throws -> [Float] {
         let shape = try raw(prefix + ".weight_shape", dtype: "I32", as: Int32.self).values.map(Int.init)
@@ -114,21 +93,6 @@ private struct CTTensorFile {
             let r = i / cols, c = i % cols
             let q = Int(UInt32(bitPattern: words[r * cols / 8 + c / 8]) >> UInt32(c % 8 * 4) & 15) - 8
             return Float(q) * scales[r]
-        }
-    }
-
-    /// s·(q − z) of a folder's 4-bit per-channel `<prefix>` (v2: one run per row, padded to 32 columns).
-    func folderValuesPerChannel(_ prefix: String, rows: Int, cols: Int) throws -> [Float] {
-        let (bytes, shape) = try raw(prefix + ".qweight", dtype: "U8", as: UInt8.self)
-        let padded = (cols + 31) / 32 * 32
-        XCTAssertEqual(shape, [rows, padded / 2], prefix)
-        let scales = try raw(prefix + ".scales", dtype: "F32", as: Float.self).values
-        let zeros = try raw(prefix + ".zeros", dtype: "F32", as: Float.self).values
-        return (0..<(rows * cols)).map { i in
-            let r = i / cols, c = i % cols
-            let b = bytes[r * padded / 2 + c / 32 * 16 + c % 16]
-            let q = c % 32 < 16 ? b & 15 : b >> 4
-            return scales[r] * (Float(q) - zeros[r])
         }
     }
 }

@@ -32,7 +32,7 @@ extension CLITests {
                 let prefix = "model.layers.\(l).\(name)"
                 let theirs = try mlx.mlxValues(prefix, bits: 4)
                 XCTAssertEqual(theirs.count, rows * cols, prefix)
-                let ours = try source.folderValues(prefix, rows: rows, cols: cols)
+                let ours = try source.folderValues4Bit(prefix, rows: rows, cols: cols, groupSize: 32)
                 XCTAssertLessThanOrEqual(zip(theirs, ours).map { abs($0 - $1) }.max() ?? 1, 1e-6, prefix)
             }
         }
@@ -53,35 +53,14 @@ extension CLITests {
 
     func testMLXExportRefusesQuantizedActivations() throws {
         let model = try tinyModelWithTokenizer(), calibration = try smallTextFile("calib.txt")
-        let w4a4 = path("w4a4")
-        assertSucceeded(try coquant(["quantize", model, "--method", "quarot", "--scheme", "W4A4KV4", "--nsamples", "2", "--seqlen", "16",
-                                     "--calib-file", calibration, "--out", w4a4]))
+        let w4a4 = try quantizedW4A4(model, calibration: calibration)
         assertRefused(try coquant(["export", w4a4, "--format", "mlx", "--out", path("w4a4-mlx")]), mentioning: [w4a4, "activations"], usage: nil)
         assertNothingWritten(at: path("w4a4-mlx"))
     }
 }
 
-/// A safetensors file read whole: enough for the few tensors a test looks at.
-private struct TensorFile {
-    let data: Data
-    let header: [String: [String: Any]]
-    let start: Int
-
-    init(_ path: String) throws {
-        data = try XCTUnwrap(FileManager.default.contents(atPath: path), "\(path) is missing")
-        let n = Int(data.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) })
-        header = try XCTUnwrap(JSONSerialization.jsonObject(with: data.subdata(in: 8..<(8 + n))) as? [String: Any])
-            .compactMapValues { $0 as? [String: Any] }
-        start = 8 + n
-    }
-
-    func raw<T>(_ name: String, dtype: String, as: T.Type) throws -> (values: [T], shape: [Int]) {
-        let e = try XCTUnwrap(header[name], "no tensor \(name)")
-        XCTAssertEqual(e["dtype"] as? String, dtype, name)
-        let o = try XCTUnwrap(e["data_offsets"] as? [Int]), shape = try XCTUnwrap(e["shape"] as? [Int])
-        return (data.subdata(in: (start + o[0])..<(start + o[1])).withUnsafeBytes { Array($0.bindMemory(to: T.self)) }, shape)
-    }
-
+/// Reading the export as mlx-lm does.
+private extension TensorFile {
     /// scales·q + biases of an MLX quantized `<prefix>`, [out, in].
     func mlxValues(_ prefix: String, bits: Int) throws -> [Float] {
         let (words, shape) = try raw(prefix + ".weight", dtype: "U32", as: UInt32.self)
@@ -92,21 +71,6 @@ private struct TensorFile {
             let r = i / cols, c = i % cols
             let q = words[r * shape[1] + c / n] >> UInt32(c % n * bits) & (UInt32(1) << UInt32(bits) - 1)
             return scales[r * groups + c / g] * Float(q) + biases[r * groups + c / g]
-        }
-    }
-
-    /// s·(q − z) of a folder's 4-bit, group-32 `<prefix>` (v2 plane runs).
-    func folderValues(_ prefix: String, rows: Int, cols: Int) throws -> [Float] {
-        let (bytes, shape) = try raw(prefix + ".qweight", dtype: "U8", as: UInt8.self)
-        XCTAssertEqual(shape, [rows, cols / 2], prefix)
-        let scales = try raw(prefix + ".scales", dtype: "F32", as: Float.self).values
-        let zeros = try raw(prefix + ".zeros", dtype: "F32", as: Float.self).values
-        let groups = cols / 32
-        return (0..<(rows * cols)).map { i in
-            let r = i / cols, c = i % cols
-            let b = bytes[r * cols / 2 + c / 32 * 16 + c % 16]
-            let q = c % 32 < 16 ? b & 15 : b >> 4
-            return scales[r * groups + c / 32] * (Float(q) - zeros[r * groups + c / 32])
         }
     }
 }

@@ -1,20 +1,12 @@
 @testable import CoQuantExport
 @testable import CoQuantModel
-import CoQuantQuant
 import CoQuantTensor
 import Foundation
 import XCTest
 
 /// `CompressedTensorsExport` and `HFExport`: compressed-tensors' int32 bitstream packing, and exported folders holding
 /// exactly the quantized folder's values. (scripts/interop-test.sh loads such folders in transformers itself.)
-final class CompressedTensorsExportTests: XCTestCase {
-    let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("Fixtures/tiny-models").path
-    var dir = ""
-
-    override func setUp() { dir = NSTemporaryDirectory() + "coquant-ct-\(getpid())-\(UUID().uuidString.prefix(8))" }
-    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
-
+final class CompressedTensorsExportTests: ExportFolderTestCase {
     /// pack_to_int32: value c of a row occupies bits c·b … c·b + b − 1 of the row's bitstream (word = bit / 32, LSB
     /// first, a value crossing a word boundary continues in the next word's low bits); ⌈cols·b/32⌉ words a row.
     /// Checked against a bit-by-bit scalar reference for every width 1…8 (3, 5, 6, 7 straddle words), and unpack
@@ -44,24 +36,6 @@ final class CompressedTensorsExportTests: XCTestCase {
         // compressed-tensors' own example: int4 values [-8, -7, …, 7] (stored + 8 = 0…15) pack to 0x76543210, 0xFEDCBA98.
         let (w, _) = CompressedTensorsExport.pack(rows: 1, cols: 16, bits: 4) { _, c in c }
         XCTAssertEqual(w.map { UInt32(bitPattern: $0) }, [0x7654_3210, 0xFEDC_BA98])
-    }
-
-    /// A quantized folder of the tiny Qwen2 model (q/k/v biases, untied head, int8 tables), written as a run writes it.
-    func quantizedFolder(_ scheme: String, symmetric: Bool, actOrder: Bool = false) throws -> String {
-        let loaded = try ModelLoader.load(fixtures + "/c_qwen2_bias_untied")
-        var options = QuantizeOptions(method: actOrder ? .gptq : .rtn, scheme: try QuantScheme(parsing: scheme))
-        options.actOrder = actOrder
-        options.nsamples = 1
-        options.seqlen = 16
-        options.weightSymmetric = symmetric
-        options.embeddings = .int8
-        var g = SeededGenerator(seed: 3)
-        let windows = [(0..<16).map { _ in Int(g.next() % 300) }]
-        let result = try quantizeModel(loaded.model, calibration: windows, options: options)
-        try installFakeQuantization(loaded.model, scheme: options.scheme, options: options)
-        let out = dir + "/" + scheme + (actOrder ? "-act-order" : "")
-        _ = try writeQuantizedFolder(out, loaded: loaded, result: result, options: options)
-        return out
     }
 
     /// Every linear of the export, dequantized by a Swift mirror of the loader (unpack_from_int32, then
@@ -94,7 +68,7 @@ final class CompressedTensorsExportTests: XCTestCase {
             XCTAssertNotNil(config["rope_theta"])
             XCTAssertNotNil((config["rope_parameters"] as? [String: Any])?["rope_theta"])
 
-            let file = try CTFile(out + "/model.safetensors")
+            let file = try TestTensorFile(out + "/model.safetensors")
             let ckpt = try SafeTensorsCheckpoint(folder: folder)
             let storage = try XCTUnwrap(try QuantizationConfig.load(folder + "/config.json")).weights.storageBits
             for l in 0..<layers {
@@ -124,7 +98,7 @@ final class CompressedTensorsExportTests: XCTestCase {
         let f16 = try HFExport.write(folder: folder, to: folder + "-hf16")
         XCTAssertTrue(f16.tensors.allSatisfy { $0.dtype == "F16" })
         let ckpt = try SafeTensorsCheckpoint(folder: folder)
-        let a = try CTFile(folder + "-hf32/model.safetensors"), b = try CTFile(folder + "-hf16/model.safetensors")
+        let a = try TestTensorFile(folder + "-hf32/model.safetensors"), b = try TestTensorFile(folder + "-hf16/model.safetensors")
         let p = try XCTUnwrap(try ckpt.packedPlanes("model.layers.1.mlp.up_proj", bits: 4, rows: 128, cols: 64))
         XCTAssertEqual(try a.floats("model.layers.1.mlp.up_proj.weight"), p.dequantized())
         XCTAssertEqual(try b.halfs("model.layers.1.mlp.up_proj.weight"), p.dequantized().map { Float(Float16($0)) })
@@ -168,29 +142,8 @@ final class CompressedTensorsExportTests: XCTestCase {
     }
 }
 
-/// The few lines of safetensors reading the test needs (SafeTensorsFile has no I32 matrices), and the loader's formula.
-private struct CTFile {
-    let data: Data
-    let header: [String: [String: Any]]
-    let start: Int
-
-    init(_ path: String) throws {
-        data = try Data(contentsOf: URL(fileURLWithPath: path))
-        let n = Int(data.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) })
-        header = try XCTUnwrap(JSONSerialization.jsonObject(with: data.subdata(in: 8..<(8 + n))) as? [String: Any])
-            .compactMapValues { $0 as? [String: Any] }
-        start = 8 + n
-    }
-
-    func raw<T>(_ name: String, dtype: String, as: T.Type) throws -> (values: [T], shape: [Int]) {
-        let e = try XCTUnwrap(header[name], "no tensor \(name)")
-        XCTAssertEqual(e["dtype"] as? String, dtype, name)
-        let o = try XCTUnwrap(e["data_offsets"] as? [Int]), shape = try XCTUnwrap(e["shape"] as? [Int])
-        let bytes = data.subdata(in: (start + o[0])..<(start + o[1]))
-        return (bytes.withUnsafeBytes { Array($0.bindMemory(to: T.self)) }, shape)
-    }
-
-    func floats(_ name: String) throws -> [Float] { try raw(name, dtype: "F32", as: Float.self).values }
+/// Reading the export: F16 tensors, and the loader's formula.
+private extension TestTensorFile {
     func halfs(_ name: String) throws -> [Float] { try raw(name, dtype: "F16", as: UInt16.self).values.map { Float(Float16(bitPattern: $0)) } }
 
     /// PackedQuantizationCompressor.decompress: q = unpack(weight_packed) − 2^(b−1) along the input, zp =

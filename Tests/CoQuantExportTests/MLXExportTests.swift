@@ -1,20 +1,12 @@
 @testable import CoQuantExport
 @testable import CoQuantModel
-import CoQuantQuant
 import CoQuantTensor
 import Foundation
 import XCTest
 
 /// `MLXExport`: mlx's uint32 packing, and an exported folder holding exactly the quantized folder's values.
 /// (scripts/interop-test.sh loads such folders in mlx-lm itself and compares log-probabilities.)
-final class MLXExportTests: XCTestCase {
-    let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("Fixtures/tiny-models").path
-    var dir = ""
-
-    override func setUp() { dir = NSTemporaryDirectory() + "coquant-mlx-\(getpid())-\(UUID().uuidString.prefix(8))" }
-    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
-
+final class MLXExportTests: ExportFolderTestCase {
     /// Word w of a row holds columns w·n … w·n + n − 1 (n = 32/bits), the first in the lowest bits, as mlx.quantize
     /// packs them; unpack inverts pack.
     func testPackMatchesMLXsLayoutAndRoundTrips() {
@@ -36,24 +28,6 @@ final class MLXExportTests: XCTestCase {
         }
     }
 
-    /// A quantized folder of the tiny Qwen2 model (q/k/v biases, untied head, int8 tables), written as a run writes it.
-    func quantizedFolder(_ scheme: String, symmetric: Bool, actOrder: Bool = false) throws -> String {
-        let loaded = try ModelLoader.load(fixtures + "/c_qwen2_bias_untied")
-        var options = QuantizeOptions(method: actOrder ? .gptq : .rtn, scheme: try QuantScheme(parsing: scheme))
-        options.actOrder = actOrder
-        options.nsamples = 1
-        options.seqlen = 16
-        options.weightSymmetric = symmetric
-        options.embeddings = .int8
-        var g = SeededGenerator(seed: 3)
-        let windows = [(0..<16).map { _ in Int(g.next() % 300) }]
-        let result = try quantizeModel(loaded.model, calibration: windows, options: options)
-        try installFakeQuantization(loaded.model, scheme: options.scheme, options: options)
-        let out = dir + "/" + scheme + (actOrder ? "-act-order" : "")
-        _ = try writeQuantizedFolder(out, loaded: loaded, result: result, options: options)
-        return out
-    }
-
     /// Every matrix of the export dequantizes (mlx's scales·q + biases) to the folder's values: the linears' to
     /// PackedPlanes.dequantized(), the int8 tables' to Int8Rows.dequantized(); the rest is copied.
     func testExportHoldsTheFoldersValues() throws {
@@ -73,7 +47,7 @@ final class MLXExportTests: XCTestCase {
             XCTAssertNotNil(config["rope_theta"])
             XCTAssertNotNil((config["rope_parameters"] as? [String: Any])?["rope_theta"])
 
-            let mlx = try MLXFile(out + "/model.safetensors")
+            let mlx = try TestTensorFile(out + "/model.safetensors")
             let ckpt = try SafeTensorsCheckpoint(folder: folder)
             let storage = try XCTUnwrap(try QuantizationConfig.load(folder + "/config.json")).weights.storageBits
             for l in 0..<layers {
@@ -123,30 +97,8 @@ final class MLXExportTests: XCTestCase {
     }
 }
 
-/// The few lines of safetensors reading the test needs (SafeTensorsFile has no U32 type).
-private struct MLXFile {
-    let data: Data
-    let header: [String: [String: Any]]
-    let start: Int
-
-    init(_ path: String) throws {
-        data = try Data(contentsOf: URL(fileURLWithPath: path))
-        let n = Int(data.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) })
-        header = try XCTUnwrap(JSONSerialization.jsonObject(with: data.subdata(in: 8..<(8 + n))) as? [String: Any])
-            .compactMapValues { $0 as? [String: Any] }
-        start = 8 + n
-    }
-
-    func raw<T>(_ name: String, dtype: String, as: T.Type) throws -> (values: [T], shape: [Int]) {
-        let e = try XCTUnwrap(header[name], "no tensor \(name)")
-        XCTAssertEqual(e["dtype"] as? String, dtype, name)
-        let o = try XCTUnwrap(e["data_offsets"] as? [Int]), shape = try XCTUnwrap(e["shape"] as? [Int])
-        let bytes = data.subdata(in: (start + o[0])..<(start + o[1]))
-        return (bytes.withUnsafeBytes { Array($0.bindMemory(to: T.self)) }, shape)
-    }
-
-    func floats(_ name: String) throws -> [Float] { try raw(name, dtype: "F32", as: Float.self).values }
-
+/// Reading the export as mlx does.
+private extension TestTensorFile {
     /// scales·q + biases of `<prefix>.weight/.scales/.biases`, [out, in].
     func dequantized(_ prefix: String, bits: Int) throws -> [Float] {
         let (words, shape) = try raw(prefix + ".weight", dtype: "U32", as: UInt32.self)
