@@ -24,17 +24,17 @@ struct Export: ParsableCommand {
         scales rounded, and the summary says by how much. --type f32 | f16 writes the dequantized weights instead.
 
         A GGUF cannot carry quantized activations or KV cache, the online rotations of quarot/resq/coquant, act-order
-        with groups, or 3-bit codes: such folders are refused, and nothing is written.
+        with dynamic groups (--static-groups exports), or 3-bit codes: such folders are refused, and nothing is written.
 
         mlx: a folder (config.json, model.safetensors, tokenizer) that mlx-lm loads with QuantizedLinear layers holding
         the solved codes of 2-, 4- or 8-bit folders, and the folder's own fp32 scales (groups of 32, 64 or 128; per
         channel repeats the row's). int8 embeddings become 8-bit layers. Refused as for gguf (activations, KV cache,
-        rotations, act-order with groups), and other code widths.
+        rotations, act-order with dynamic groups), and other code widths.
 
         compressed-tensors: a folder transformers and vLLM load (quant_method compressed-tensors, format
         pack-quantized, weight-only): each linear's solved 4- or 8-bit codes packed into int32 words, the folder's
         fp32 scales (groups or per channel) and, for asymmetric grids, its zero points; embeddings and the LM head
-        dense F32. Refused as for mlx (activations, KV cache, rotations, act-order with groups), and widths other
+        dense F32. Refused as for mlx (activations, KV cache, rotations, act-order with dynamic groups), and widths other
         than 4 and 8.
 
         hf: the dequantized model as a plain Hugging Face folder (every matrix the values the folder evaluates
