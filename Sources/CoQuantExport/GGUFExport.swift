@@ -82,12 +82,7 @@ public enum GGUFExport {
         w.set("\(arch).rope.freq_base", .f32(Float(config.ropeTheta)))
         w.set("\(arch).rope.dimension_count", .u32(UInt32(config.headDim)))
         w.set("\(arch).vocab_size", .u32(UInt32(config.vocabSize)))
-        var chatTemplate: String?
-        if hasConfig, let data = FileManager.default.contents(atPath: tokenizerConfig),
-           let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
-            chatTemplate = json["chat_template"] as? String
-        }
-        w.set(paddedVocabulary(tokenizer.ggufMetadata(chatTemplate: chatTemplate), to: config.vocabSize))
+        w.set(paddedVocabulary(tokenizer.ggufMetadata(chatTemplate: tokenizer.chatTemplate), to: config.vocabSize))
 
         let source = Source(folder: folder, ckpt: ckpt, quant: quant, dense: dense)
         var linearTypes: [GGMLType] = []

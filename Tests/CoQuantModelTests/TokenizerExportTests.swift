@@ -138,6 +138,11 @@ final class TokenizerExportTests: XCTestCase {
         let config = try jsonObject(dir + "/tokenizer_config.json")
         XCTAssertEqual(config["add_bos_token"] as? Bool, false)
         XCTAssertEqual(config["tokenizer_class"] as? String, "PreTrainedTokenizerFast")
+        // The GGUF's chat template travels into tokenizer_config.json and back (exports write it on).
+        let template = try XCTUnwrap(tok.chatTemplate, "the SmolLM2 GGUF has tokenizer.chat_template")
+        XCTAssertTrue(template.contains("<|im_start|>"))
+        XCTAssertEqual(config["chat_template"] as? String, template)
+        XCTAssertEqual(try roundTrip(tok).chatTemplate, template)
     }
 
     func testQwen2GGUFRoundTrip() throws {

@@ -153,7 +153,12 @@ public final class Tokenizer: @unchecked Sendable {
         var size: Int                            // at least 1 + the largest id
         /// Set when built from GGUF metadata: what that held beyond the above, for `ggufMetadata`.
         var gguf: GGUFVocabulary? = nil
+        /// The Jinja chat template (`tokenizer.chat_template`, or tokenizer_config.json's `chat_template`), carried
+        /// into the files a quantized folder and its exports write; encoding does not use it.
+        var chatTemplate: String? = nil
     }
+
+    public var chatTemplate: String? { spec.chatTemplate }
 
     private init(_ spec: Spec) throws {
         self.spec = spec
@@ -275,8 +280,10 @@ public final class Tokenizer: @unchecked Sendable {
         var (prefixIds, suffixIds) = try Self.template(root["post_processor"], file: path)
 
         var bosTokenId: Int? = nil, eosTokenId: Int? = nil
+        var chatTemplate: String?
         if let configPath {
             let config = try Self.readJSONObject(configPath)
+            chatTemplate = config["chat_template"] as? String
             func tokenId(_ key: String) throws -> Int? {
                 // Either a string or a serialized AddedToken {"content": ...}.
                 guard let value = config[key], !(value is NSNull) else { return nil }
@@ -305,7 +312,7 @@ public final class Tokenizer: @unchecked Sendable {
                            ignoreMerges: model["ignore_merges"] as? Bool ?? false, unkId: unkId, added: added, nfc: nfc,
                            prefixIds: prefixIds, suffixIds: suffixIds, bosTokenId: bosTokenId,
                            eosTokenIds: eosTokenId.map { [$0] } ?? [],
-                           size: size))
+                           size: size, chatTemplate: chatTemplate))
     }
 
     /// Builds the tokenizer from `tokenizer.ggml.*` metadata, the way transformers' GGUF converter does (which is
@@ -407,7 +414,8 @@ public final class Tokenizer: @unchecked Sendable {
         try self.init(Spec(file: path, preTokenizer: preTokenizer, vocab: vocab, merges: merges, ignoreMerges: ignoreMerges,
                            unkId: nil, added: added, nfc: false, prefixIds: addBOS ? [bos!] : [],
                            suffixIds: addEOS ? [eos!] : [], bosTokenId: bos, eosTokenIds: eosIds, size: tokens.count,
-                           gguf: GGUFVocabulary(pre: pre, tokenTypes: tokenTypes, metadata: md, vocabSize: tokens.count)))
+                           gguf: GGUFVocabulary(pre: pre, tokenTypes: tokenTypes, metadata: md, vocabSize: tokens.count),
+                           chatTemplate: md["tokenizer.chat_template"]?.string))
     }
 
     // MARK: tokenizer.json pieces

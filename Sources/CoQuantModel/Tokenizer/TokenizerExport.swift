@@ -205,6 +205,7 @@ extension Tokenizer {
         if let bos = spec.bosTokenId {
             entries.append(("bos_token", .string(try content(of: bos, file: file, role: "bos_token"))))
         }
+        if let t = spec.chatTemplate { entries.append(("chat_template", .string(t))) }
         // transformers would otherwise turn " ." into "." and so on when decoding.
         entries.append(("clean_up_tokenization_spaces", .bool(false)))
         if let eos {
