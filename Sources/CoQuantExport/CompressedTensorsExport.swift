@@ -62,7 +62,7 @@ public enum CompressedTensorsExport {
         var planes: [String: PackedPlanes] = [:]
         for (name, shape) in tensors where name.contains(".layers.") && shape.count == 2 {
             let prefix = String(name.dropLast(7))
-            if let p = try MLXExport.packedPlanes(ckpt, q, prefix, rows: shape[0], cols: shape[1], table: false) { planes[prefix] = p }
+            if let p = try ckpt.packedCodes(prefix, quantization: q, rows: shape[0], cols: shape[1]) { planes[prefix] = p }
         }
         guard !planes.isEmpty else {
             throw ModelFileError(folder, "has no packed linears: nothing to write as pack-quantized (export --format hf for a dense folder)")

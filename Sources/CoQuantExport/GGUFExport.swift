@@ -98,24 +98,7 @@ public enum GGUFExport {
             if hf.contains(".layers."), shape.count == 2 { linearTypes.append(tensor.type) }
         }
 
-        let d = config.hiddenSize, hd = config.headDim, H = config.numAttentionHeads, KV = config.numKeyValueHeads
-        try add("model.embed_tokens.weight", [config.vocabSize, d])
-        for l in 0..<config.numHiddenLayers {
-            let p = "model.layers.\(l)."
-            try add(p + "input_layernorm.weight", [d])
-            for (m, rows, cols) in [("self_attn.q_proj", H * hd, d), ("self_attn.k_proj", KV * hd, d), ("self_attn.v_proj", KV * hd, d)] {
-                try add(p + m + ".weight", [rows, cols])
-                if config.qkvBias { try add(p + m + ".bias", [rows]) }
-            }
-            try add(p + "self_attn.o_proj.weight", [d, H * hd])
-            if config.oBias { try add(p + "self_attn.o_proj.bias", [d]) }
-            try add(p + "post_attention_layernorm.weight", [d])
-            try add(p + "mlp.gate_proj.weight", [config.intermediateSize, d])
-            try add(p + "mlp.up_proj.weight", [config.intermediateSize, d])
-            try add(p + "mlp.down_proj.weight", [d, config.intermediateSize])
-        }
-        try add("model.norm.weight", [d])
-        if !config.tieWordEmbeddings { try add("lm_head.weight", [config.vocabSize, d]) }
+        for (hf, shape) in hfTensors(config) { try add(hf, shape) }
 
         report.fileType = fileType(linearTypes)
         w.set("general.file_type", .u32(report.fileType))
@@ -186,7 +169,7 @@ private struct Source {
             if let t = try ckpt.int8Rows(prefix, rows: rows, cols: cols) {
                 return (.q8_0, try int8Blocks(t, prefix, rowOrder, &report))
             }
-            if let p = try planes(prefix, rows: rows, cols: cols, table: table) {
+            if let q = quant, let p = try ckpt.packedCodes(prefix, quantization: q, rows: rows, cols: cols) {
                 return try codeBlocks(p, bits: table ? 4 : quant!.weights.bits, prefix, rowOrder, &report)
             }
             if table, let f = try ckpt.f16Rows(prefix, rows: rows, cols: cols) {
@@ -196,33 +179,14 @@ private struct Source {
         }
         // Dense: 1-D tensors always F32 (llama.cpp's norms and biases), matrices as asked (default F32).
         let type: GGMLType = shape.count == 2 ? (dense ?? .f32).ggml : .f32
-        let ckpt = self.ckpt, folder = self.folder
-        let planesOf = { (p: String) in try self.planes(p, rows: rows, cols: cols, table: table) }
+        let ckpt = self.ckpt, folder = self.folder, quant = self.quant
         return (type, {
-            var values: [Float]
-            if shape.count == 2, let t = try ckpt.int8Rows(prefix, rows: rows, cols: cols) { values = t.dequantized() }
-            else if shape.count == 2, let p = try planesOf(prefix) { values = p.dequantized() }
-            else if shape.count == 2, table, let f = try ckpt.f16Rows(prefix, rows: rows, cols: cols) { values = f.dequantized() }
-            else {
-                guard let info = ckpt.info(hf) else { throw ModelFileError(folder, "missing tensor '\(hf)'") }
-                guard info.shape == shape else { throw ModelFileError(folder, "tensor '\(hf)' has shape \(info.shape), expected \(shape)") }
-                values = try ckpt.floats(hf)
-            }
-            values = reorder(values, rows: rows, rowOrder)
+            let values = reorder(try HFExport.denseValues(folder, ckpt, quant, hf, shape).values, rows: rows, rowOrder)
             if type == .f16 {
                 return values.flatMap { v -> [UInt8] in let b = Float16(v).bitPattern; return [UInt8(truncatingIfNeeded: b), UInt8(truncatingIfNeeded: b >> 8)] }
             }
             return values.withUnsafeBytes { Array($0) }
         })
-    }
-
-    /// The packed codes of `<prefix>` (v2 plane runs in place, v1 repacked); nil when it is not packed.
-    func planes(_ prefix: String, rows: Int, cols: Int, table: Bool) throws -> PackedPlanes? {
-        guard let q = quant else { return nil }
-        if table { guard q.embeddings?.format == "int4-g32" else { return nil } }
-        let bits = table ? 4 : q.weights.storageBits
-        if q.formatVersion >= 2 { return try ckpt.packedPlanes(prefix, bits: bits, rows: rows, cols: cols) }
-        return try ckpt.packedLinear(prefix, bits: bits, rows: rows, cols: cols).map(PackedPlanes.init)
     }
 
     /// Q8_0 from an int8-row table: its codes as they are, the row's scale as every block's d.
@@ -259,8 +223,7 @@ private struct Source {
             throw ModelFileError(folder, "\(prefix) has \(p.cols) columns, not a multiple of 32: no GGUF block type fits (export --type f16)")
         }
         // The group of each 32-column block: every column of a block must share it.
-        var columnGroup = [Int](repeating: -1, count: p.cols)
-        for run in p.layout.runs { for j in 0..<run.count { columnGroup[run.col + j] = run.group } }
+        let columnGroup = p.columnGroups
         let blockGroup = stride(from: 0, to: p.cols, by: 32).map { columnGroup[$0] }
         for (b, g) in blockGroup.enumerated() where columnGroup[(b * 32)..<(b * 32 + 32)].contains(where: { $0 != g }) {
             throw ModelFileError(folder, "\(prefix): columns \(b * 32)…\(b * 32 + 31) belong to different groups (act-order with dynamic groups — quantize with --static-groups — or a group size that is not a multiple of 32), which GGUF's 32-column blocks cannot express")

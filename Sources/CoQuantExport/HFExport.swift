@@ -76,11 +76,8 @@ public enum HFExport {
             let prefix = String(name.dropLast(7)), rows = shape[0], cols = shape[1]
             let table = prefix == "model.embed_tokens" || prefix == "lm_head"
             if let t = try ckpt.int8Rows(prefix, rows: rows, cols: cols) { return (t.dequantized(), true) }
-            if let q = quant, !table || q.embeddings?.format == "int4-g32" {
-                let p = q.formatVersion >= 2
-                    ? try ckpt.packedPlanes(prefix, bits: table ? 4 : q.weights.storageBits, rows: rows, cols: cols)
-                    : try ckpt.packedLinear(prefix, bits: table ? 4 : q.weights.storageBits, rows: rows, cols: cols).map(PackedPlanes.init)
-                if let p { return (p.dequantized(), true) }
+            if let q = quant, let p = try ckpt.packedCodes(prefix, quantization: q, rows: rows, cols: cols) {
+                return (p.dequantized(), true)
             }
             if table, let f = try ckpt.f16Rows(prefix, rows: rows, cols: cols) { return (f.dequantized(), true) }
         }

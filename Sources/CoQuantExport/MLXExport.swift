@@ -61,7 +61,7 @@ public enum MLXExport {
         // One code width and group size for all linears, as the config states them.
         var planes: [String: PackedPlanes] = [:]
         for (prefix, rows, cols) in linears {
-            if let p = try packedPlanes(ckpt, quant, prefix, rows: rows, cols: cols, table: false) { planes[prefix] = p }
+            if let q = quant, let p = try ckpt.packedCodes(prefix, quantization: q, rows: rows, cols: cols) { planes[prefix] = p }
         }
         var report = MLXExportReport()
         var G: Int?
@@ -101,7 +101,7 @@ public enum MLXExport {
                 } else {
                     file.add(prefix + ".weight", t.dequantized(), shape: [rows, d])      // no MLX group fits the width
                 }
-            } else if quant?.embeddings?.format == "int4-g32", let p = try packedPlanes(ckpt, quant, prefix, rows: rows, cols: d, table: true) {
+            } else if let q = quant, let p = try ckpt.packedCodes(prefix, quantization: q, rows: rows, cols: d) {
                 quantized(prefix, try MLXQuantized(p, bits: 4, groupSize: try groupSize(folder, [(prefix, p)], sizes: [32]), folder, prefix))
             } else if let f = try ckpt.f16Rows(prefix, rows: rows, cols: d) {
                 file.add(prefix + ".weight", f.dequantized(), shape: [rows, d])
@@ -158,15 +158,6 @@ public enum MLXExport {
         }
     }
 
-    /// The packed codes of `<prefix>` (v2 plane runs in place, v1 repacked); nil when it is not packed.
-    static func packedPlanes(_ ckpt: SafeTensorsCheckpoint, _ quant: QuantizationConfig?, _ prefix: String, rows: Int, cols: Int,
-                             table: Bool) throws -> PackedPlanes? {
-        guard let q = quant else { return nil }
-        let bits = table ? 4 : q.weights.storageBits
-        if q.formatVersion >= 2 { return try ckpt.packedPlanes(prefix, bits: bits, rows: rows, cols: cols) }
-        return try ckpt.packedLinear(prefix, bits: bits, rows: rows, cols: cols).map(PackedPlanes.init)
-    }
-
     /// The largest of `sizes` for which every MLX group of every matrix lies inside one of its folder groups.
     static func groupSize(_ folder: String, _ matrices: [(String, PackedPlanes)], sizes: [Int] = groupSizes) throws -> Int {
         var fits = sizes
@@ -174,7 +165,7 @@ public enum MLXExport {
             guard p.cols % 32 == 0 else {
                 throw ModelFileError(folder, "\(prefix) has \(p.cols) input columns, not a multiple of 32: MLX groups are 32, 64 or 128 columns")
             }
-            let group = columnGroups(p)
+            let group = p.columnGroups
             fits.removeAll { g in p.cols % g != 0 || stride(from: 0, to: p.cols, by: g).contains { s in group[s..<(s + g)].contains { $0 != group[s] } } }
             if fits.isEmpty {
                 let s = stride(from: 0, to: p.cols, by: 32).first { s in group[s..<(s + 32)].contains { $0 != group[s] } } ?? 0
@@ -182,13 +173,6 @@ public enum MLXExport {
             }
         }
         return fits[0]
-    }
-
-    /// The folder group of each input column.
-    static func columnGroups(_ p: PackedPlanes) -> [Int] {
-        var group = [Int](repeating: 0, count: p.cols)
-        for run in p.layout.runs { for j in 0..<run.count { group[run.col + j] = run.group } }
-        return group
     }
 
     /// An int8-row table as MLX 8-bit: q = code + 128 ∈ [1, 255], every group the row's s, biases −128·s.
@@ -255,7 +239,7 @@ struct MLXQuantized {
             guard q < top else { throw ModelFileError(folder, "\(prefix) holds code \(q), which does not fit \(bits) bits") }
             return q
         }
-        let group = MLXExport.columnGroups(p), G = p.groups, per = p.cols / g
+        let group = p.columnGroups, G = p.groups, per = p.cols / g
         var scales = [Float](repeating: 0, count: p.rows * per), biases = scales
         for r in 0..<p.rows {
             for k in 0..<per {

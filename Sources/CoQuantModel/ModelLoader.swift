@@ -63,7 +63,6 @@ public enum ModelLoader {
                 }
             }
         }
-        let v2 = (quantization?.formatVersion ?? 0) >= 2
         func tensor(_ name: String, _ shape: [Int]) throws -> [Float] {
             guard let info = ckpt.info(name) else {
                 throw ModelFileError(ckpt.files.first!.path, "missing tensor '\(name)' (config.json expects \(shape))")
@@ -75,11 +74,8 @@ public enum ModelLoader {
         }
         /// The packed form of `<prefix>.weight` [rows, cols]: v2 plane runs in place, or v1 codes repacked.
         func planes(_ prefix: String, _ shape: [Int]) throws -> PackedPlanes? {
-            let table = prefix == "model.embed_tokens" || prefix == "lm_head"
-            guard var bits = quantization?.weights.storageBits, shape.count == 2 else { return nil }
-            if table { guard quantization?.embeddings?.format == "int4-g32" else { return nil }; bits = 4 }
-            if v2 { return try ckpt.packedPlanes(prefix, bits: bits, rows: shape[0], cols: shape[1]) }
-            return try ckpt.packedLinear(prefix, bits: bits, rows: shape[0], cols: shape[1]).map(PackedPlanes.init)
+            guard let q = quantization, shape.count == 2 else { return nil }
+            return try ckpt.packedCodes(prefix, quantization: q, rows: shape[0], cols: shape[1])
         }
         let model = try build(config, source: folder, fetch: { name, shape, required in
             if name.hasSuffix(".weight"), shape.count == 2 {

@@ -92,6 +92,13 @@ public final class PackedPlanes: @unchecked Sendable {
 
     deinit { if owner == nil { UnsafeMutableRawBufferPointer(mutating: bytes).deallocate() } }
 
+    /// The group of each input column [cols].
+    public var columnGroups: [Int] {
+        var group = [Int](repeating: 0, count: cols)
+        for run in layout.runs { for j in 0..<run.count { group[run.col + j] = run.group } }
+        return group
+    }
+
     public func code(_ r: Int, _ c: Int) -> Int {
         let run = layout.runs.last { $0.col <= c }!
         return code(r, run, c - run.col)
@@ -241,6 +248,18 @@ extension SafeTensorsCheckpoint {
         return PackedPlanes(rows: rows, cols: cols, layout: layout,
                             bytes: UnsafeRawBufferPointer(start: file.file.base + q.offset, count: q.byteCount), owner: file,
                             scales: grid.scales, zeros: grid.zeros)
+    }
+
+    /// The packed codes of `<prefix>` [rows, cols] in a quantized folder: v2 plane runs in place, v1 repacked; nil when
+    /// the tensor is not packed. The tables (embed_tokens, lm_head) are packed only as `int4-g32`, at 4 bits.
+    public func packedCodes(_ prefix: String, quantization q: QuantizationConfig, rows: Int, cols: Int) throws -> PackedPlanes? {
+        var bits = q.weights.storageBits
+        if prefix == "model.embed_tokens" || prefix == "lm_head" {
+            guard q.embeddings?.format == "int4-g32" else { return nil }
+            bits = 4
+        }
+        if q.formatVersion >= 2 { return try packedPlanes(prefix, bits: bits, rows: rows, cols: cols) }
+        return try packedLinear(prefix, bits: bits, rows: rows, cols: cols).map(PackedPlanes.init)
     }
 
     /// `<prefix>.codes` I8 [rows, cols] with `<prefix>.row_scales` F32 [rows], read in place; nil when absent.
