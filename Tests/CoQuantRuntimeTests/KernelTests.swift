@@ -299,8 +299,12 @@ final class RuntimeKernelTests: XCTestCase {
                         var m = [Float](repeating: 0, count: parts * rows * H), l = m
                         var acc = [Float](repeating: .nan, count: parts * rows * H * hd)
                         var split = [Float](repeating: .nan, count: rows * H * hd)
+                        // The view keeps pointers past its initializer: every array it points into is pinned here.
                         kb.withUnsafeBufferPointer { kb in vb.withUnsafeBufferPointer { vb in
-                            var view = cq_kv_view(k: nil, v: nil, kc: kcodes, vc: vcodes, ksz: kgrids, vsz: vgrids, kb: kb.baseAddress,
+                        kcodes.withUnsafeBufferPointer { kcp in vcodes.withUnsafeBufferPointer { vcp in
+                        kgrids.withUnsafeBufferPointer { ksp in vgrids.withUnsafeBufferPointer { vsp in
+                            var view = cq_kv_view(k: nil, v: nil, kc: kcp.baseAddress, vc: vcp.baseAddress, ksz: ksp.baseAddress,
+                                                  vsz: vsp.baseAddress, kb: kb.baseAddress,
                                                   vb: vb.baseAddress, nkb: Int32(kb.count), nvb: Int32(vb.count), kv_heads: Int32(KV), head_dim: Int32(hd))
                             for w in 0..<parts {
                                 var s2 = [Float](repeating: 0, count: G * (cuts[w + 1] - cuts[w]) + hd)
@@ -310,7 +314,7 @@ final class RuntimeKernelTests: XCTestCase {
                                                       l.baseAddress! + w * rows * H, a.baseAddress! + w * rows * H * hd)
                                 } } }
                             }
-                        } }
+                        } } } } } }
                         cq_attention_merge(Int32(parts), Int64(rows), Int32(H), Int32(hd), m, l, acc, &split)
                         for i in split.indices { XCTAssertEqual(split[i], expected[i], accuracy: 1e-5, "\(what) cuts \(cuts), simd \(simd)") }
                     }
