@@ -7,8 +7,12 @@ import Foundation
 //   4-bit, zero 8 (symmetric grids)           Q4_0   d = s                   value d·(q − 8)
 //   4-bit, other integer zeros (asymmetric)   Q4_1   d = s, m = −s·z         value d·q + m
 //   5-bit, zero 16                            Q5_0   d = s
+//   5-bit, fractional zeros (GGUF schemes)    Q5_1   d = s, m = −s·z
 //   8-bit, zero 128                           Q8_0   d = s, q − 128
 // A group (or the whole row, per channel) spans whole 32-column blocks, each repeating the group's parameters.
+// A folder solved on a llama.cpp file type (`--scheme Q4_K_M`) writes each linear as the block type that scheme gave
+// it (`GGUFFileType.linearType`): the K-quants' 256-column super-blocks take their integer sub-block scales (and
+// mins) back from the sub-block grids, s = d·sc and s·z = dmin·m.
 // The file stores d and m as fp16: folders solved on a ggml grid (`--scheme Q4_0 …`) hold fp16 values already and
 // export bit for bit; any other scale is rounded, and the report says by how much. Tables: int8-row → Q8_0,
 // int4-g32 → Q4_1, f16 → F16, f32 → F32; norms and biases F32. `dense` writes every matrix as F32 or F16 from the
@@ -100,7 +104,7 @@ public enum GGUFExport {
 
         for (hf, shape) in hfTensors(config) { try add(hf, shape) }
 
-        report.fileType = fileType(linearTypes)
+        report.fileType = quant.flatMap { GGUFFileType(name: $0.scheme)?.id } ?? fileType(linearTypes)
         w.set("general.file_type", .u32(report.fileType))
         try w.write(to: path)
         report.bytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
@@ -170,7 +174,11 @@ private struct Source {
                 return (.q8_0, try int8Blocks(t, prefix, rowOrder, &report))
             }
             if let q = quant, let p = try ckpt.packedCodes(prefix, quantization: q, rows: rows, cols: cols) {
-                return try codeBlocks(p, bits: table ? 4 : quant!.weights.bits, prefix, rowOrder, &report)
+                if !table, let t = try schemeType(prefix, q, cols: cols), let bits = t.codeBits {
+                    return t.kScales != nil ? (t, try kBlocks(p, t, prefix, rowOrder, &report))
+                        : try codeBlocks(p, bits: bits, prefix, rowOrder, &report)
+                }
+                return try codeBlocks(p, bits: table ? 4 : q.weights.bits, prefix, rowOrder, &report)
             }
             if table, let f = try ckpt.f16Rows(prefix, rows: rows, cols: cols) {
                 let bits = Array(f.bits)
@@ -212,6 +220,77 @@ private struct Source {
         }
     }
 
+    /// The block type a GGUF scheme (`--scheme Q4_K_M`) solved decoder linear `prefix` on; nil for other folders.
+    func schemeType(_ prefix: String, _ q: QuantizationConfig, cols: Int) throws -> GGMLType? {
+        guard let f = GGUFFileType(name: q.scheme) else { return nil }
+        let parts = prefix.split(separator: ".")
+        guard parts.count == 5, parts[1] == "layers", let layer = Int(parts[2]) else { return nil }
+        let c = try ModelConfiguration.load(folder + "/config.json")
+        return f.linearType(parts[3...].joined(separator: "."), layer: layer, layers: c.numHiddenLayers, columns: cols,
+                            gqa: c.numAttentionHeads / max(c.numKeyValueHeads, 1))
+    }
+
+    /// K-quant super-blocks from a linear solved on that K grid: each 256 columns' sub-block grids (s = d·sc, and
+    /// z = dmin·m/s with a min) give back the integers d, sc (and dmin, m) the grid chose; any grid that is not one
+    /// (a scale that is no integer multiple of an fp16 d) is rounded to the nearest and counted in the report.
+    func kBlocks(_ p: PackedPlanes, _ t: GGMLType, _ prefix: String, _ order: [Int]?, _ report: inout GGUFExportReport) throws
+        -> () throws -> [UInt8] {
+        let sub = t.subBlockSize!, k = t.kScales!, G = p.groups, perBlock = 256 / sub
+        guard p.cols % 256 == 0 else {
+            throw ModelFileError(folder, "\(prefix) has \(p.cols) columns, not a multiple of 256: no \(t.name) block fits")
+        }
+        let columnGroup = p.columnGroups
+        for b in stride(from: 0, to: p.cols, by: sub) where columnGroup[b..<(b + sub)].contains(where: { $0 != columnGroup[b] }) {
+            throw ModelFileError(folder, "\(prefix): columns \(b)…\(b + sub - 1) belong to different groups, which \(t.name)'s \(sub)-column sub-blocks cannot express")
+        }
+        let zero = Float((1 << t.codeBits!) / 2)
+        // The integers of every super-block, row by row (rows in file order), and the rounding they needed.
+        var params: [KBlockParameters] = []
+        params.reserveCapacity(p.rows * p.cols / 256)
+        for kr in 0..<p.rows {
+            let r = order?[kr] ?? kr
+            for b in 0..<(p.cols / 256) {
+                let groups = (0..<perBlock).map { columnGroup[b * 256 + $0 * sub] }
+                let s = groups.map { p.scales[r * G + $0] }, z = groups.map { p.zeros[r * G + $0] }
+                if !k.mins, let bad = z.first(where: { $0 != zero }) {
+                    throw ModelFileError(folder, "\(prefix): zero point \(bad) where \(t.name) has \(Int(zero))")
+                }
+                let top = s.indices.max { abs(s[$0]) < abs(s[$1]) }!
+                var d = Float16(s[top] / Float(k.mins ? k.range.upperBound : k.range.lowerBound))
+                if d == 0 { d = 1 }
+                let mins = k.mins ? zip(s, z).map { $0 * $1 } : []
+                let dmin = k.mins ? Float16(mins.max()! / Float(k.range.upperBound)) : 0
+                func integer(_ v: Float, _ unit: Float16) -> Int {
+                    let x = unit == 0 ? 0 : min(max((v / Float(unit)).rounded(), Float(k.range.lowerBound)), Float(k.range.upperBound))
+                    let exact = Float(unit) * x
+                    report.parameters += 1
+                    if exact != v && abs(exact - v) > 1e-6 * max(abs(v), Float(abs(Float(unit)))) {
+                        report.roundedParameters += 1
+                        report.largestRounding = max(report.largestRounding, Double(abs(exact - v) / max(abs(v), .leastNormalMagnitude)))
+                    }
+                    return Int(x)
+                }
+                params.append(KBlockParameters(d: d, dmin: dmin, scales: s.map { integer($0, d) }, mins: mins.map { integer($0, dmin) }))
+            }
+        }
+        let rows = p.rows, blocks = p.cols / 256
+        return {
+            let size = t.typeSize
+            var out = [UInt8](repeating: 0, count: rows * blocks * size)
+            var q = [UInt8](repeating: 0, count: 256)
+            for kr in 0..<rows {
+                let r = order?[kr] ?? kr
+                for b in 0..<blocks {
+                    for j in 0..<256 { q[j] = UInt8(p.code(r, b * 256 + j)) }
+                    out.withUnsafeMutableBufferPointer { o in
+                        encodeKBlock(t, codes: q, params[kr * blocks + b], into: o.baseAddress! + (kr * blocks + b) * size)
+                    }
+                }
+            }
+            return out
+        }
+    }
+
     /// Blocks from a packed linear's codes and grid (the table at the top of the file).
     func codeBlocks(_ p: PackedPlanes, bits: Int, _ prefix: String, _ order: [Int]?, _ report: inout GGUFExportReport) throws
         -> (type: GGMLType, bytes: () throws -> [UInt8]) {
@@ -234,6 +313,7 @@ private struct Source {
         case (4, 8): type = .q4_0
         case (4, _): type = .q4_1
         case (5, 16): type = .q5_0
+        case (5, _) where quant.flatMap({ GGUFFileType(name: $0.scheme) }) != nil: type = .q5_1
         case (8, 128): type = .q8_0
         default:
             throw ModelFileError(folder, "\(prefix): \(bits)-bit codes with zero points \(symmetricZero.map { "\(Int($0))" } ?? "per group") have no 32-value GGUF block type (export --type f16 for a dense file)")
@@ -243,7 +323,7 @@ private struct Source {
             for g in Set(blockGroup) {
                 let s = p.scales[r * G + g]
                 note(s, &report, count: 1)
-                if type == .q4_1 { note(-s * p.zeros[r * G + g], &report, count: 1) }
+                if type == .q4_1 || type == .q5_1 { note(-s * p.zeros[r * G + g], &report, count: 1, derived: true) }
             }
         }
         let rows = p.rows
@@ -266,10 +346,11 @@ private struct Source {
     }
 
     /// Counts a block parameter the file stores as fp16, and whether rounding changed it.
-    func note(_ v: Float, _ report: inout GGUFExportReport, count: Int) {
+    /// `derived`: v is a product the folder does not store (m = −s·z), exact only to an ulp or two of fp32.
+    func note(_ v: Float, _ report: inout GGUFExportReport, count: Int, derived: Bool = false) {
         report.parameters += count
         let h = Float(Float16(v))
-        guard h != v else { return }
+        guard h != v && !(derived && abs(h - v) <= 2 * v.ulp) else { return }
         report.roundedParameters += count
         report.largestRounding = max(report.largestRounding, Double(abs(h - v) / max(abs(v), .leastNormalMagnitude)))
     }

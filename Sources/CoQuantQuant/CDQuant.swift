@@ -134,6 +134,11 @@ public struct CDQuant: WeightSolver {
             start.damp = f.damp
             start.dampingEscalations = f.escalations
         }
+        // The coordinate moves step codes on the integer lattice k = code − z; a grid with a min (Q4_1, Q2_K, Q4_K,
+        // Q5_K: z = m/s fractional) would need every rounding shifted by z's fraction, which is not done yet.
+        guard start.zeros.data.allSatisfy({ $0 == $0.rounded() }) else {
+            throw QuantError.invalidParameter("CDQuant needs integer zero points; the \(grid.scheme.configName) grid has fractional ones (use --method gptq)")
+        }
         guard let damp = start.damp else { throw QuantError.invalidParameter("the initialisation reported no damping") }
         // H_λ exactly as GPTQ built it (original column order; λ is permutation-invariant), and W₀ = W with the
         // columns of dead inputs zeroed (GPTQ step 3), the objective both share.

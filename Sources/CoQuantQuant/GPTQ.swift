@@ -61,8 +61,10 @@ public struct GPTQ: WeightSolver {
         }
         let gs = cg == nil ? try grid.weightGroupSize(columns: C) : nil
         let dynamicGroups = gs != nil && !staticGroups
-        if dynamicGroups && fixedDynamicGroups && blockSize % gs! != 0 {
-            throw QuantError.invalidParameter("fixed dynamic groups need a block size (\(blockSize)) that is a multiple of the group size (\(gs!))")
+        // Parameters are chosen a span at a time: the group, or a K-quant's 256-column super-block of groups.
+        let span = gs.map { grid.span(groupSize: $0) } ?? C
+        if dynamicGroups && fixedDynamicGroups && blockSize % span != 0 {
+            throw QuantError.invalidParameter("fixed dynamic groups need a block size (\(blockSize)) that is a multiple of the group size (\(span))")
         }
         let G = cg?.grids.count ?? gs.map { C / $0 } ?? 1
         let groupMaxq = cg.map { $0.grids.map { Double($0.maxq) } } ?? [Double(grid.maxq)]
@@ -95,10 +97,14 @@ public struct GPTQ: WeightSolver {
         // Step 4 (L81-87): static groups, on W after dead zeroing, before permutation and any update.
         if let g = gs, staticGroups {
             W.data.withUnsafeBufferPointer { pw in
-                for r in 0..<R {
-                    for k in 0..<G {
-                        let start = r * C + k * g
-                        (scales[r, k], zeros[r, k]) = grid.parameters(of: UnsafeBufferPointer(rebasing: pw[start..<(start + g)]))
+                scales.data.withUnsafeMutableBufferPointer { ps in
+                    zeros.data.withUnsafeMutableBufferPointer { pz in
+                        for r in 0..<R {
+                            for c0 in stride(from: 0, to: C, by: span) {
+                                grid.parameters(ofSpan: UnsafeBufferPointer(rebasing: pw[(r * C + c0)..<(r * C + c0 + span)]), groupSize: g,
+                                                scales: ps.baseAddress! + r * G + c0 / g, zeros: pz.baseAddress! + r * G + c0 / g)
+                            }
+                        }
                     }
                 }
             }
@@ -165,11 +171,15 @@ public struct GPTQ: WeightSolver {
                                         let k = perm[col] / g
                                         s = ps[r * G + k]; z = pz[r * G + k]
                                     } else if col % g == 0 {
-                                        // L120-123: the reference reads the global W, which lacks this block's
-                                        // feedback (quirk Q1); the fixed variant reads W1.
-                                        let src = fixedDynamicGroups ? row + i : pw + r * C + col
-                                        (s, z) = grid.parameters(of: UnsafeBufferPointer(start: src, count: g))
-                                        ps[r * G + col / g] = s; pz[r * G + col / g] = z
+                                        if col % span == 0 {
+                                            // L120-123: the reference reads the global W, which lacks this block's
+                                            // feedback (quirk Q1); the fixed variant reads W1. A K-quant's span
+                                            // starts a block (B = 128 divides 256), where both are up to date.
+                                            let src = fixedDynamicGroups ? row + i : pw + r * C + col
+                                            grid.parameters(ofSpan: UnsafeBufferPointer(start: src, count: span), groupSize: g,
+                                                            scales: ps + r * G + col / g, zeros: pz + r * G + col / g)
+                                        }
+                                        s = ps[r * G + col / g]; z = pz[r * G + col / g]
                                     }
                                 }
                                 let x = row[i]

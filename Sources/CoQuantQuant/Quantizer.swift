@@ -65,6 +65,13 @@ public enum GridScheme: Sendable, Equatable {
     /// **rounded to fp16, as the file stores it, before any code is chosen**: the codes are solved on the grid the
     /// GGUF file holds, so the export equals the in-memory result. (llama.cpp rounds d after choosing the codes
     /// with the unrounded d.) d may be negative; an all-zero block gets d = 1 (every code z, value 0).
+    /// Q4_1 (d·q + m): d = (max − min)/15 and m = min, both fp16, so z = −m/d is fractional.
+    /// The K-quants place one fp16 d (and dmin) per 256 columns over integer sub-block scales (`GGMLType.kScales`):
+    /// Q3_K / Q6_K as Q4_0 per sub-block of 16 (scale v/−4, v/−32), then d = fp16(scale of largest magnitude / −32
+    /// or −128) and each sub-block's integer nearest to its scale / d; Q2_K / Q4_K / Q5_K per sub-block a min-max
+    /// range [min(x, 0), max(x)] (scale (max − min)/maxq, min −min(x, 0)), then d and dmin = fp16(largest / 15 or
+    /// 63) and integers nearest. Every sub-block's grid is then s = d·sc and z = dmin·m / s (fractional for the
+    /// types with mins); the codes are chosen on exactly that grid.
     case ggml(GGMLType)
 
     /// How `config.json` names the grid, so a folder says which reference's quantizer made its codes.
@@ -73,7 +80,10 @@ public enum GridScheme: Sendable, Equatable {
         case .asymmetric: "asymmetric (s = (max − min)/(2^b − 1))"
         case .symmetric: "gptq quant.py symmetric (s = 2·max|w|/(2^b − 1), unsigned codes)"
         case .signedSymmetric: "quarot WeightQuantizer (s = max|w|/(2^(b−1) − 1), signed codes)"
-        case .ggml(let t): "ggml \(t.name) (fp16 d per 32 columns, codes q with value d·(q − \(t.blockZero ?? 0)))"
+        case .ggml(let t):
+            if let k = t.kScales { "ggml \(t.name) (fp16 d per 256 columns, \(k.mins ? "scale and min" : "scale") per \(t.subBlockSize!) as integers)" }
+            else if let z = t.blockZero { "ggml \(t.name) (fp16 d per 32 columns, codes q with value d·(q − \(z)))" }
+            else { "ggml \(t.name) (fp16 d and m per 32 columns, codes q with value d·q + m)" }
         }
     }
 }
@@ -150,8 +160,8 @@ public struct QuantGrid: Sendable, Equatable {
             }
         }
         if case .ggml(let t) = scheme {
-            guard t.blockZero != nil, t.codeBits == bits, granularity == .perRowGroup(32), mse == nil, clipRatio == 1 else {
-                throw QuantError.invalidParameter("the ggml \(t.name) grid is \(t.codeBits.map { "\($0)-bit" } ?? "not a code block type"), groups of 32, no clipping (got \(bits) bits, \(granularity), clip \(mse != nil ? "MSE" : "\(clipRatio)"))")
+            guard let sub = t.subBlockSize, t.codeBits == bits, granularity == .perRowGroup(sub), mse == nil, clipRatio == 1 else {
+                throw QuantError.invalidParameter("the ggml \(t.name) grid is \(t.codeBits.map { "\($0)-bit" } ?? "not a code block type"), groups of \(t.subBlockSize ?? 32), no clipping (got \(bits) bits, \(granularity), clip \(mse != nil ? "MSE" : "\(clipRatio)"))")
             }
         }
         self.bits = bits
@@ -223,13 +233,66 @@ public struct QuantGrid: Sendable, Equatable {
         return (s, z)
     }
 
-    /// `GridScheme.ggml`: (d rounded to fp16, the type's fixed zero).
+    /// `GridScheme.ggml` for a 32-value block: (d rounded to fp16, the type's fixed zero), or Q4_1's (d, −m/d).
     private func ggmlParameters(of x: UnsafeBufferPointer<Double>, _ type: GGMLType) -> (scale: Double, zero: Double) {
+        if type == .q4_1 || type == .q5_1 {
+            var lo = Double.infinity, hi = -Double.infinity
+            for e in x { lo = Swift.min(lo, e); hi = Swift.max(hi, e) }
+            let d = fp16((hi - lo) / Double(maxq)), m = fp16(lo)
+            return d == 0 ? (1, -m) : (d, -m / d)
+        }
         var amax = 0.0, v = 0.0
         for e in x where abs(e) > amax { amax = abs(e); v = e }
-        let d = type == .q8_0 ? amax / Double(maxq / 2) : v / -Double((maxq + 1) / 2)
-        let h = Float16(Swift.max(Swift.min(d, Double(Float16.greatestFiniteMagnitude)), -Double(Float16.greatestFiniteMagnitude)))
-        return (h == 0 ? 1 : Double(h), Double(type.blockZero!))
+        let h = fp16(type == .q8_0 ? amax / Double(maxq / 2) : v / -Double((maxq + 1) / 2))
+        return (h == 0 ? 1 : h, Double(type.blockZero!))
+    }
+
+    /// Columns whose parameters are chosen together for groups of `g`: a K-quant's 256-column super-block (one fp16
+    /// d over its sub-block scales), otherwise the group itself.
+    public func span(groupSize g: Int) -> Int {
+        if case .ggml(let t) = scheme, t.kScales != nil { return t.blockSize }
+        return g
+    }
+
+    /// The parameters of the `x.count / g` groups of one span (`span(groupSize:)` columns, or fewer at a row's end
+    /// when no K-quant), written to `scales[k·stride]` / `zeros[k·stride]`.
+    public func parameters(ofSpan x: UnsafeBufferPointer<Double>, groupSize g: Int,
+                           scales: UnsafeMutablePointer<Double>, zeros: UnsafeMutablePointer<Double>, stride: Int = 1) {
+        guard case .ggml(let t) = scheme, let k = t.kScales else {
+            for j in 0..<(x.count / g) {
+                (scales[j * stride], zeros[j * stride]) = parameters(of: UnsafeBufferPointer(rebasing: x[(j * g)..<((j + 1) * g)]))
+            }
+            return
+        }
+        precondition(x.count == t.blockSize && g == t.subBlockSize!, "a \(t.name) span is \(t.blockSize) columns in groups of \(t.subBlockSize!)")
+        let n = x.count / g
+        var raw = [Double](repeating: 0, count: n), rawMin = [Double](repeating: 0, count: n)
+        for j in 0..<n {
+            let sub = x[(j * g)..<((j + 1) * g)]
+            if k.mins {
+                let lo = Swift.min(sub.min()!, 0), hi = Swift.max(sub.max()!, lo)
+                raw[j] = (hi - lo) / Double(maxq); rawMin[j] = -lo
+            } else {
+                var amax = 0.0, v = 0.0
+                for e in sub where abs(e) > amax { amax = abs(e); v = e }
+                raw[j] = v / -Double((maxq + 1) / 2)
+            }
+        }
+        // d so that the sub-block scale of largest magnitude is the integer range's extreme (−32 / −128 for the signed
+        // ones, as llama.cpp places it); every other scale is its nearest integer multiple of d, never 0 (s = 0 has
+        // no codes).
+        let top = raw.indices.max { abs(raw[$0]) < abs(raw[$1]) }!
+        var d = fp16(raw[top] / Double(k.mins ? k.range.upperBound : k.range.lowerBound))
+        if d == 0 { d = 1 }
+        let dmin = k.mins ? fp16(rawMin.max()! / Double(k.range.upperBound)) : 0
+        for j in 0..<n {
+            var sc = Swift.min(Swift.max((raw[j] / d).rounded(.toNearestOrEven), Double(k.range.lowerBound)), Double(k.range.upperBound))
+            if sc == 0 { sc = 1 }
+            let m = dmin == 0 ? 0 : Swift.min((rawMin[j] / dmin).rounded(.toNearestOrEven), Double(k.range.upperBound))
+            let s = d * sc
+            scales[j * stride] = s
+            zeros[j * stride] = k.mins ? dmin * m / s : Double((maxq + 1) / 2)
+        }
     }
 
     /// The range the scheme places its grid on (quant.py L59-66 for the GPTQ schemes).
@@ -272,6 +335,7 @@ public struct QuantGrid: Sendable, Equatable {
         case .perRow: return (rows, cols)
         case .perRowGroup(let g):
             guard cols % g == 0 else { throw QuantError.groupSizeDoesNotDivide(groupSize: g, dimension: cols) }
+            guard cols % span(groupSize: g) == 0 else { throw QuantError.groupSizeDoesNotDivide(groupSize: span(groupSize: g), dimension: cols) }
             return (rows, g)
         }
     }
@@ -283,10 +347,12 @@ public func gridQuantize(_ x: Double, scale s: Double, zero z: Double, maxq: Dou
     s * (gridCode(x, scale: s, zero: z, maxq: maxq) - z)
 }
 
-/// clamp(round(x/s) + z, 0, maxq), an integer held in a Double.
+/// clamp(round(x/s) + z, 0, maxq), an integer held in a Double; clamp(round(x/s + z), 0, maxq) for a fractional z
+/// (the grids with a min, s·q − m: z = m/s).
 @inline(__always)
 public func gridCode(_ x: Double, scale s: Double, zero z: Double, maxq: Double) -> Double {
-    Swift.min(Swift.max((x / s).rounded(.toNearestOrEven) + z, 0), maxq)
+    let c = z == z.rounded(.toNearestOrEven) ? (x / s).rounded(.toNearestOrEven) + z : (x / s + z).rounded(.toNearestOrEven)
+    return Swift.min(Swift.max(c, 0), maxq)
 }
 
 /// A quantized tensor: dequantized values, integer codes and the per-slice grid parameters.
@@ -316,10 +382,9 @@ public func quantize(_ x: Matrix<Double>, grid: QuantGrid) throws -> QuantizedTe
             codes.withUnsafeMutableBufferPointer { pc in
                 scales.data.withUnsafeMutableBufferPointer { ps in
                     zeros.data.withUnsafeMutableBufferPointer { pz in
-                        // One slice: [start, start + count), its parameters go to parameter slot k.
-                        func run(_ start: Int, _ count: Int, _ k: Int) {
-                            let (s, z) = grid.parameters(of: UnsafeBufferPointer(rebasing: px[start..<(start + count)]))
-                            ps[k] = s; pz[k] = z
+                        // One slice: [start, start + count), its parameters in parameter slot k.
+                        func round(_ start: Int, _ count: Int, _ k: Int) {
+                            let s = ps[k], z = pz[k]
                             for i in start..<(start + count) {
                                 let c = gridCode(px[i], scale: s, zero: z, maxq: maxq)
                                 pc[i] = Int32(c)
@@ -327,13 +392,20 @@ public func quantize(_ x: Matrix<Double>, grid: QuantGrid) throws -> QuantizedTe
                             }
                         }
                         if grid.granularity == .perTensor {
-                            run(0, rows * cols, 0)
+                            (ps[0], pz[0]) = grid.parameters(of: px)
+                            round(0, rows * cols, 0)
                             return
                         }
+                        let span = grid.span(groupSize: g)
                         let workers = parameterSearchWorkers(rows: rows, cols: cols, mse: grid.mse != nil)
                         parallelFor(workers) { w in
                             for r in (rows * w / workers)..<(rows * (w + 1) / workers) {
-                                for k in 0..<groups { run(r * cols + k * g, g, r * groups + k) }
+                                for c0 in stride(from: 0, to: cols, by: span) {
+                                    let k0 = r * groups + c0 / g
+                                    grid.parameters(ofSpan: UnsafeBufferPointer(rebasing: px[(r * cols + c0)..<(r * cols + Swift.min(c0 + span, cols))]),
+                                                    groupSize: g, scales: ps.baseAddress! + k0, zeros: pz.baseAddress! + k0)
+                                }
+                                for k in 0..<groups { round(r * cols + k * g, g, r * groups + k) }
                             }
                         }
                     }
@@ -343,3 +415,9 @@ public func quantize(_ x: Matrix<Double>, grid: QuantGrid) throws -> QuantizedTe
     }
     return QuantizedTensor(values: values, codes: codes, scales: scales, zeros: zeros, groupSize: g)
 }
+
+/// x rounded to the nearest fp16 (clamped to its finite range), as a Double.
+func fp16(_ x: Double) -> Double {
+    Double(Float16(Swift.max(Swift.min(x, Double(Float16.greatestFiniteMagnitude)), -Double(Float16.greatestFiniteMagnitude))))
+}
+

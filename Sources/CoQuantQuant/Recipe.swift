@@ -13,12 +13,10 @@ public struct QuantScheme: Codable, Sendable, Equatable {
     public var weightGroupSize: Int?
     public var activationBits: Int      // 16: activations stay fp32
     public var kvBits: Int              // 16: KV cache stays fp32
-    /// A GGUF-native scheme (Q4_0, Q5_0, Q8_0): weights solved on that block type's exact grid (fp16 scale per 32
-    /// columns), so the folder exports to a GGUF bit for bit. nil for the W/A/KV schemes.
+    /// A GGUF-native scheme, a llama.cpp file type (Q4_0, Q8_0, Q4_K_M, Q3_K_M, …): every linear solved on the exact
+    /// grid of the block type llama.cpp's quantizer gives it under that file type (`GGUFFileType.linearType`), so
+    /// the folder exports to a GGUF bit for bit. nil for the W/A/KV schemes.
     public var ggml: String?
-
-    /// The ggml block types a scheme can name: the 32-value ones whose value is d·(q − z).
-    public static let ggmlTypes: [String: GGMLType] = ["Q4_0": .q4_0, "Q5_0": .q5_0, "Q8_0": .q8_0]
 
     public init(weightBits: Int, weightGroupSize: Int? = nil, activationBits: Int = 16, kvBits: Int = 16) {
         self.weightBits = weightBits
@@ -27,13 +25,13 @@ public struct QuantScheme: Codable, Sendable, Equatable {
         self.kvBits = kvBits
     }
 
-    /// The block type of a GGUF-native scheme.
-    public var ggmlType: GGMLType? { ggml.flatMap { Self.ggmlTypes[$0] } }
+    /// The llama.cpp file type of a GGUF-native scheme.
+    public var ggufFileType: GGUFFileType? { ggml.flatMap { GGUFFileType(name: $0) } }
 
     public init(parsing name: String) throws {
-        if let type = Self.ggmlTypes[name.uppercased()] {
-            self.init(weightBits: type.codeBits!, weightGroupSize: 32)
-            ggml = type.name
+        if let f = GGUFFileType(name: name) {
+            self.init(weightBits: f.defaultType.codeBits!, weightGroupSize: f.defaultType.subBlockSize!)
+            ggml = f.rawValue
             return
         }
         let s = name.uppercased().replacingOccurrences(of: "_", with: "")
@@ -45,23 +43,23 @@ public struct QuantScheme: Codable, Sendable, Equatable {
         }
         var rest = Substring(s)
         guard let (w, r1) = number(after: "W", in: rest), let (a, r2) = number(after: "A", in: r1) else {
-            throw QuantError.invalidParameter("unknown scheme \"\(name)\" (examples: W4A16, W3A16, W4A16g128, W8A8, W4A4KV4, Q4_0, Q8_0)")
+            throw QuantError.invalidParameter("unknown scheme \"\(name)\" (examples: W4A16, W3A16, W4A16g128, W8A8, W4A4KV4, Q4_0, Q8_0, Q4_K_M)")
         }
         rest = r2
         var kv = 16
         if rest.hasPrefix("KV") {
             let digits = rest.dropFirst(2).prefix { $0.isNumber }
-            guard let v = Int(digits) else { throw QuantError.invalidParameter("unknown scheme \"\(name)\" (examples: W4A16, W3A16, W4A16g128, W8A8, W4A4KV4, Q4_0, Q8_0)") }
+            guard let v = Int(digits) else { throw QuantError.invalidParameter("unknown scheme \"\(name)\" (examples: W4A16, W3A16, W4A16g128, W8A8, W4A4KV4, Q4_0, Q8_0, Q4_K_M)") }
             kv = v
             rest = rest.dropFirst(2 + digits.count)
         }
         var group: Int?
         if rest.hasPrefix("G") {
-            guard let v = Int(rest.dropFirst()) else { throw QuantError.invalidParameter("unknown scheme \"\(name)\" (examples: W4A16, W3A16, W4A16g128, W8A8, W4A4KV4, Q4_0, Q8_0)") }
+            guard let v = Int(rest.dropFirst()) else { throw QuantError.invalidParameter("unknown scheme \"\(name)\" (examples: W4A16, W3A16, W4A16g128, W8A8, W4A4KV4, Q4_0, Q8_0, Q4_K_M)") }
             group = v
             rest = ""
         }
-        guard rest.isEmpty else { throw QuantError.invalidParameter("unknown scheme \"\(name)\" (examples: W4A16, W3A16, W4A16g128, W8A8, W4A4KV4, Q4_0, Q8_0)") }
+        guard rest.isEmpty else { throw QuantError.invalidParameter("unknown scheme \"\(name)\" (examples: W4A16, W3A16, W4A16g128, W8A8, W4A4KV4, Q4_0, Q8_0, Q4_K_M)") }
         for b in [w, a, kv] where !((2...8).contains(b) || b == 16) { throw QuantError.unsupportedBits(b) }
         guard w <= 8 else { throw QuantError.invalidParameter("\(name): weights must be 2–8 bits") }
         self.init(weightBits: w, weightGroupSize: group, activationBits: a, kvBits: kv)
@@ -166,12 +164,30 @@ public struct QuantizeOptions: Codable, Sendable {
     /// `main.py --w_rtn` without `--rotate`), so that every row of a W4A4KV4 table has the same weight grid:
     /// `WeightQuantizer`'s signed codes, s = max|w|/(2^(b−1) − 1).
     public func weightGrid(bits: Int? = nil) throws -> QuantGrid {
-        if let t = scheme.ggmlType {
-            guard weightSymmetric, !weightClip else {
-                throw QuantError.invalidParameter("--scheme \(scheme.name) places its own grid (fp16 d per 32 columns): drop --w-asym and --w-clip")
-            }
-            return try .weight(bits: bits ?? scheme.weightBits, scheme: .ggml(t), groupSize: 32)
+        if let f = scheme.ggufFileType { return try ggmlGrid(f.defaultType) }
+        return try uniformWeightGrid(bits: bits)
+    }
+
+    /// The grid of decoder linear `name` of layer `layer`: a GGUF scheme's per-tensor block type, else `weightGrid()`.
+    public func weightGrid(forLinear name: String, layer: Int, config c: ModelConfiguration) throws -> QuantGrid {
+        guard let f = scheme.ggufFileType else { return try weightGrid() }
+        let columns = name == "mlp.down_proj" ? c.intermediateSize : name == "self_attn.o_proj" ? c.numAttentionHeads * c.headDim : c.hiddenSize
+        let t = f.linearType(name, layer: layer, layers: c.numHiddenLayers, columns: columns,
+                             gqa: c.numAttentionHeads / max(c.numKeyValueHeads, 1))
+        guard t.codeBits != nil else {
+            throw QuantError.invalidParameter("--scheme \(scheme.name): \(name) has \(columns) inputs, not a multiple of 32, so no GGUF block type fits it")
         }
+        return try ggmlGrid(t)
+    }
+
+    private func ggmlGrid(_ t: GGMLType) throws -> QuantGrid {
+        guard weightSymmetric, !weightClip else {
+            throw QuantError.invalidParameter("--scheme \(scheme.name) places its own grid (fp16 scales per block): drop --w-asym and --w-clip")
+        }
+        return try .weight(bits: t.codeBits!, scheme: .ggml(t), groupSize: t.subBlockSize!)
+    }
+
+    private func uniformWeightGrid(bits: Int?) throws -> QuantGrid {
         let quarotCode = method.usesSubspace || method == .quarot || scheme.activationBits < 16 || scheme.kvBits < 16
         let symmetric: GridScheme = quarotCode ? .signedSymmetric : .symmetric
         return try .weight(bits: bits ?? scheme.weightBits, scheme: weightSymmetric ? symmetric : .asymmetric,
@@ -204,6 +220,10 @@ extension QuantizeOptions {
     /// dimension. Cheap, so callers run it before writing anything.
     public func check(for c: ModelConfiguration) throws {
         try check()
+        if scheme.ggufFileType != nil {
+            for name in ["self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj"] { _ = try weightGrid(forLinear: name, layer: 0, config: c) }
+            return
+        }
         guard let g = scheme.weightGroupSize else { return }
         let dimensions = [("hidden_size", c.hiddenSize), ("num_attention_heads × head_dim", c.numAttentionHeads * c.headDim),
                           ("intermediate_size", c.intermediateSize)]
@@ -255,6 +275,10 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
                           onStatistics: (Int) -> Void = { _ in }) throws -> QuantizationResult {
     let grid = try options.weightGrid()
     try options.check(for: model.config)
+    let linearNames = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    let linearGrids = try (0..<model.config.numHiddenLayers).map { l in
+        try Dictionary(uniqueKeysWithValues: linearNames.map { ($0, try options.weightGrid(forLinear: $0, layer: l, config: model.config)) })
+    }
     var result = QuantizationResult()
     if options.method == .quarot {
         let online = applyQuaRotRotations(model, options: options)
@@ -339,7 +363,9 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
         }
     }
     // Mixed-precision linears pack each column group's codes at its own width (group_bits); `bits` is the widest.
-    let packedBits = options.method.usesSubspace ? max(grid.bits, options.subspace?.highBits ?? 8) : grid.bits
+    // A GGUF mix (Q4_K_M: Q4_K and Q6_K linears) packs at its widest type, the narrower linears' groups at their own.
+    let packedBits = options.method.usesSubspace ? max(grid.bits, options.subspace?.highBits ?? 8)
+        : linearGrids.flatMap(\.values).map(\.bits).max() ?? grid.bits
     let start = ContinuousClock.now
     let calibration = try LayerwiseCalibration(model: model, windows: windows)
     calibration.sinkWeight = Float(options.sinkWeight ?? 1)
@@ -358,6 +384,7 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
     while calibration.nextLayer < model.layers.count {
         let l = calibration.nextLayer
         let reports = try calibration.quantizeNextLayer(solve: { layer, name, W, H in
+            guard let grid = linearGrids[layer][name] else { throw PipelineError(description: "no grid for \(name)") }
             var q = try solver(try columnGrids(name)).solve(W: W, H: options.solver == .rtn ? nil : H, grid: grid)
             let packed = PackedLinear(bits: packedBits, rows: W.rows, cols: W.cols, codes: q.codes,
                                       scales: q.scales.data.map { Float($0) }, zeros: q.zeros.data.map { Float($0) },

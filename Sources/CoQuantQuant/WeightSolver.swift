@@ -85,6 +85,9 @@ extension QuantGrid {
         case .perRow: return nil
         case .perRowGroup(let g):
             guard columns % g == 0 else { throw QuantError.groupSizeDoesNotDivide(groupSize: g, dimension: columns) }
+            guard columns % span(groupSize: g) == 0 else {
+                throw QuantError.groupSizeDoesNotDivide(groupSize: span(groupSize: g), dimension: columns)
+            }
             return g
         }
     }

@@ -51,6 +51,9 @@ public final class PackedLinearKernel: LinearKernel, @unchecked Sendable {
                           byte_offset: Int32(r.byteOffset), planes: Int32(r.planes), group: Int32(r.group), block: Int32(b))
         }
         self.blocks = blocks.map(\.kernelBlock)
+        if activation != nil, let z = weights.zeros.first(where: { $0 != $0.rounded() }) {
+            throw RuntimeError.unsupported("the integer kernels need integer weight zero points (found \(z)); grids with a min run with fp32 activations only")
+        }
         zerosInt = weights.zeros.map { Int32($0) }
         var sums = [Int32](repeating: 0, count: weights.rows * layout.runs.count)
         runs.withUnsafeBufferPointer { r in

@@ -19,9 +19,11 @@ struct Export: ParsableCommand {
         gguf: one file that llama.cpp (and Ollama, LM Studio, …) loads, with the tokenizer, the chat template and the
         architecture's metadata. Each quantized linear keeps its solved codes as the GGUF block type of its grid:
         4-bit symmetric → Q4_0, 4-bit asymmetric → Q4_1, 5-bit → Q5_0, 8-bit → Q8_0, in 32-column blocks that repeat
-        their group's scale (groups of 32, 64, 128 or per channel). A GGUF stores scales as fp16: quantize with
-        --scheme Q4_0 | Q5_0 | Q8_0 to solve on exactly that grid and export bit for bit; other folders have their
-        scales rounded, and the summary says by how much. --type f32 | f16 writes the dequantized weights instead.
+        their group's scale (groups of 32, 64, 128 or per channel). A GGUF stores scales as fp16: quantize with a
+        llama.cpp file type as the scheme (--scheme Q4_0, Q8_0, Q4_K_M, Q3_K_M, …) to solve every linear on exactly
+        the block grid llama-quantize would store it in (K-quants: 256-column super-blocks with integer sub-block
+        scales) and export bit for bit; other folders have their scales rounded, and the summary says by how much.
+        --type f32 | f16 writes the dequantized weights instead.
 
         A GGUF cannot carry quantized activations or KV cache, the online rotations of quarot/resq/coquant, act-order
         with dynamic groups (--static-groups exports), or 3-bit codes: such folders are refused, and nothing is written.
@@ -111,7 +113,7 @@ struct Export: ParsableCommand {
         let line = "wrote \(out) (\(String(format: "%.1f", Double(report.bytes) / 1e6)) MB): \(report.typeSummary)"
         let rounding = report.roundedParameters == 0
             ? "all \(report.parameters) block scales are fp16 values: the file holds exactly the folder's weights"
-            : "\(report.roundedParameters) of \(report.parameters) block scales rounded to fp16 (largest relative change \(String(format: "%.2g", report.largestRounding))); quantize with --scheme Q4_0 | Q5_0 | Q8_0 to solve on the file's grid"
+            : "\(report.roundedParameters) of \(report.parameters) block scales rounded to fp16 (largest relative change \(String(format: "%.2g", report.largestRounding))); quantize with a GGUF scheme (--scheme Q4_0, Q4_K_M, …) to solve on the file's grid"
         if output.json {
             try printJSON(Summary(path: out, format: format.rawValue, bytes: report.bytes, fileType: report.fileType, tensorTypes: types,
                                   roundedParameters: report.roundedParameters, parameters: report.parameters,

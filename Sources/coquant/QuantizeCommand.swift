@@ -36,7 +36,7 @@ struct Quantize: ParsableCommand {
     @Option(help: "rtn | gptq | cdquant | quarot | resq | coquant")
     var method: String
 
-    @Option(help: "W4A16 | W3A16 | W4A16g128 | W8A8 | W4A8 | W4A4KV4 …")
+    @Option(help: "W4A16 | W3A16 | W4A16g128 | W8A8 | W4A8 | W4A4KV4 …, or a llama.cpp file type solved on its exact block grids: Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K_S | Q3_K_M | Q3_K_L | Q4_K_S | Q4_K_M | Q5_K_S | Q5_K_M | Q6_K (each linear at the type llama-quantize gives it).")
     var scheme = "W4A16"
 
     @Option(help: "Weight solver: rtn | gptq | cdquant (default: the method's own; quarot uses gptq).")
@@ -132,6 +132,9 @@ struct Quantize: ParsableCommand {
         }
         var s: QuantScheme
         do { s = try QuantScheme(parsing: scheme) } catch { throw ValidationError("\(error)") }
+        if s.ggml != nil && (wBits != nil || wGroupsize != nil) {
+            throw ValidationError("--scheme \(s.name) fixes each linear's bits and blocks: drop --w-bits / --w-groupsize")
+        }
         if let wBits { s.weightBits = wBits }
         if let aBits { s.activationBits = aBits }
         if let kvBits { s.kvBits = kvBits }
@@ -252,8 +255,11 @@ struct Quantize: ParsableCommand {
             if o.actOrder && s.weightGroupSize != nil && o.staticGroups != true {
                 throw ValidationError("--format \(format.rawValue): act-order with dynamic groups cannot be expressed in \(name)'s consecutive groups (add --static-groups)")
             }
+            if s.ggml != nil && format != .gguf && format != .hf {
+                throw ValidationError("--format \(format.rawValue): --scheme \(s.name) solves on GGUF block grids; export it as gguf (or hf)")
+            }
             let bits = format == .gguf ? [4, 5, 8] : format == .mlx ? [2, 4, 8] : format == .compressedTensors ? [4, 8] : Array(2...8)
-            if !bits.contains(s.weightBits) {
+            if s.ggml == nil && !bits.contains(s.weightBits) {
                 throw ValidationError("--format \(format.rawValue): \(s.weightBits)-bit weights have no \(name) type here (\(bits.map(String.init).joined(separator: ", ")) bits do)")
             }
             if FileManager.default.fileExists(atPath: path) && !overwrite {

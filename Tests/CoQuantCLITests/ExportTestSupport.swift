@@ -53,3 +53,54 @@ struct TensorFile {
         }
     }
 }
+
+extension CLITests {
+    /// A random llama (4 layers, hidden 256, FFN 512, 4 heads sharing 1 KV head, vocab 300, tied) with the byte-level
+    /// tokenizer: the tiny fixtures are 64 wide, and the K-quants need inputs that are multiples of 256.
+    func wideModelWithTokenizer() throws -> String {
+        let folder = path("wide-llama")
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let d = 256, f = 512, layers = 4, vocab = 300, hd = 64
+        let config: [String: Any] = [
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": d, "intermediate_size": f,
+            "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": hd,
+            "vocab_size": vocab, "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+            "tie_word_embeddings": true, "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
+        ]
+        try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
+            .write(to: URL(fileURLWithPath: folder + "/config.json"))
+        var shapes: [(String, [Int])] = [("model.embed_tokens.weight", [vocab, d]), ("model.norm.weight", [d])]
+        for l in 0..<layers {
+            let p = "model.layers.\(l)."
+            shapes += [(p + "input_layernorm.weight", [d]), (p + "post_attention_layernorm.weight", [d]),
+                       (p + "self_attn.q_proj.weight", [4 * hd, d]), (p + "self_attn.k_proj.weight", [hd, d]),
+                       (p + "self_attn.v_proj.weight", [hd, d]), (p + "self_attn.o_proj.weight", [d, 4 * hd]),
+                       (p + "mlp.gate_proj.weight", [f, d]), (p + "mlp.up_proj.weight", [f, d]), (p + "mlp.down_proj.weight", [d, f])]
+        }
+        // xorshift, so the model is the same on every machine; norms at 1, matrices uniform with a few larger columns
+        // (real activations have outlier channels, which is what makes the solvers differ from rounding).
+        var state: UInt64 = 0x9E3779B97F4A7C15
+        func uniform() -> Float {
+            state ^= state << 13; state ^= state >> 7; state ^= state << 17
+            return Float(state >> 40) / Float(1 << 24) * 2 - 1
+        }
+        var header: [String: Any] = [:], body = Data(), offset = 0
+        for (name, shape) in shapes {
+            let n = shape.reduce(1, *)
+            let values: [Float] = shape.count == 1 ? Array(repeating: 1, count: n)
+                : (0..<n).map { i in uniform() * (i % shape[1] % 37 == 0 ? 0.3 : 0.06) }
+            values.withUnsafeBytes { body.append(contentsOf: $0) }
+            header[name] = ["dtype": "F32", "shape": shape, "data_offsets": [offset, offset + 4 * n]]
+            offset += 4 * n
+        }
+        var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+        while json.count % 8 != 0 { json.append(0x20) }
+        var file = Data()
+        withUnsafeBytes(of: UInt64(json.count).littleEndian) { file.append(contentsOf: $0) }
+        file.append(json)
+        file.append(body)
+        try file.write(to: URL(fileURLWithPath: folder + "/model.safetensors"))
+        try FileManager.default.copyItem(atPath: fixturesDir + "/tiny-models/byte_level_tokenizer.json", toPath: folder + "/tokenizer.json")
+        return folder
+    }
+}

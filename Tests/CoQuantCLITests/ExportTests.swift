@@ -31,6 +31,30 @@ extension CLITests {
         XCTAssertTrue(try coquant(["inspect", gguf]).stdout.contains("F16 ×29"))
     }
 
+    /// The K-quant mixes, solved by GPTQ on each linear's block type as llama-quantize picks it (Q4_K_M: Q4_K with
+    /// Q6_K for half the v_proj/down_proj; Q3_K_M: Q3_K, Q4_K, Q5_K; Q2_K: Q2_K, Q3_K, Q4_K), export to GGUFs that
+    /// compute exactly what the folders compute: the integer sub-block scales and mins come back from the grids.
+    func testGGUFKQuantMixesExportWhatTheFolderComputes() throws {
+        let model = try wideModelWithTokenizer(), calibration = try smallTextFile("calib.txt")
+        for (scheme, types) in [("Q4_K_M", ["Q4_K ×24", "Q6_K ×4"]), ("Q3_K_M", ["Q3_K ×16", "Q4_K ×10", "Q5_K ×2"]),
+                                ("Q2_K", ["Q2_K ×16", "Q3_K ×8", "Q4_K ×4"])] {
+            let folder = path(scheme), gguf = path("out/\(scheme).gguf")
+            assertSucceeded(try coquant(["quantize", model, "--method", "gptq", "--scheme", scheme, "--nsamples", "4", "--seqlen", "32",
+                                         "--calib-file", calibration, "--out", folder]))
+            let e = try coquant(["export", folder, "--format", "gguf", "--out", gguf])
+            assertSucceeded(e)
+            for t in types { XCTAssertTrue(e.stdout.contains(t), "\(scheme): no \(t) in\n\(e.transcript)") }
+            XCTAssertTrue(e.stdout.contains("are fp16 values: the file holds exactly the folder's weights"), e.transcript)
+            func ppl(_ m: String, _ extra: [String] = []) throws -> Double {
+                let r = try coquant(["ppl", m, "--text", calibration, "--seqlen", "32", "--quiet"] + extra)
+                assertSucceeded(r)
+                return try XCTUnwrap(printedPerplexity(r), r.transcript)
+            }
+            let fromFile = try ppl(gguf), fromFolder = try ppl(folder, ["--simulate"])
+            XCTAssertEqual(fromFile, fromFolder, accuracy: 1e-4 * fromFolder, scheme)
+        }
+    }
+
     func testGGUFExportRefusesWhatItCannotCarry() throws {
         let model = try tinyModelWithTokenizer(), calibration = try smallTextFile("calib.txt")
         func quantize(_ name: String, _ args: [String]) throws -> String {

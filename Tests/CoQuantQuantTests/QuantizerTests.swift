@@ -82,8 +82,75 @@ final class WeightQuantizerTests: XCTestCase {
         }
         XCTAssertThrowsError(try QuantGrid.weight(bits: 4, scheme: .ggml(.q4_0), groupSize: 64))
         XCTAssertThrowsError(try QuantGrid.weight(bits: 5, scheme: .ggml(.q4_0), groupSize: 32))
-        XCTAssertThrowsError(try QuantGrid.weight(bits: 4, scheme: .ggml(.q4_1), groupSize: 32))
+        XCTAssertThrowsError(try QuantGrid.weight(bits: 4, scheme: .ggml(.q8_K), groupSize: 32))
+        XCTAssertThrowsError(try QuantGrid.weight(bits: 4, scheme: .ggml(.q4_K), groupSize: 16))
         XCTAssertThrowsError(try QuantGrid.weight(bits: 4, scheme: .ggml(.q4_0), groupSize: 32, mse: .reference))
+    }
+
+    /// Q4_1 / Q5_1 (d·q + m) and the K-quants: whatever the solver (RTN, GPTQ with dynamic or static groups), every
+    /// grid is one the block type stores: fp16 d (and dmin, m), and per K super-block integer sub-block scales (and
+    /// mins) in the type's range with the largest at the range's end, so that the export needs no rounding; codes in
+    /// range, values s·(q − z); RTN's codes are the nearest grid points; GPTQ's layer loss is below RTN's.
+    func testGGMLGridsWithMinsAndSuperBlocks() throws {
+        var rng = SeededGenerator(seed: 11)
+        let R = 4, C = 512
+        var W = randomMatrix(R, C, &rng, scale: 0.05)
+        for c in stride(from: 0, to: C, by: 37) { for r in 0..<R { W[r, c] *= 6 } }       // outlier columns
+        for c in 0..<16 { W[0, c] = 0 }                                                      // a zero sub-block
+        for c in 256..<288 { W[1, c] = 0.02 }                                                // a constant sub-block
+        let H = randomHessian(C, &rng, rows: 2 * C)
+        for type in [GGMLType.q4_1, .q5_1, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K] {
+            let bits = type.codeBits!, g = type.subBlockSize!, maxq = (1 << bits) - 1
+            let grid = try QuantGrid.weight(bits: bits, scheme: .ggml(type), groupSize: g)
+            let rtn = try RTN().solve(W: W, grid: grid)
+            let solved = [("rtn", rtn), ("gptq", try GPTQ().solve(W: W, H: H, grid: grid)),
+                          ("gptq static", try GPTQ(staticGroups: true).solve(W: W, H: H, grid: grid))]
+            for (solver, q) in solved {
+                let what = "\(type.name) \(solver)"
+                for r in 0..<R {
+                    if let k = type.kScales {
+                        for b in 0..<(C / 256) {
+                            let j0 = b * 256 / g, n = 256 / g
+                            let s = (0..<n).map { q.scales[r, j0 + $0] }, z = (0..<n).map { q.zeros[r, j0 + $0] }
+                            let top = s.max { abs($0) < abs($1) }!
+                            let d = top / Double(k.mins ? k.range.upperBound : k.range.lowerBound)
+                            XCTAssertEqual(d, Double(Float16(d)), "\(what): d is a half")
+                            for j in 0..<n {
+                                let sc = s[j] / d
+                                XCTAssertEqual(sc, sc.rounded(), "\(what): sub-block scale is an integer multiple of d")
+                                XCTAssert(k.range.contains(Int(sc)) && sc != 0, "\(what): sub-block scale \(sc) in range")
+                                if k.mins {
+                                    let mins = (0..<n).map { s[$0] * z[$0] }
+                                    let dmin = mins.max()! / Double(k.range.upperBound)
+                                    XCTAssertEqual(dmin, Double(Float16(dmin)), accuracy: 1e-12 * abs(dmin), "\(what): dmin is a half")
+                                    let m = mins[j] / Double(Float16(dmin))
+                                    if dmin > 0 { XCTAssertEqual(m, m.rounded(), accuracy: 1e-9, "\(what): sub-block min is an integer multiple of dmin") }
+                                } else {
+                                    XCTAssertEqual(z[j], Double((maxq + 1) / 2))
+                                }
+                            }
+                        }
+                    } else {
+                        for k in 0..<(C / 32) {
+                            let s = q.scales[r, k], m = -s * q.zeros[r, k]
+                            XCTAssertEqual(s, Double(Float16(s)), "\(what): d is a half")
+                            XCTAssertEqual(m, Double(Float16(m)), accuracy: 1e-12 * abs(m), "\(what): m is a half")
+                        }
+                    }
+                    for c in 0..<C {
+                        let code = Int(q.codes[r * C + c]), k = c / g
+                        XCTAssert((0...maxq).contains(code), what)
+                        XCTAssertEqual(q.values[r, c], q.scales[r, k] * (Double(code) - q.zeros[r, k]), accuracy: 1e-15, what)
+                        if solver == "rtn" {
+                            let s = abs(q.scales[r, k]), x = W[r, c], v = q.values[r, c]
+                            let clipped = code == 0 || code == maxq
+                            XCTAssert(clipped || abs(x - v) <= s / 2 * (1 + 1e-9), "\(what): RTN code is the nearest at [\(r), \(c)]")
+                        }
+                    }
+                }
+            }
+            XCTAssertLessThan(layerLoss(W, solved[1].1.values, H), layerLoss(W, rtn.values, H), "\(type.name): GPTQ below RTN")
+        }
     }
 
     /// The symmetric quirk of quant.py: a row with no negative entry keeps xmin = 0, so its grid is s·{−8…7} with
