@@ -3,7 +3,9 @@
 # log-probabilities. Models: the tiny Llama (tied head, GQA), Qwen2 (q/k/v biases, untied head) and Llama with
 # head_dim ≠ hidden/heads fixtures, and SmolLM2 when models/ has it. For each, RTN folders on the GGUF-native grids
 # (Q4_0, Q5_0, Q8_0), a 4-bit asymmetric g32 folder (→ Q4_1) and a per-channel W4A16 folder (→ Q4_0 with its
-# scales rounded to fp16) are exported, and the Q4_0 folder also as F32 (the dequantized weights).
+# scales rounded to fp16) are exported, and the Q4_0 folder also as F32 (the dequantized weights). A random llama
+# 256 wide (scripts/random-llama.py) takes the GGUF schemes with the other block types: the K mixes Q4_K_M, Q3_K_M,
+# Q2_K, Q5_K_M, Q6_K (Q2_K … Q6_K super-blocks) and Q4_1 / Q5_1 (a fractional zero per block), llama.cpp only.
 #
 # llama.cpp (the `xllamacpp` wheel, in-process): greedy continuation and, teacher-forced on our path, top-10
 # log-probabilities against `coquant generate --top-logprobs` on the same file. Tolerances, calibrated here: the F32
@@ -121,6 +123,10 @@ for m in a_llama_gqa_tied c_qwen2_bias_untied d_llama_headdim32; do
   cp Tests/Fixtures/tiny-models/byte_level_tokenizer.json "$work/$m/tokenizer.json"
   models+=("$work/$m")
 done
+# A random llama 256 wide (the K-quants' super-blocks need inputs that are multiples of 256; the fixtures are 64 wide).
+python3 scripts/random-llama.py "$work/wide_llama_256" --layers 4 --hidden 256 --ffn 512 --heads 4 --kv-heads 1 \
+  --tokenizer Tests/Fixtures/tiny-models/byte_level_tokenizer.json > /dev/null
+models+=("$work/wide_llama_256")
 smol=${COQUANT_MODELS:-models}/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ -f "$smol" ]; then models+=("$smol"); else echo "interop: SmolLM2 skipped ($smol missing: scripts/download-models.sh smollm2)"; fi
 
@@ -129,11 +135,15 @@ for model in "${models[@]}"; do
   echo "== $name"
   prompt="10,20,30,40,50"
   case $name in SmolLM2*) prompt="504,3575,282,4649,314" ;; esac      # "The capital of France is"
-  for spec in "Q4_0" "Q5_0" "Q8_0" "W4A16g32 --w-asym" "W4A16"; do
+  specs=("Q4_0" "Q5_0" "Q8_0" "W4A16g32 --w-asym" "W4A16")
+  # Every block type a GGUF scheme writes: the K mixes (Q2_K … Q6_K) where the width allows, Q4_1 / Q5_1 (fractional
+  # zero) everywhere.
+  case $name in wide_*) specs=("Q4_K_M" "Q3_K_M" "Q2_K" "Q5_K_M" "Q6_K" "Q4_1" "Q5_1") ;; esac
+  for spec in "${specs[@]}"; do
     set -- $spec
     scheme=$1; shift
     gguf=no; [[ $clients == *" llamacpp "* ]] && gguf=yes
-    mlx_export=no; [[ $clients == *" mlx "* && $scheme != Q4_0 && $scheme != Q5_0 ]] && mlx_export=yes
+    mlx_export=no; [[ $clients == *" mlx "* && ( $scheme == W4A16* || $scheme == Q8_0 ) ]] && mlx_export=yes
     tf_export=no; [[ $clients == *" transformers "* && $scheme == W4A16* ]] && tf_export=yes
     [ $gguf = yes ] || [ $mlx_export = yes ] || [ $tf_export = yes ] || continue
     folder="$work/$name-$scheme"
