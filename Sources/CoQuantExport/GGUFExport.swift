@@ -220,9 +220,15 @@ private struct Source {
         }
     }
 
-    /// The block type a GGUF scheme (`--scheme Q4_K_M`) solved decoder linear `prefix` on; nil for other folders.
+    /// The block type a GGUF scheme (`--scheme Q4_K_M`) or grid (`--weight-grid Q6_K`) solved decoder linear `prefix`
+    /// on; nil for other folders.
     func schemeType(_ prefix: String, _ q: QuantizationConfig, cols: Int) throws -> GGMLType? {
-        guard let f = GGUFFileType(name: q.scheme) else { return nil }
+        guard let f = GGUFFileType(name: q.scheme) else {
+            // config.json's grid is `GridScheme.configName`: "ggml Q6_K (…)" for a block type's grid.
+            guard q.weights.grid.hasPrefix("ggml ") else { return nil }
+            let name = q.weights.grid.dropFirst(5).prefix { $0 != " " }
+            return [GGMLType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K].first { $0.name == name }
+        }
         let parts = prefix.split(separator: ".")
         guard parts.count == 5, parts[1] == "layers", let layer = Int(parts[2]) else { return nil }
         let c = try ModelConfiguration.load(folder + "/config.json")

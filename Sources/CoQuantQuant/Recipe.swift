@@ -125,6 +125,9 @@ public struct QuantizeOptions: Codable, Sendable {
     public var solver: SolverKind
     public var weightSymmetric = true
     public var weightClip = false            // the reference's MSE clip search for weights
+    /// The weight grid when the user names one (`--weight-grid`): "gptq" (quant.py's symmetric grid), "quarot"
+    /// (QuaRot's signed one) or a GGUF block type ("Q4_0", "Q6_K", …). nil: implied by the method and scheme.
+    public var weightGridName: String?
     // Activations and the KV cache are asymmetric per token (per token and head for KV), as the reference runs.
     public var activationClipRatio = 1.0
     public var kvClipRatio = 1.0
@@ -187,8 +190,24 @@ public struct QuantizeOptions: Codable, Sendable {
         return try .weight(bits: t.codeBits!, scheme: .ggml(t), groupSize: t.subBlockSize!)
     }
 
+    /// The GGUF block types `--weight-grid` can name.
+    public static let weightGridTypes: [GGMLType] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K]
+
     private func uniformWeightGrid(bits: Int?) throws -> QuantGrid {
-        let quarotCode = method.usesSubspace || method == .quarot || scheme.activationBits < 16 || scheme.kvBits < 16
+        var quarotCode = method.usesSubspace || method == .quarot || scheme.activationBits < 16 || scheme.kvBits < 16
+        switch weightGridName?.lowercased() {
+        case nil: break
+        case "gptq": quarotCode = false
+        case "quarot": quarotCode = true
+        case let name?:
+            guard let t = Self.weightGridTypes.first(where: { $0.name.lowercased() == name }) else {
+                throw QuantError.invalidParameter("unknown --weight-grid \(weightGridName!) (gptq, quarot, or a GGUF block type: \(Self.weightGridTypes.map(\.name).joined(separator: ", ")))")
+            }
+            guard (bits ?? scheme.weightBits) == t.codeBits!, scheme.weightGroupSize == t.subBlockSize! else {
+                throw QuantError.invalidParameter("--weight-grid \(t.name) is \(t.codeBits!)-bit in groups of \(t.subBlockSize!): use it with --scheme W\(t.codeBits!)A16g\(t.subBlockSize!) (or --scheme \(t.name) for llama.cpp's per-tensor mix)")
+            }
+            return try ggmlGrid(t)
+        }
         let symmetric: GridScheme = quarotCode ? .signedSymmetric : .symmetric
         return try .weight(bits: bits ?? scheme.weightBits, scheme: weightSymmetric ? symmetric : .asymmetric,
                            groupSize: scheme.weightGroupSize, mse: weightClip ? .reference : nil)

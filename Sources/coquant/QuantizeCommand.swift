@@ -59,6 +59,8 @@ struct Quantize: ParsableCommand {
     var wGroupsize: Int?
     @Flag(name: [.customLong("w-asym"), .customLong("w_asym")], help: "Asymmetric weight grid. Default symmetric, as QuaRot, ResQ and CoQuant run (IST-DASLab/gptq's llama.py defaults to asymmetric: pass this to match its runs without --sym).")
     var wAsym = false
+    @Option(name: .customLong("weight-grid"), help: "The symmetric weight grid: gptq (IST-DASLab quant.py: s = 2·max|w|/(2^b − 1), unsigned codes) or quarot (QuaRot/CoQuant WeightQuantizer: s = max|w|/(2^(b−1) − 1), signed codes), or a GGUF block type's exact grid (Q4_0, Q8_0, Q4_K, Q6_K, … with the scheme's bits and its block's group size, e.g. --scheme W6A16g16 --weight-grid Q6_K). Default: quarot for quarot/resq/coquant and schemes with quantized activations or KV cache, gptq otherwise.")
+    var weightGrid: String?
     @Flag(name: [.customLong("w-clip"), .customLong("w_clip")], help: "MSE search for the weight clipping range (grid 100, shrink 0.8, norm 2.4).")
     var wClip = false
     @Option(name: [.customLong("a-clip-ratio"), .customLong("a_clip_ratio")], help: "Activation range clip ratio.")
@@ -156,6 +158,7 @@ struct Quantize: ParsableCommand {
         var o = QuantizeOptions(method: m, scheme: s, solver: solverKind)
         o.weightSymmetric = !wAsym
         o.weightClip = wClip
+        o.weightGridName = weightGrid
         o.activationClipRatio = aClipRatio
         o.kvClipRatio = kvClipRatio
         o.nsamples = nsamples

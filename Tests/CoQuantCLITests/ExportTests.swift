@@ -55,6 +55,27 @@ extension CLITests {
         }
     }
 
+    /// `--weight-grid` makes the grid the user's choice: QuaRot's signed grid for a GPTQ run (the CoQuant reference's
+    /// W4A16 configuration, with --w-clip), or a GGUF block type's exact grid, which then exports as that type.
+    func testWeightGridChoice() throws {
+        let model = try wideModelWithTokenizer(), calibration = try smallTextFile("calib.txt")
+        let quarot = path("quarot-grid"), q6 = path("q6k-grid")
+        assertSucceeded(try coquant(["quantize", model, "--method", "gptq", "--scheme", "W4A16", "--weight-grid", "quarot", "--w-clip",
+                                     "--nsamples", "2", "--seqlen", "32", "--calib-file", calibration, "--out", quarot]))
+        let weights = try XCTUnwrap((try jsonObject(quarot + "/config.json")["quantization_config"] as? [String: Any])?["weights"] as? [String: Any])
+        XCTAssertTrue((weights["grid"] as? String)?.hasPrefix("quarot WeightQuantizer") == true, "\(weights)")
+        XCTAssertEqual(weights["mse_clip"] as? Bool, true)
+        assertSucceeded(try coquant(["quantize", model, "--method", "gptq", "--scheme", "W6A16g16", "--weight-grid", "Q6_K",
+                                     "--nsamples", "2", "--seqlen", "32", "--calib-file", calibration, "--out", q6]))
+        let e = try coquant(["export", q6, "--out", path("q6k.gguf")])
+        assertSucceeded(e)
+        XCTAssertTrue(e.stdout.contains("Q6_K ×28") && e.stdout.contains("the file holds exactly the folder's weights"), e.transcript)
+        assertRefused(try coquant(["quantize", model, "--method", "gptq", "--scheme", "W4A16", "--weight-grid", "Q4_0", "--out", path("x")]),
+                      mentioning: ["--weight-grid Q4_0", "W4A16g32"], usage: "quantize")
+        assertRefused(try coquant(["quantize", model, "--method", "gptq", "--weight-grid", "nearest", "--out", path("y")]),
+                      mentioning: ["unknown --weight-grid nearest"], usage: "quantize")
+    }
+
     func testGGUFExportRefusesWhatItCannotCarry() throws {
         let model = try tinyModelWithTokenizer(), calibration = try smallTextFile("calib.txt")
         func quantize(_ name: String, _ args: [String]) throws -> String {
