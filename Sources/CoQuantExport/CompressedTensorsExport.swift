@@ -144,8 +144,8 @@ public enum CompressedTensorsExport {
         if let kv = q.kvCache {
             throw ModelFileError(folder, "quantizes the KV cache to \(kv.bits) bits with its own scales: this exporter writes weight-only folders, which would lose that")
         }
-        if q.rotation != nil || q.subspace != nil {
-            throw ModelFileError(folder, "was quantized with \(q.method)'s rotations, whose online Hadamards / basis changes a compressed-tensors folder loaded by transformers does not run (it would run the model without them)")
+        if let what = HFExport.onlineOperations(q) {
+            throw ModelFileError(folder, "was quantized with \(q.method)'s rotations, whose online operations (\(what)) a compressed-tensors folder loaded by transformers does not run (it would run the model without them)")
         }
     }
 

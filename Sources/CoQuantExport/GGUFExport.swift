@@ -122,8 +122,8 @@ public enum GGUFExport {
         if let kv = q.kvCache {
             throw ModelFileError(folder, "quantizes the KV cache to \(kv.bits) bits with its own scales: a GGUF cannot carry that (llama.cpp's KV types are a run-time flag, -ctk/-ctv)")
         }
-        if q.rotation != nil || q.subspace != nil {
-            throw ModelFileError(folder, "was quantized with \(q.method)'s rotations, whose online Hadamards / basis changes a GGUF cannot carry (llama.cpp would run the model without them)")
+        if let what = HFExport.onlineOperations(q) {
+            throw ModelFileError(folder, "was quantized with \(q.method)'s rotations, whose online operations (\(what)) a GGUF cannot carry (llama.cpp would run the model without them; quarot with --no-online-rotations fuses every rotation into the weights)")
         }
     }
 

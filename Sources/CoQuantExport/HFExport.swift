@@ -61,12 +61,17 @@ public enum HFExport {
         if let kv = q.kvCache {
             throw ModelFileError(folder, "quantizes the KV cache to \(kv.bits) bits with its own scales: a dense HF folder would lose that")
         }
-        let online = (q.rotation?.online ?? [:]).merging(q.subspace?.online ?? [:]) { a, _ in a }.filter { $0.value != "none" }
-        let bases = (0..<config.numHiddenLayers).contains { ckpt.info("model.layers.\($0).basis_change_1.weight") != nil }
-        if !online.isEmpty || bases {
-            let what = online.keys.sorted().joined(separator: ", ")
-            throw ModelFileError(folder, "was quantized with \(q.method)'s rotations, whose online operations (\(what.isEmpty ? "basis changes" : what)) a dense HF folder would lose (transformers would run the model without them)")
+        if let what = onlineOperations(q) {
+            throw ModelFileError(folder, "was quantized with \(q.method)'s rotations, whose online operations (\(what)) a dense HF folder would lose (transformers would run the model without them)")
         }
+    }
+
+    /// What a folder runs online besides its weights (QuaRot's Hadamards, ResQ/CoQuant basis changes), or nil: rotations
+    /// that all fused into weights (`--no-online-rotations`) leave a plain model every format carries.
+    static func onlineOperations(_ q: QuantizationConfig) -> String? {
+        let online = (q.rotation?.online ?? [:]).merging(q.subspace?.online ?? [:]) { a, _ in a }.filter { $0.value != "none" }
+        guard !online.isEmpty || q.subspace != nil else { return nil }
+        return (online.keys.sorted() + (q.subspace != nil ? ["basis changes"] : [])).joined(separator: ", ")
     }
 
     /// The values a tensor of the folder stands for, and whether it was stored quantized (a matrix).

@@ -153,8 +153,8 @@ public enum MLXExport {
         if let kv = q.kvCache {
             throw ModelFileError(folder, "quantizes the KV cache to \(kv.bits) bits with its own scales: an mlx-lm folder cannot carry that (mlx-lm's KV quantization is a run-time option)")
         }
-        if q.rotation != nil || q.subspace != nil {
-            throw ModelFileError(folder, "was quantized with \(q.method)'s rotations, whose online Hadamards / basis changes mlx-lm's llama and qwen2 do not run (it would run the model without them)")
+        if let what = HFExport.onlineOperations(q) {
+            throw ModelFileError(folder, "was quantized with \(q.method)'s rotations, whose online operations (\(what)) mlx-lm's llama and qwen2 do not run (it would run the model without them)")
         }
     }
 

@@ -119,8 +119,10 @@ func quantizationConfig(result: QuantizationResult, options: QuantizeOptions, co
         rotation: options.method == .quarot
             ? .init(residual: "random-hadamard", seed: options.seed, normsFused: true, embeddingsCentered: options.centerEmbeddings,
                     valueHeads: "hadamard(head_dim), fused",
-                    online: ["down_proj_input": "hadamard(intermediate_size)", "queries_keys": "hadamard(head_dim) per head after RoPE",
-                             "o_proj_input": options.headMixing == true ? "hadamard(num_attention_heads) across heads" : "none"]) : nil,
+                    online: options.onlineRotations == false
+                        ? ["down_proj_input": "none", "queries_keys": "none", "o_proj_input": "none"]
+                        : ["down_proj_input": "hadamard(intermediate_size)", "queries_keys": "hadamard(head_dim) per head after RoPE",
+                           "o_proj_input": options.headMixing == true ? "hadamard(num_attention_heads) across heads" : "none"]) : nil,
         subspace: subspace,
         coquantOptions: try OpaqueJSON(encoding: options))
 }

@@ -149,6 +149,10 @@ public struct QuantizeOptions: Codable, Sendable {
     /// QuaRot: the online Hadamard across heads at the o_proj input (its fused half in o_proj). nil in folders
     /// written before it existed, which were quantized without it.
     public var headMixing: Bool?
+    /// QuaRot: false keeps only the rotations that fuse into weights (R1 on the residual stream, the value heads'
+    /// Hadamards) and drops the online ones (down_proj input, across heads, queries/keys), so a weight-only result is
+    /// a plain model that GGUF / MLX / compressed-tensors can carry. nil: true.
+    public var onlineRotations: Bool?
     /// How the embedding table and the LM head are stored: int8 per row (llama.cpp keeps them at Q8_0) or fp32 (the
     /// papers' protocol, which every research table uses). nil in folders written before it existed: fp32.
     public var embeddings: EmbeddingStorage?
@@ -299,8 +303,7 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
         try Dictionary(uniqueKeysWithValues: linearNames.map { ($0, try options.weightGrid(forLinear: $0, layer: l, config: model.config)) })
     }
     var result = QuantizationResult()
-    if options.method == .quarot {
-        let online = applyQuaRotRotations(model, options: options)
+    if options.method == .quarot, let online = applyQuaRotRotations(model, options: options) {
         result.warnings += online.notes
         installHooks(model, online: online, activations: nil, keys: nil, values: nil)     // calibrate with the online rotations, no fake quant
     }
@@ -507,13 +510,18 @@ public struct OnlineRotations: Sendable {
 /// every value head rotated by a Hadamard matrix of head_dim (fused into v_proj and o_proj), the o_proj input mixed
 /// across heads by a Hadamard matrix of size H online (its other half fused into o_proj), and down_proj's input
 /// side multiplied by the Hadamard transform that the forward pass applies online. At full precision the function
-/// is unchanged.
-public func applyQuaRotRotations(_ model: LlamaModel, options: QuantizeOptions) -> OnlineRotations {
+/// is unchanged. With `options.onlineRotations == false` only the fused ones (norms, R1, value heads) are applied,
+/// and nil is returned: nothing runs online.
+public func applyQuaRotRotations(_ model: LlamaModel, options: QuantizeOptions) -> OnlineRotations? {
     let c = model.config
     fuseNorms(model, centerEmbeddings: options.centerEmbeddings)
     rotateResidual(model, randomHadamardMatrix(c.hiddenSize, seed: UInt64(options.seed)))
     let online = OnlineRotations(config: c, headMixing: options.headMixing ?? false)
     let Qv = online.head.matrix(transposed: true)
+    guard options.onlineRotations != false else {
+        for l in model.layers.indices { rotateValueHeads(model, layer: l, Array(repeating: Qv, count: c.numKeyValueHeads)) }
+        return nil
+    }
     for l in model.layers.indices {
         rotateValueHeads(model, layer: l, Array(repeating: Qv, count: c.numKeyValueHeads))
         var o = model.layers[l].selfAttn.oProj
@@ -570,7 +578,8 @@ public func installFakeQuantization(_ model: LlamaModel, scheme: QuantScheme, op
     if let b = options.downProjActivationBits, activations != nil {
         downProj = b < 16 ? try ActivationQuantizer(bits: b, clipRatio: Float(options.activationClipRatio)) : nil
     }
-    installHooks(model, online: options.method == .quarot ? OnlineRotations(config: model.config, headMixing: options.headMixing ?? false) : nil,
+    installHooks(model, online: options.method == .quarot && options.onlineRotations != false
+                     ? OnlineRotations(config: model.config, headMixing: options.headMixing ?? false) : nil,
                  activations: runtime ? nil : activations, keys: keys, values: values, downProj: runtime ? .some(nil) : downProj)
 }
 

@@ -61,6 +61,8 @@ struct Quantize: ParsableCommand {
     var wAsym = false
     @Option(name: .customLong("weight-grid"), help: "The symmetric weight grid: gptq (IST-DASLab quant.py: s = 2·max|w|/(2^b − 1), unsigned codes) or quarot (QuaRot/CoQuant WeightQuantizer: s = max|w|/(2^(b−1) − 1), signed codes), or a GGUF block type's exact grid (Q4_0, Q8_0, Q4_K, Q6_K, … with the scheme's bits and its block's group size, e.g. --scheme W6A16g16 --weight-grid Q6_K). Default: quarot for quarot/resq/coquant and schemes with quantized activations or KV cache, gptq otherwise.")
     var weightGrid: String?
+    @Flag(inversion: .prefixedNo, help: "quarot: the online Hadamards (down_proj input, across heads, queries/keys). --no-online-rotations keeps only the rotations that fuse into the weights (R1, the value heads), for weight-only models that GGUF, MLX and compressed-tensors can carry.")
+    var onlineRotations = true
     @Flag(name: [.customLong("w-clip"), .customLong("w_clip")], help: "MSE search for the weight clipping range (grid 100, shrink 0.8, norm 2.4).")
     var wClip = false
     @Option(name: [.customLong("a-clip-ratio"), .customLong("a_clip_ratio")], help: "Activation range clip ratio.")
@@ -159,6 +161,10 @@ struct Quantize: ParsableCommand {
         o.weightSymmetric = !wAsym
         o.weightClip = wClip
         o.weightGridName = weightGrid
+        if !onlineRotations {
+            guard m == .quarot else { throw ValidationError("--no-online-rotations is a quarot option (--method \(m.rawValue) has no online rotations to drop)") }
+            o.onlineRotations = false
+        }
         o.activationClipRatio = aClipRatio
         o.kvClipRatio = kvClipRatio
         o.nsamples = nsamples
@@ -252,8 +258,8 @@ struct Quantize: ParsableCommand {
             if s.activationBits < 16 || s.kvBits < 16 {
                 throw ValidationError("--format \(format.rawValue): \(name) holds weights only; \(s.name) quantizes activations or the KV cache")
             }
-            if [.quarot, .resq, .coquant].contains(o.method) {
-                throw ValidationError("--format \(format.rawValue): \(o.method.rawValue)'s online rotations cannot be carried by \(name)")
+            if [.quarot, .resq, .coquant].contains(o.method) && !(o.method == .quarot && o.onlineRotations == false) {
+                throw ValidationError("--format \(format.rawValue): \(o.method.rawValue)'s online rotations cannot be carried by \(name)\(o.method == .quarot ? " (add --no-online-rotations to keep only the fused ones)" : "")")
             }
             if o.actOrder && s.weightGroupSize != nil && o.staticGroups != true {
                 throw ValidationError("--format \(format.rawValue): act-order with dynamic groups cannot be expressed in \(name)'s consecutive groups (add --static-groups)")

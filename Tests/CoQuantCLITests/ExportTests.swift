@@ -76,6 +76,27 @@ extension CLITests {
                       mentioning: ["unknown --weight-grid nearest"], usage: "quantize")
     }
 
+    /// QuaRot with --no-online-rotations keeps only the rotations that fuse into weights, so its weight-only result is a
+    /// plain model: it exports (here on the Q4_K_M grids) and the GGUF computes the folder; with its online Hadamards
+    /// the export is refused, naming them.
+    func testQuaRotWithFusedRotationsOnlyExports() throws {
+        let model = try wideModelWithTokenizer(), calibration = try smallTextFile("calib.txt")
+        let fused = path("quarot-fused"), online = path("quarot-online")
+        assertSucceeded(try coquant(["quantize", model, "--method", "quarot", "--scheme", "Q4_K_M", "--no-online-rotations",
+                                     "--nsamples", "2", "--seqlen", "32", "--calib-file", calibration, "--out", fused, "--format", "gguf"]))
+        func ppl(_ m: String, _ extra: [String] = []) throws -> Double {
+            let r = try coquant(["ppl", m, "--text", calibration, "--seqlen", "32", "--quiet"] + extra)
+            assertSucceeded(r)
+            return try XCTUnwrap(printedPerplexity(r), r.transcript)
+        }
+        XCTAssertEqual(try ppl(fused + ".gguf"), try ppl(fused, ["--simulate"]), accuracy: 1e-3)
+        assertSucceeded(try coquant(["quantize", model, "--method", "quarot", "--scheme", "Q4_K_M", "--nsamples", "2", "--seqlen", "32",
+                                     "--calib-file", calibration, "--out", online]))
+        assertRefused(try coquant(["export", online, "--out", path("online.gguf")]), mentioning: ["down_proj_input", "--no-online-rotations"], usage: nil)
+        assertRefused(try coquant(["quantize", model, "--method", "rtn", "--no-online-rotations", "--out", path("z")]),
+                      mentioning: ["--no-online-rotations", "quarot"], usage: "quantize")
+    }
+
     func testGGUFExportRefusesWhatItCannotCarry() throws {
         let model = try tinyModelWithTokenizer(), calibration = try smallTextFile("calib.txt")
         func quantize(_ name: String, _ args: [String]) throws -> String {

@@ -79,7 +79,7 @@ final class FusionTests: XCTestCase {
             let model = try ModelLoader.load(dir).model
             var options = QuantizeOptions(method: .quarot, scheme: QuantScheme(weightBits: 16))
             options.centerEmbeddings = false
-            let online = applyQuaRotRotations(model, options: options)
+            let online = try XCTUnwrap(applyQuaRotRotations(model, options: options))
             installHooks(model, online: online, activations: nil, keys: nil, values: nil)
             XCTAssertLessThan(maxAbsDiff(model.forward(ids), reference), 1e-4, variant)
             // The across-heads mixing is really there: without it o_proj's fused weight differs.
@@ -88,6 +88,11 @@ final class FusionTests: XCTestCase {
             options.headMixing = false
             _ = applyQuaRotRotations(unmixed, options: options)
             XCTAssertGreaterThan(maxAbsDiff(unmixed.layers[0].selfAttn.oProj.weight, model.layers[0].selfAttn.oProj.weight), 1e-3, variant)
+            // Only the fused rotations (--no-online-rotations): nothing to run online, the function unchanged.
+            let fusedOnly = try ModelLoader.load(dir).model
+            options.onlineRotations = false
+            XCTAssertNil(applyQuaRotRotations(fusedOnly, options: options))
+            XCTAssertLessThan(maxAbsDiff(fusedOnly.forward(ids), reference), 1e-4, variant)
             // The same with a KV cache, token by token: the rotated keys in the cache still give the same scores.
             let cache = KVCache(config: model.config, capacity: ids.count)
             var decoded: [Float] = []
