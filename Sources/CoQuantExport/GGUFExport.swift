@@ -141,6 +141,39 @@ public enum GGUFExport {
         }
     }
 
+    /// An fp16 unit u and integers n_j in `range` with u·n_j = v_j: exactly when the v_j are such products in fp32
+    /// (the sub-block scales), to two ulps when they were derived (the mins, s·z). The value of largest magnitude is
+    /// tried against every integer from the range's extremes inwards, since a grid whose d is subnormal in fp16 need
+    /// not give its largest sub-block the extreme integer; any u that fits encodes the same values. None fitting (a
+    /// folder not solved on this grid): u from the extreme, each integer the nearest, and the rounding reported.
+    static func decompose(_ v: [Float], _ range: ClosedRange<Int>, exactProducts: Bool, _ report: inout GGUFExportReport) -> (Float16, [Int]) {
+        report.parameters += v.count
+        let top = v.indices.max { abs(v[$0]) < abs(v[$1]) }!
+        guard v[top] != 0 else { return (1, v.map { _ in range.contains(0) ? 0 : range.lowerBound }) }
+        func fits(_ x: Float, _ u: Float) -> Bool { exactProducts ? x == u : abs(x - u) <= 2 * max(x.ulp, u.ulp) }
+        let candidates = Array(range).filter { $0 != 0 }.sorted { abs($0) > abs($1) }
+        for n in candidates {
+            let u = Float16(v[top] / Float(n))
+            guard u != 0, u.isFinite, fits(v[top], Float(u) * Float(n)) else { continue }
+            var ints: [Int] = []
+            for x in v {
+                let m = (x / Float(u)).rounded()
+                guard range.contains(Int(m)), fits(x, Float(u) * m) else { break }
+                ints.append(Int(m))
+            }
+            if ints.count == v.count { return (u, ints) }
+        }
+        let extreme = range.upperBound > 0 && (v[top] > 0 || range.lowerBound >= 0) ? range.upperBound : range.lowerBound
+        var u = Float16(v[top] / Float(extreme))
+        if u == 0 { u = 1 }
+        let ints = v.map { Int(min(max(($0 / Float(u)).rounded(), Float(range.lowerBound)), Float(range.upperBound))) }
+        for (x, n) in zip(v, ints) where Float(u) * Float(n) != x {
+            report.roundedParameters += 1
+            report.largestRounding = max(report.largestRounding, Double(abs(Float(u) * Float(n) - x) / max(abs(x), .leastNormalMagnitude)))
+        }
+        return (u, ints)
+    }
+
     /// llama.cpp's `llama_ftype` of the linears' dominant type.
     static func fileType(_ types: [GGMLType]) -> UInt32 {
         var counts: [GGMLType: Int] = [:]
@@ -261,22 +294,10 @@ private struct Source {
                 if !k.mins, let bad = z.first(where: { $0 != zero }) {
                     throw ModelFileError(folder, "\(prefix): zero point \(bad) where \(t.name) has \(Int(zero))")
                 }
-                let top = s.indices.max { abs(s[$0]) < abs(s[$1]) }!
-                var d = Float16(s[top] / Float(k.mins ? k.range.upperBound : k.range.lowerBound))
-                if d == 0 { d = 1 }
                 let mins = k.mins ? zip(s, z).map { $0 * $1 } : []
-                let dmin = k.mins ? Float16(mins.max()! / Float(k.range.upperBound)) : 0
-                func integer(_ v: Float, _ unit: Float16) -> Int {
-                    let x = unit == 0 ? 0 : min(max((v / Float(unit)).rounded(), Float(k.range.lowerBound)), Float(k.range.upperBound))
-                    let exact = Float(unit) * x
-                    report.parameters += 1
-                    if exact != v && abs(exact - v) > 1e-6 * max(abs(v), Float(abs(Float(unit)))) {
-                        report.roundedParameters += 1
-                        report.largestRounding = max(report.largestRounding, Double(abs(exact - v) / max(abs(v), .leastNormalMagnitude)))
-                    }
-                    return Int(x)
-                }
-                params.append(KBlockParameters(d: d, dmin: dmin, scales: s.map { integer($0, d) }, mins: mins.map { integer($0, dmin) }))
+                let (d, scales) = GGUFExport.decompose(s, k.range, exactProducts: true, &report)
+                let (dmin, minInts) = k.mins ? GGUFExport.decompose(mins, k.range, exactProducts: false, &report) : (0, [])
+                params.append(KBlockParameters(d: d, dmin: dmin, scales: scales, mins: minInts))
             }
         }
         let rows = p.rows, blocks = p.cols / 256

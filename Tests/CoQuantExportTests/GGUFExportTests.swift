@@ -26,6 +26,31 @@ final class GGUFExportTests: XCTestCase {
         XCTAssertEqual(GGUFExport.paddedVocabulary(entries, to: 2)[0].1, .strings(["a", "b"]))
     }
 
+    /// A K super-block's sub-block scales come back as the integers the grid chose, also when d is subnormal in fp16
+    /// (tiny rows of real models): the largest scale then need not be the extreme integer (here 62 of 63, which
+    /// assuming 63 would round to a different d), and mins derived as s·z are matched to two ulps.
+    func testKBlockScalesDecompose() {
+        for (d, ints, range) in [(Float16(1.2e-5), [62, 5, 17, 1, 33, 62, 40, 9], 0...63),
+                                 (Float16(0.0123), [63, 5, 17, 1, 33, 62, 40, 9], 0...63),
+                                 (Float16(-3.1e-6), [-128, 127, -5, 1, 77, -30, 2, 90, -128, 3, 4, 5, 6, 7, 8, 9], -128...127),
+                                 (Float16(2.5e-5), [-31, 7, -32, 1, 30, -3, 2, 9, 12, 3, 4, 5, 6, 7, 8, 9], -32...31)] {
+            let v = ints.map { Float(d) * Float($0) }
+            var report = GGUFExportReport()
+            let (u, n) = GGUFExport.decompose(v, range, exactProducts: true, &report)
+            XCTAssertEqual(zip(n, n.indices).map { Float(u) * Float($0.0) }, v, "\(d)")
+            XCTAssertEqual(report.roundedParameters, 0)
+            // Derived values (one fp32 rounding away from the products) still decompose exactly.
+            let derived = v.map { $0 * (1 + Float.ulpOfOne) }
+            var r2 = GGUFExportReport()
+            _ = GGUFExport.decompose(derived, range, exactProducts: false, &r2)
+            XCTAssertEqual(r2.roundedParameters, 0)
+        }
+        // Values that are no integer multiples of one fp16 unit are rounded, and reported.
+        var report = GGUFExportReport()
+        _ = GGUFExport.decompose([1.0, 0.3337, 0.5], 0...63, exactProducts: true, &report)
+        XCTAssertGreaterThan(report.roundedParameters, 0)
+    }
+
     /// general.file_type follows the linears' majority type (llama.cpp's llama_ftype numbers).
     func testFileType() {
         XCTAssertEqual(GGUFExport.fileType(Array(repeating: .q4_0, count: 7) + [.q8_0]), 2)
