@@ -64,22 +64,25 @@ for row in "${rows[@]}"; do
   case $row in
     fp) file=$model ;;
     llamacpp-*)
-      spec=${row#llamacpp-}; type=$(echo "${spec%-imatrix}" | tr a-z A-Z)
+      # llamacpp-<type>[-imatrix][-q8tables]: -q8tables stores the embedding and head as Q8_0, as CoQuant's int8 rows
+      # export, so that the two files have the same tensor types and size.
+      spec=${row#llamacpp-}; base=${spec%-q8tables}; base=${base%-imatrix}; type=$(echo "$base" | tr a-z A-Z)
       file=$work/$row.gguf
       if [ ! -f "$file" ]; then
-        if [[ $type == Q4_0 || $type == Q8_0 ]] && [[ $spec != *-imatrix ]]; then
+        if [[ $type == Q4_0 || $type == Q8_0 ]] && [[ $spec == "$base" ]]; then
           gguf_py "$model" "$file" "$type"
         else
           [ -x "$tools/llama-quantize" ] || { echo "$row needs llama-quantize: run scripts/build-llama-tools.sh"; exit 1; }
           [ -f "$work/fp-f32.gguf" ] || gguf_py "$model" "$work/fp-f32.gguf" F32
-          imatrix=()
-          if [[ $spec == *-imatrix ]]; then
+          qflags=()
+          [[ $spec == *-q8tables ]] && qflags+=(--token-embedding-type q8_0 --output-tensor-type q8_0)
+          if [[ $spec == *-imatrix* ]]; then
             # The calibration text in NSAMPLES chunks of 2048, as llama-imatrix reads a file (consecutive chunks).
             [ -f "$work/imatrix.gguf" ] || "$tools/llama-imatrix" -m "$work/fp-f32.gguf" -f data/wikitext-2-raw-v1/train.first1MB_nonempty_rows.txt \
                 -c 2048 -b 2048 --chunks "$nsamples" -t "$(nproc)" -o "$work/imatrix.gguf" > "$work/imatrix.log" 2>&1
-            imatrix=(--imatrix "$work/imatrix.gguf")
+            qflags+=(--imatrix "$work/imatrix.gguf")
           fi
-          "$tools/llama-quantize" "${imatrix[@]}" "$work/fp-f32.gguf" "$file.tmp" "$type" "$(nproc)" > "$work/$row.quantize.log" 2>&1
+          "$tools/llama-quantize" "${qflags[@]}" "$work/fp-f32.gguf" "$file.tmp" "$type" "$(nproc)" > "$work/$row.quantize.log" 2>&1
           mv "$file.tmp" "$file"
         fi
       fi ;;
@@ -124,10 +127,12 @@ import glob, json, os, sys
 rows = {os.path.basename(p)[:-5]: json.load(open(p)) for p in sorted(glob.glob(sys.argv[1] + "/*.json"))}
 def damage(key, k):
     fp, ref, p = rows.get("fp", {}).get(key), None, rows[k].get(key)
+    # Each row against llama.cpp's file of the same type and size: the -q8tables one when there is one.
     scheme = k.split("-")[1] if k != "fp" else None
-    ref = rows.get(f"llamacpp-{scheme}", {}).get(key)
+    same = rows.get(f"llamacpp-{scheme}-q8tables") or rows.get(f"llamacpp-{scheme}", {})
+    ref = same.get(key)
     d = p - fp if fp and p else None
-    return d, (d / (ref - fp) if d is not None and ref and fp and k != f"llamacpp-{scheme}" and ref != fp else None)
+    return d, (d / (ref - fp) if d is not None and ref and fp and not k.startswith("llamacpp-") and ref != fp else None)
 print("| row | file MB | coquant ppl | damage | vs llama.cpp's | llama.cpp ppl | damage | vs llama.cpp's |")
 print("|---|---|---|---|---|---|---|---|")
 f = lambda v, fmt: "" if v is None else format(v, fmt)
