@@ -300,22 +300,29 @@ private struct Source {
                 params.append(KBlockParameters(d: d, dmin: dmin, scales: scales, mins: minInts))
             }
         }
-        let rows = p.rows, blocks = p.cols / 256
+        let blocks = p.cols / 256
         return {
-            let size = t.typeSize
-            var out = [UInt8](repeating: 0, count: rows * blocks * size)
-            var q = [UInt8](repeating: 0, count: 256)
-            for kr in 0..<rows {
+            blockBytes(p, order, width: 256, type: t) { q, kr, _, b, out in encodeKBlock(t, codes: q, params[kr * blocks + b], into: out) }
+        }
+    }
+
+    /// The bytes of every row's blocks of `width` codes, rows in file order (`order`): `encode(codes, file row, folder
+    /// row, block, out)` writes one block of `type`.
+    func blockBytes(_ p: PackedPlanes, _ order: [Int]?, width: Int, type: GGMLType,
+                    _ encode: (UnsafePointer<UInt8>, Int, Int, Int, UnsafeMutablePointer<UInt8>) -> Void) -> [UInt8] {
+        let blocks = p.cols / width, size = type.typeSize
+        var out = [UInt8](repeating: 0, count: p.rows * blocks * size)
+        var q = [UInt8](repeating: 0, count: width)
+        out.withUnsafeMutableBufferPointer { o in
+            for kr in 0..<p.rows {
                 let r = order?[kr] ?? kr
                 for b in 0..<blocks {
-                    for j in 0..<256 { q[j] = UInt8(p.code(r, b * 256 + j)) }
-                    out.withUnsafeMutableBufferPointer { o in
-                        encodeKBlock(t, codes: q, params[kr * blocks + b], into: o.baseAddress! + (kr * blocks + b) * size)
-                    }
+                    for j in 0..<width { q[j] = UInt8(p.code(r, b * width + j)) }
+                    encode(q, kr, r, b, o.baseAddress! + (kr * blocks + b) * size)
                 }
             }
-            return out
         }
+        return out
     }
 
     /// Blocks from a packed linear's codes and grid (the table at the top of the file).
@@ -353,22 +360,11 @@ private struct Source {
                 if type == .q4_1 || type == .q5_1 { note(-s * p.zeros[r * G + g], &report, count: 1, derived: true) }
             }
         }
-        let rows = p.rows
         return (type, {
-            let size = type.typeSize
-            var out = [UInt8](repeating: 0, count: rows * blocks * size)
-            var q = [UInt8](repeating: 0, count: 32)
-            for k in 0..<rows {
-                let r = order?[k] ?? k
-                for b in 0..<blocks {
-                    for j in 0..<32 { q[j] = UInt8(p.code(r, b * 32 + j)) }
-                    let s = p.scales[r * G + blockGroup[b]], z = p.zeros[r * G + blockGroup[b]]
-                    out.withUnsafeMutableBufferPointer { o in
-                        encodeBlock(type, codes: q, d: Float16(s), m: Float16(-s * z), into: o.baseAddress! + (k * blocks + b) * size)
-                    }
-                }
+            blockBytes(p, order, width: 32, type: type) { q, _, r, b, out in
+                let s = p.scales[r * G + blockGroup[b]], z = p.zeros[r * G + blockGroup[b]]
+                encodeBlock(type, codes: q, d: Float16(s), m: Float16(-s * z), into: out)
             }
-            return out
         })
     }
 
