@@ -17,7 +17,8 @@
 #     ROWS="fp llamacpp-q4_k_m gptq-q4_k_m-sink64-ao" scripts/gguf-table.sh
 # Variables: MODEL, WINDOWS (16), NSAMPLES (128), ROWS (default: fp, llama.cpp's Q4_0, and ours with RTN, GPTQ, GPTQ
 # with the sink weighted 64×, with act-order + static groups, both, CDQuant with both; a row is
-# <method>-<scheme>[-sink<W>][-ao]: --sink-weight W, --act-order --static-groups), LLAMA_TOOLS (.llama-tools).
+# <method>-<scheme>[-sink<W>][-ao]: --sink-weight W, --act-order --static-groups), LLAMA_TOOLS (.llama-tools),
+# LLAMA_CHUNKS (llama-perplexity's chunks of 2048; default WINDOWS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${MODEL:-${COQUANT_MODELS:-models}/SmolLM2-135M-Instruct.Q4_1.gguf}
@@ -31,6 +32,7 @@ work=out/gguf/$name
 mkdir -p "$results" "$work"
 venv=bench/.venv-llamacpp
 tools=${LLAMA_TOOLS:-.llama-tools}/bin
+llama_chunks=${LLAMA_CHUNKS:-$windows}
 text=data/wikitext-2-raw-v1/test.gptq_join.txt
 gguf_py() {
   "$venv/bin/python" -c "import gguf" 2>/dev/null || { python3 -m venv "$venv"; "$venv/bin/pip" install -q gguf numpy; }
@@ -42,7 +44,7 @@ llama_ppl() {
   [ -x "$tools/llama-perplexity" ] || { echo "llama-perplexity not built (scripts/build-llama-tools.sh): coquant's perplexity only"; return 0; }
   python3 -c "import json, sys; sys.exit(0 if 'llamacpp_perplexity' in json.load(open('$json')) else 1)" && return 0
   local log=$work/$(basename "$json" .json).llama-perplexity.log
-  "$tools/llama-perplexity" -m "$file" -f "$text" -c 2048 -b 2048 --chunks "$windows" -t "$(nproc)" > "$log" 2>&1
+  "$tools/llama-perplexity" -m "$file" -f "$text" -c 2048 -b 2048 --chunks "$llama_chunks" -t "$(nproc)" > "$log" 2>&1
   python3 - "$json" "$log" <<'PY'
 import json, re, sys
 r = json.load(open(sys.argv[1]))
