@@ -134,11 +134,6 @@ public struct CDQuant: WeightSolver {
             start.damp = f.damp
             start.dampingEscalations = f.escalations
         }
-        // The coordinate moves step codes on the integer lattice k = code − z; a grid with a min (Q4_1, Q2_K, Q4_K,
-        // Q5_K: z = m/s fractional) would need every rounding shifted by z's fraction, which is not done yet.
-        guard start.zeros.data.allSatisfy({ $0 == $0.rounded() }) else {
-            throw QuantError.invalidParameter("CDQuant needs integer zero points; the \(grid.scheme.configName) grid has fractional ones (use --method gptq)")
-        }
         guard let damp = start.damp else { throw QuantError.invalidParameter("the initialisation reported no damping") }
         // H_λ exactly as GPTQ built it (original column order; λ is permutation-invariant), and W₀ = W with the
         // columns of dead inputs zeroed (GPTQ step 3), the objective both share.
@@ -146,11 +141,28 @@ public struct CDQuant: WeightSolver {
         for j in 0..<C { hl[j, j] += damp }
         var w0 = W
         for j in 0..<C where H[j, j] == 0 { for r in 0..<R { w0[r, j] = 0 } }
+        // The moves step codes on the integer lattice k = code − z. A grid with a min (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K:
+        // z = m/s fractional) is that lattice shifted: ŵ = s·(code − ⌊z⌉) + b with b = −s·(z − ⌊z⌉) per (row, column).
+        // Solving Ŵ − B against W₀ − B has the same loss and gradient, on integer zero points ⌊z⌉; B is added back.
+        var zeros = start.zeros, values = start.values
+        var bias: [Double]?
+        if zeros.data.contains(where: { $0 != $0.rounded() }) {
+            let G = zeros.cols
+            var b = [Double](repeating: 0, count: R * C)
+            for r in 0..<R {
+                for c in 0..<C {
+                    let k = r * G + start.groupIndex[c], z = zeros.data[k]
+                    b[r * C + c] = -start.scales.data[k] * (z - z.rounded())
+                }
+            }
+            for i in b.indices { w0.data[i] -= b[i]; values.data[i] -= b[i] }
+            zeros.data = zeros.data.map { $0.rounded() }
+            bias = b
+        }
 
         let blocks: BlockLayout?
         if case .block(let k, let partition) = variant { blocks = BlockLayout(H: hl, size: k, partition: partition) } else { blocks = nil }
 
-        var values = start.values
         var codes = start.codes
         var initial = [Double](repeating: 0, count: R), finalRow = [Double](repeating: 0, count: R)
         var rowMoves = [Int](repeating: 0, count: R), rowConverged = [Bool](repeating: false, count: R)
@@ -162,7 +174,7 @@ public struct CDQuant: WeightSolver {
         values.data.withUnsafeMutableBufferPointer { pqBuf in
         codes.withUnsafeMutableBufferPointer { pcBuf in
         start.scales.data.withUnsafeBufferPointer { psBuf in
-        start.zeros.data.withUnsafeBufferPointer { pzBuf in
+        zeros.data.withUnsafeBufferPointer { pzBuf in
         start.groupIndex.withUnsafeBufferPointer { pgiBuf in
         initial.withUnsafeMutableBufferPointer { pinit in
         finalRow.withUnsafeMutableBufferPointer { pfinal in
@@ -221,6 +233,7 @@ public struct CDQuant: WeightSolver {
             }
         }}}}}}}}}}}
 
+        if let bias { for i in bias.indices { values.data[i] += bias[i] } }
         var out = start
         out.values = values
         out.codes = codes

@@ -87,7 +87,7 @@ final class WeightQuantizerTests: XCTestCase {
         XCTAssertThrowsError(try QuantGrid.weight(bits: 4, scheme: .ggml(.q4_0), groupSize: 32, mse: .reference))
     }
 
-    /// Q4_1 / Q5_1 (d·q + m) and the K-quants: whatever the solver (RTN, GPTQ with dynamic or static groups), every
+    /// Q4_1 / Q5_1 (d·q + m) and the K-quants: whatever the solver (RTN, GPTQ with dynamic or static groups, CDQuant), every
     /// grid is one the block type stores: fp16 d (and dmin, m), and per K super-block integer sub-block scales (and
     /// mins) in the type's range with the largest at the range's end, so that the export needs no rounding; codes in
     /// range, values s·(q − z); RTN's codes are the nearest grid points; GPTQ's layer loss is below RTN's.
@@ -103,8 +103,13 @@ final class WeightQuantizerTests: XCTestCase {
             let bits = type.codeBits!, g = type.subBlockSize!, maxq = (1 << bits) - 1
             let grid = try QuantGrid.weight(bits: bits, scheme: .ggml(type), groupSize: g)
             let rtn = try RTN().solve(W: W, grid: grid)
+            let cd = try CDQuant().solve(W: W, H: H, grid: grid)
             let solved = [("rtn", rtn), ("gptq", try GPTQ().solve(W: W, H: H, grid: grid)),
-                          ("gptq static", try GPTQ(staticGroups: true).solve(W: W, H: H, grid: grid))]
+                          ("gptq static", try GPTQ(staticGroups: true).solve(W: W, H: H, grid: grid)), ("cdquant", cd)]
+            // CDQuant on a shifted lattice for the fractional zeros: its loss never rises above its GPTQ start.
+            XCTAssertLessThanOrEqual(try XCTUnwrap(cd.finalLoss), try XCTUnwrap(cd.initialLoss), type.name)
+            XCTAssertGreaterThan(cd.moves ?? 0, 0, "\(type.name): CDQuant moved no code")
+            XCTAssertLessThanOrEqual(layerLoss(W, cd.values, H), layerLoss(W, solved[1].1.values, H) * (1 + 1e-12), type.name)
             for (solver, q) in solved {
                 let what = "\(type.name) \(solver)"
                 for r in 0..<R {
