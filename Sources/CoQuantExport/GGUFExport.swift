@@ -88,7 +88,7 @@ public enum GGUFExport {
         w.set("\(arch).vocab_size", .u32(UInt32(config.vocabSize)))
         w.set(paddedVocabulary(tokenizer.ggufMetadata(chatTemplate: tokenizer.chatTemplate), to: config.vocabSize))
 
-        let source = Source(folder: folder, ckpt: ckpt, quant: quant, dense: dense)
+        let source = Source(folder: folder, config: config, ckpt: ckpt, quant: quant, dense: dense)
         var linearTypes: [GGMLType] = []
         func add(_ hf: String, _ shape: [Int]) throws {
             let name = ModelLoader.ggufTensorName(hf)
@@ -194,6 +194,7 @@ public enum GGUFExport {
 /// Where each tensor's bytes come from.
 private struct Source {
     let folder: String
+    let config: ModelConfiguration
     let ckpt: SafeTensorsCheckpoint
     let quant: QuantizationConfig?
     let dense: DenseType?
@@ -207,7 +208,7 @@ private struct Source {
                 return (.q8_0, try int8Blocks(t, prefix, rowOrder, &report))
             }
             if let q = quant, let p = try ckpt.packedCodes(prefix, quantization: q, rows: rows, cols: cols) {
-                if !table, let t = try schemeType(prefix, q, cols: cols), let bits = t.codeBits {
+                if !table, let t = schemeType(prefix, q, cols: cols), let bits = t.codeBits {
                     return t.kScales != nil ? (t, try kBlocks(p, t, prefix, rowOrder, &report))
                         : try codeBlocks(p, bits: bits, prefix, rowOrder, &report)
                 }
@@ -255,18 +256,16 @@ private struct Source {
 
     /// The block type a GGUF scheme (`--scheme Q4_K_M`) or grid (`--weight-grid Q6_K`) solved decoder linear `prefix`
     /// on; nil for other folders.
-    func schemeType(_ prefix: String, _ q: QuantizationConfig, cols: Int) throws -> GGMLType? {
+    func schemeType(_ prefix: String, _ q: QuantizationConfig, cols: Int) -> GGMLType? {
         guard let f = GGUFFileType(name: q.scheme) else {
             // config.json's grid is `GridScheme.configName`: "ggml Q6_K (…)" for a block type's grid.
             guard q.weights.grid.hasPrefix("ggml ") else { return nil }
             let name = q.weights.grid.dropFirst(5).prefix { $0 != " " }
-            return [GGMLType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K].first { $0.name == name }
+            return GGMLType.codeTypes.first { $0.name == name }
         }
         let parts = prefix.split(separator: ".")
         guard parts.count == 5, parts[1] == "layers", let layer = Int(parts[2]) else { return nil }
-        let c = try ModelConfiguration.load(folder + "/config.json")
-        return f.linearType(parts[3...].joined(separator: "."), layer: layer, layers: c.numHiddenLayers, columns: cols,
-                            gqa: c.numAttentionHeads / max(c.numKeyValueHeads, 1))
+        return f.linearType(parts[3...].joined(separator: "."), layer: layer, config: config, columns: cols)
     }
 
     /// K-quant super-blocks from a linear solved on that K grid: each 256 columns' sub-block grids (s = d·sc, and
@@ -352,7 +351,6 @@ private struct Source {
         default:
             throw ModelFileError(folder, "\(prefix): \(bits)-bit codes with zero points \(symmetricZero.map { "\(Int($0))" } ?? "per group") have no 32-value GGUF block type (export --type f16 for a dense file)")
         }
-        let blocks = p.cols / 32
         for r in 0..<p.rows {
             for g in Set(blockGroup) {
                 let s = p.scales[r * G + g]

@@ -108,6 +108,11 @@ public enum GGUFFileType: String, CaseIterable, Sendable {
         return Self.fallback(t, columns: columns)
     }
 
+    /// `linearType` for decoder linear `name` of layer `layer` of a model of configuration `c`.
+    public func linearType(_ name: String, layer: Int, config c: ModelConfiguration, columns: Int) -> GGMLType {
+        linearType(name, layer: layer, layers: c.numHiddenLayers, columns: columns, gqa: c.numAttentionHeads / max(c.numKeyValueHeads, 1))
+    }
+
     /// llama.cpp's choice for the embedding table and the LM head (a tied table is quantized as the head).
     public func tableType(isHead: Bool, columns: Int) -> GGMLType {
         if isHead { return self == .q8_0 || columns % 256 != 0 ? .q8_0 : .q6_K }

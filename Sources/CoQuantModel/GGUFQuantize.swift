@@ -57,6 +57,9 @@ extension GGMLType {
         }
     }
 
+    /// The block types `encodeBlock` and `encodeKBlock` write: the ones a CoQuant grid can be solved on.
+    public static let codeTypes: [GGMLType] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K]
+
     /// Values sharing one scale (one group of a CoQuant grid), for the types `encodeBlock` and `encodeKBlock` write.
     public var subBlockSize: Int? {
         switch self {

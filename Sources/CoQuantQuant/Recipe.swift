@@ -179,8 +179,7 @@ public struct QuantizeOptions: Codable, Sendable {
     public func weightGrid(forLinear name: String, layer: Int, config c: ModelConfiguration) throws -> QuantGrid {
         guard let f = scheme.ggufFileType else { return try weightGrid() }
         let columns = name == "mlp.down_proj" ? c.intermediateSize : name == "self_attn.o_proj" ? c.numAttentionHeads * c.headDim : c.hiddenSize
-        let t = f.linearType(name, layer: layer, layers: c.numHiddenLayers, columns: columns,
-                             gqa: c.numAttentionHeads / max(c.numKeyValueHeads, 1))
+        let t = f.linearType(name, layer: layer, config: c, columns: columns)
         guard t.codeBits != nil else {
             throw QuantError.invalidParameter("--scheme \(scheme.name): \(name) has \(columns) inputs, not a multiple of 32, so no GGUF block type fits it")
         }
@@ -194,9 +193,6 @@ public struct QuantizeOptions: Codable, Sendable {
         return try .weight(bits: t.codeBits!, scheme: .ggml(t), groupSize: t.subBlockSize!)
     }
 
-    /// The GGUF block types `--weight-grid` can name.
-    public static let weightGridTypes: [GGMLType] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K]
-
     private func uniformWeightGrid(bits: Int?) throws -> QuantGrid {
         var quarotCode = method.usesSubspace || method == .quarot || scheme.activationBits < 16 || scheme.kvBits < 16
         switch weightGridName?.lowercased() {
@@ -204,8 +200,8 @@ public struct QuantizeOptions: Codable, Sendable {
         case "gptq": quarotCode = false
         case "quarot": quarotCode = true
         case let name?:
-            guard let t = Self.weightGridTypes.first(where: { $0.name.lowercased() == name }) else {
-                throw QuantError.invalidParameter("unknown --weight-grid \(weightGridName!) (gptq, quarot, or a GGUF block type: \(Self.weightGridTypes.map(\.name).joined(separator: ", ")))")
+            guard let t = GGMLType.codeTypes.first(where: { $0.name.lowercased() == name }) else {
+                throw QuantError.invalidParameter("unknown --weight-grid \(weightGridName!) (gptq, quarot, or a GGUF block type: \(GGMLType.codeTypes.map(\.name).joined(separator: ", ")))")
             }
             guard (bits ?? scheme.weightBits) == t.codeBits!, scheme.weightGroupSize == t.subBlockSize! else {
                 throw QuantError.invalidParameter("--weight-grid \(t.name) is \(t.codeBits!)-bit in groups of \(t.subBlockSize!): use it with --scheme W\(t.codeBits!)A16g\(t.subBlockSize!) (or --scheme \(t.name) for llama.cpp's per-tensor mix)")
@@ -298,9 +294,8 @@ public func quantizeModel(_ model: LlamaModel, calibration windows: [[Int]], opt
                           onStatistics: (Int) -> Void = { _ in }) throws -> QuantizationResult {
     let grid = try options.weightGrid()
     try options.check(for: model.config)
-    let linearNames = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
     let linearGrids = try (0..<model.config.numHiddenLayers).map { l in
-        try Dictionary(uniqueKeysWithValues: linearNames.map { ($0, try options.weightGrid(forLinear: $0, layer: l, config: model.config)) })
+        try Dictionary(uniqueKeysWithValues: LinearGroup.allCases.flatMap(\.names).map { ($0, try options.weightGrid(forLinear: $0, layer: l, config: model.config)) })
     }
     var result = QuantizationResult()
     if options.method == .quarot, let online = applyQuaRotRotations(model, options: options) {
