@@ -114,15 +114,10 @@ struct Export: ParsableCommand {
         let rounding = report.roundedParameters == 0
             ? "all \(report.parameters) block scales are fp16 values: the file holds exactly the folder's weights"
             : "\(report.roundedParameters) of \(report.parameters) block scales rounded to fp16 (largest relative change \(String(format: "%.2g", report.largestRounding))); quantize with a GGUF scheme (--scheme Q4_0, Q4_K_M, …) to solve on the file's grid"
-        if output.json {
-            try printJSON(Summary(path: out, format: format.rawValue, bytes: report.bytes, fileType: report.fileType, tensorTypes: types,
-                                  roundedParameters: report.roundedParameters, parameters: report.parameters,
-                                  largestRelativeRounding: report.largestRounding))
-            printErr(line)
-        } else {
-            print(line)
-            if report.parameters > 0 { print(rounding) }
-        }
+        try emit(Summary(path: out, format: format.rawValue, bytes: report.bytes, fileType: report.fileType, tensorTypes: types,
+                         roundedParameters: report.roundedParameters, parameters: report.parameters,
+                         largestRelativeRounding: report.largestRounding),
+                 line, textOnly: report.parameters > 0 ? [rounding] : [])
     }
 
     func runMLX() throws {
@@ -131,13 +126,8 @@ struct Export: ParsableCommand {
         let what = report.quantizedMatrices == 0 ? "all F32"
             : "\(report.quantizedMatrices) quantized (\(codes)fp32 scales), the rest F32"
         let line = "wrote \(out) (\(String(format: "%.1f", Double(report.bytes) / 1e6)) MB): \(report.tensors.count) tensors, \(what)"
-        if output.json {
-            try printJSON(MLXSummary(path: out, format: format.rawValue, bytes: report.bytes, bits: report.bits, groupSize: report.groupSize,
-                                     quantizedMatrices: report.quantizedMatrices, tensors: report.tensors.count))
-            printErr(line)
-        } else {
-            print(line)
-        }
+        try emit(MLXSummary(path: out, format: format.rawValue, bytes: report.bytes, bits: report.bits, groupSize: report.groupSize,
+                            quantizedMatrices: report.quantizedMatrices, tensors: report.tensors.count), line)
     }
 
     struct CompressedTensorsSummary: Codable {
@@ -155,13 +145,8 @@ struct Export: ParsableCommand {
         let r = try CompressedTensorsExport.write(folder: folder, to: out, overwrite: overwrite)
         let grid = "\(r.bits)-bit \(r.symmetric ? "symmetric" : "asymmetric"), \(r.groupSize.map { "groups of \($0)" } ?? "per channel")"
         let line = "wrote \(out) (\(String(format: "%.1f", Double(r.bytes) / 1e6)) MB): \(r.tensors.count) tensors, \(r.quantizedLinears) linears pack-quantized (\(grid), fp32 scales), the rest F32"
-        if output.json {
-            try printJSON(CompressedTensorsSummary(path: out, format: format.rawValue, bytes: r.bytes, bits: r.bits, groupSize: r.groupSize,
-                                                   symmetric: r.symmetric, quantizedLinears: r.quantizedLinears, tensors: r.tensors.count))
-            printErr(line)
-        } else {
-            print(line)
-        }
+        try emit(CompressedTensorsSummary(path: out, format: format.rawValue, bytes: r.bytes, bits: r.bits, groupSize: r.groupSize,
+                                          symmetric: r.symmetric, quantizedLinears: r.quantizedLinears, tensors: r.tensors.count), line)
     }
 
     struct HFSummary: Codable {
@@ -177,12 +162,18 @@ struct Export: ParsableCommand {
         let dtype: DenseType = type == .f32 ? .f32 : .f16
         let r = try HFExport.write(folder: folder, to: out, type: dtype, overwrite: overwrite)
         let line = "wrote \(out) (\(String(format: "%.1f", Double(r.bytes) / 1e6)) MB): \(r.tensors.count) tensors, all \(dtype.rawValue.uppercased())\(r.dequantizedMatrices > 0 ? " (\(r.dequantizedMatrices) matrices dequantized)" : "")"
+        try emit(HFSummary(path: out, format: format.rawValue, bytes: r.bytes, dtype: dtype.rawValue,
+                           dequantizedMatrices: r.dequantizedMatrices, tensors: r.tensors.count), line)
+    }
+
+    /// `--json`: the summary on stdout and `line` on stderr; otherwise `line` (and `textOnly`) on stdout.
+    func emit(_ summary: some Encodable, _ line: String, textOnly: [String] = []) throws {
         if output.json {
-            try printJSON(HFSummary(path: out, format: format.rawValue, bytes: r.bytes, dtype: dtype.rawValue,
-                                    dequantizedMatrices: r.dequantizedMatrices, tensors: r.tensors.count))
+            try printJSON(summary)
             printErr(line)
         } else {
             print(line)
+            for l in textOnly { print(l) }
         }
     }
 }
